@@ -1,0 +1,53 @@
+"""Compact, JSON-safe array encoding shared by workers (encode) and the API (decode).
+
+At rest, dense and ColBERT vectors are little-endian binary inside base64 with
+shape and dtype (float32 dense; float16 ColBERT by default: 2 bytes a value
+before base64, so long float lists never hit Redis). Decoding uses only the
+standard library so the API process needs no numpy.
+"""
+from __future__ import annotations
+
+import base64
+import struct
+import sys
+from array import array
+from typing import Any, Sequence
+
+DTYPE_CODES = {"float32": "f", "float16": "e"}
+
+
+def pack(data: bytes, shape: Sequence[int], dtype: str) -> dict[str, Any]:
+    """Wrap already little-endian bytes as the at-rest object."""
+    if dtype not in DTYPE_CODES:
+        raise ValueError(f"unsupported dtype {dtype}")
+    return {"shape": list(shape), "dtype": dtype, "data": base64.b64encode(data).decode("ascii")}
+
+
+def unpack_floats(obj: dict[str, Any]) -> list[float]:
+    """The flat values of a packed array as Python floats."""
+    raw = base64.b64decode(obj["data"])
+    code = DTYPE_CODES[obj["dtype"]]
+    if code == "f":
+        values = array("f")
+        values.frombytes(raw)
+        if sys.byteorder != "little":
+            values.byteswap()
+        return values.tolist()
+    return list(struct.unpack(f"<{len(raw) // 2}e", raw))
+
+
+def unpack_rows(obj: dict[str, Any]) -> list[list[float]]:
+    flat = unpack_floats(obj)
+    shape = obj["shape"]
+    if len(shape) == 1:
+        return [flat]
+    width = shape[1]
+    return [flat[i:i + width] for i in range(0, len(flat), width)] if width else [[] for _ in range(shape[0])]
+
+
+def float32_base64(values: Sequence[float]) -> str:
+    """Raw little-endian float32, base64: the OpenAI ``encoding_format=base64`` form."""
+    arr = array("f", values)
+    if sys.byteorder != "little":
+        arr.byteswap()
+    return base64.b64encode(arr.tobytes()).decode("ascii")

@@ -1,0 +1,66 @@
+"""The Celery app, configured once from Settings; used by the API (send) and workers (consume).
+
+Tasks are sent by name so the API never imports worker code.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from bge_m3.settings import Settings
+
+TASK_NAME = "bge_m3.embed"
+"""The one task; its kwargs are ``{"job_id": str}`` plus the job's params (see ``jobs``)."""
+
+QUEUE_NAME = "bge-m3"
+"""The Redis list jobs wait in; its length is the queue depth."""
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    transport: dict[str, Any] = {
+        # Unacked messages come back after this long if a worker dies; must exceed time_limit.
+        "visibility_timeout": settings.visibility_timeout,
+        "socket_timeout": 10,
+        "socket_connect_timeout": 5,
+    }
+    return {
+        "broker_url": settings.redis_url,
+        "result_backend": None,  # job state lives in bge_m3.jobs, not Celery's backend
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "event_serializer": "json",
+        "task_default_queue": QUEUE_NAME,
+        "task_routes": {TASK_NAME: {"queue": QUEUE_NAME}},
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_time_limit": settings.time_limit,
+        "broker_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+        "broker_connection_timeout": 5,
+    }
+
+
+def make_celery(settings: Settings, name: str = "bge_m3"):
+    from celery import Celery
+
+    app = Celery(name)
+    app.conf.update(celery_config(settings))
+    return app
+
+
+def redis_client(url: str, **kwargs: Any):
+    """A redis-py client for a Celery broker URL (``redis+socket://`` becomes ``unix://``)."""
+    import redis
+
+    if url.startswith("redis+socket://"):
+        url = "unix://" + url[len("redis+socket://"):]
+    kwargs.setdefault("decode_responses", True)
+    kwargs.setdefault("socket_timeout", 10)
+    kwargs.setdefault("socket_connect_timeout", 5)
+    return redis.Redis.from_url(url, **kwargs)
+
+
+def queue_depth(redis: Any) -> int:
+    return int(redis.llen(QUEUE_NAME))

@@ -1,0 +1,176 @@
+"""The one place that reads the environment.
+
+Layering follows Flask's tutorial: defaults (the dataclass fields) -> environment
+(``Settings.from_env``) -> explicit overrides (tests pass keyword arguments).
+Every other module receives a ``Settings`` and never calls ``os.getenv``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+PACKAGED_MANIFEST = Path(__file__).resolve().parent.parent / "verify" / "bge-m3-manifest.json"
+"""The pinned BAAI/bge-m3 manifest shipped inside the ``verify`` package."""
+
+
+def _default_model_dir() -> Path:
+    return Path.home() / ".cache" / "huggingface" / "BAAI" / "bge-m3"
+
+
+def _truthy(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    # name -> environment variable is declared in ENV_VARS below.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    model_dir: Path = field(default_factory=_default_model_dir)
+    manifest: Path = PACKAGED_MANIFEST
+    endpoints: tuple[str, ...] = ("https://huggingface.co", "https://hf-mirror.com")
+    device: str = "auto"
+    host: str = "0.0.0.0"
+    port: int = 7860
+    hf_token: str | None = None
+    auto_download: bool = True
+    # Worker
+    max_batch_tokens: int = 16384
+    max_length: int = 8192
+    batch_wait_ms: float = 2.0
+    worker_threads: int = 32
+    result_ttl: int = 24 * 3600
+    colbert_dtype: str = "float16"
+    time_limit: int = 600
+    visibility_timeout: int = 3600
+    max_retries: int = 3
+    # API
+    max_body_bytes: int = 20 * 1024 * 1024
+    max_texts: int = 10_000
+    max_queued: int = 10_000
+    api_keys: tuple[str, ...] = ()
+    sync_timeout: float = 60.0
+    cors_origins: tuple[str, ...] = ()
+    # Operations
+    log_dir: Path = Path("/tmp/bge-m3.log")
+    data_dir: Path = field(default_factory=lambda: Path.home() / ".local" / "share" / "bge-m3")
+    log_json: bool = False
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        types = {f.name: f.type for f in fields(cls)}
+        for name, var in ENV_VARS.items():
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            values[name] = _parse(types[name], raw)
+        if _truthy(env.get("CPU_ONLY", "")):
+            values["device"] = "cpu"
+        values.update(overrides)
+        for key in ("model_dir", "manifest", "log_dir", "data_dir"):
+            if key in values:
+                values[key] = Path(values[key]).expanduser()
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> None:
+        if self.device not in {"auto", "cuda", "cpu"} and not self.device.startswith("cuda:"):
+            raise ValueError(f"BGE_M3_DEVICE must be auto, cuda or cpu, not {self.device!r}")
+        if self.colbert_dtype not in {"float16", "float32"}:
+            raise ValueError("BGE_M3_COLBERT_DTYPE must be float16 or float32")
+        if not 1 <= self.max_length <= 8192:
+            raise ValueError("BGE_M3_MAX_LENGTH must be between 1 and 8192")
+        if self.time_limit >= self.visibility_timeout:
+            raise ValueError("BGE_M3_TIME_LIMIT must stay below BGE_M3_VISIBILITY_TIMEOUT")
+
+    def env(self) -> dict[str, str]:
+        """These settings as environment variables, for child processes."""
+        out: dict[str, str] = {}
+        for name, var in ENV_VARS.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, tuple):
+                value = ",".join(value)
+            elif isinstance(value, bool):
+                value = "1" if value else "0"
+            out[var] = str(value)
+        return out
+
+
+def _parse(kind: Any, raw: str) -> Any:
+    kind = str(kind)
+    if "bool" in kind:
+        return _truthy(raw)
+    if "tuple" in kind:
+        return _csv(raw)
+    if kind == "int":
+        return int(raw)
+    if kind == "float":
+        return float(raw)
+    if "Path" in kind:
+        return Path(raw).expanduser()
+    return raw
+
+
+ENV_VARS: dict[str, str] = {
+    "redis_url": "REDIS_URL",
+    "model_dir": "BGE_M3_MODEL_DIR",
+    "manifest": "BGE_M3_MANIFEST",
+    "endpoints": "BGE_M3_ENDPOINTS",
+    "device": "BGE_M3_DEVICE",
+    "host": "BGE_M3_HOST",
+    "port": "BGE_M3_PORT",
+    "hf_token": "HF_TOKEN",
+    "auto_download": "BGE_M3_AUTO_DOWNLOAD",
+    "max_batch_tokens": "BGE_M3_MAX_BATCH_TOKENS",
+    "max_length": "BGE_M3_MAX_LENGTH",
+    "batch_wait_ms": "BGE_M3_BATCH_WAIT_MS",
+    "worker_threads": "BGE_M3_WORKER_THREADS",
+    "result_ttl": "BGE_M3_RESULT_TTL",
+    "colbert_dtype": "BGE_M3_COLBERT_DTYPE",
+    "time_limit": "BGE_M3_TIME_LIMIT",
+    "visibility_timeout": "BGE_M3_VISIBILITY_TIMEOUT",
+    "max_retries": "BGE_M3_MAX_RETRIES",
+    "max_body_bytes": "BGE_M3_MAX_BODY_BYTES",
+    "max_texts": "BGE_M3_MAX_TEXTS",
+    "max_queued": "BGE_M3_MAX_QUEUED",
+    "api_keys": "BGE_M3_API_KEYS",
+    "sync_timeout": "BGE_M3_SYNC_TIMEOUT",
+    "cors_origins": "BGE_M3_CORS_ORIGINS",
+    "log_dir": "BGE_M3_LOG_DIR",
+    "data_dir": "BGE_M3_DATA_DIR",
+    "log_json": "BGE_M3_LOG_JSON",
+    "log_level": "BGE_M3_LOG_LEVEL",
+}
+"""Settings field -> environment variable. The names are a public contract."""
+
+
+def redact_url(url: str) -> str:
+    """A Redis URL with its password replaced, safe for logs and /v1/models."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.hostname or ""
+    if parts.username:
+        netloc = f"{parts.username}:***@{netloc}"
+    else:
+        netloc = f":***@{netloc}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

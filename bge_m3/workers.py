@@ -1,0 +1,37 @@
+"""Worker readiness records: how the API and the web page know a verified worker is serving.
+
+A worker writes ``bge-m3:worker:{hostname}`` (JSON, with a TTL) only after it has
+verified the model, loaded it once and run a warm-up forward pass; its heartbeat
+refreshes the TTL. When the worker dies the key expires, so ``/readyz`` follows.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+WORKER_PREFIX = "bge-m3:worker:"
+READY_TTL = 15
+"""Seconds a readiness record lives without a heartbeat; a dead worker drops out within this."""
+
+HEARTBEAT_INTERVAL = 5.0
+"""Seconds between refreshes of the readiness record (well inside READY_TTL)."""
+
+STATS_PREFIX = "bge-m3:stats:"
+"""Hash per worker: forward_passes, batches, jobs, texts, tokens (tests read it)."""
+
+
+def announce(redis: Any, hostname: str, info: dict[str, Any], ttl: int = READY_TTL) -> None:
+    redis.set(WORKER_PREFIX + hostname, json.dumps(info), ex=ttl)
+
+
+def withdraw(redis: Any, hostname: str) -> None:
+    redis.delete(WORKER_PREFIX + hostname)
+
+
+def ready_workers(redis: Any) -> list[dict[str, Any]]:
+    keys = sorted(redis.scan_iter(match=WORKER_PREFIX + "*", count=100))
+    out = []
+    for raw in redis.mget(keys) if keys else []:
+        if raw:
+            out.append(json.loads(raw))
+    return out

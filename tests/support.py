@@ -1,0 +1,133 @@
+"""Real processes for tests: a private redis-server and `bge-m3 worker` subprocesses."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bge_m3.queue import redis_client
+from bge_m3.settings import Settings
+from bge_m3.workers import WORKER_PREFIX
+
+BIN = Path(sys.executable).parent
+BGE_M3 = str(BIN / "bge-m3")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+class RedisServer:
+    """redis-server on a unix socket in ``folder`` (``--port 0``: no TCP), optionally with AOF."""
+
+    def __init__(self, folder: Path, *, appendonly: bool = False, password: str | None = None):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.socket = self.folder / "redis.sock"
+        self.appendonly = appendonly
+        self.password = password
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+        args = [exe, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
+                "--save", "", "--dir", str(self.folder), "--daemonize", "no",
+                "--logfile", str(self.folder / "redis.log")]
+        if self.appendonly:
+            args += ["--appendonly", "yes", "--appendfsync", "everysec"]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self._answers, 10, what="redis-server")
+
+    def _answers(self) -> bool:
+        try:
+            return bool(self.client().ping())
+        except Exception:
+            return False
+
+    def url(self, db: int = 0) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis+socket://{auth}{self.socket}?virtual_host={db}"
+
+    def client(self, db: int = 0):
+        return redis_client(f"unix://{self.socket}?db={db}", password=self.password)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+
+
+@dataclass
+class WorkerProcess:
+    proc: subprocess.Popen
+    hostname: str
+    log: Path
+    settings: Settings
+    extra_env: dict = field(default_factory=dict)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def ready(self) -> bool:
+        return bool(redis_client(self.settings.redis_url).exists(WORKER_PREFIX + self.hostname))
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BGE_M3_")}
+    env.update(settings.env())
+    env.update({"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"})
+    env.update(extra)
+    return env
+
+
+def spawn_worker(settings: Settings, log_dir: Path, *, wait: bool = True, timeout: float = 120,
+                 args: tuple[str, ...] = (), **extra_env: str) -> WorkerProcess:
+    hostname = f"test-{uuid.uuid4().hex[:8]}@localhost"
+    log = Path(log_dir) / f"{hostname.split('@')[0]}.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([BGE_M3, "worker", "--hostname", hostname, *args],
+                                env=worker_env(settings, **extra_env), stdout=fh,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    worker = WorkerProcess(proc, hostname, log, settings, extra_env)
+    if wait:
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited {proc.returncode}:\n{worker.output()[-3000:]}")
+            return worker.ready()
+        wait_for(up, timeout, interval=0.2, what=f"worker {hostname} ready")
+    return worker

@@ -1,0 +1,108 @@
+"""The foundation: deterministic tiny model, FlagEmbedding loads it, settings, thin API import."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bge_m3.settings import PACKAGED_MANIFEST, Settings, redact_url
+from bge_m3.tinymodel import build
+from verify.manifest import load_manifest
+
+
+def test_two_builds_are_byte_identical(tiny_model, tmp_path):
+    again = build(tmp_path / "again", seed=0)
+    assert json.loads(again.read_text())["files"] == json.loads(tiny_model.manifest.read_text())["files"]
+    other_seed = build(tmp_path / "other", seed=1)
+    assert json.loads(other_seed.read_text())["files"] != json.loads(again.read_text())["files"]
+
+
+def test_tiny_model_files_and_manifest(tiny_model):
+    manifest = load_manifest(tiny_model.manifest)
+    paths = {f.path for f in manifest.files}
+    assert {"config.json", "model.safetensors", "colbert_linear.pt", "sparse_linear.pt",
+            "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"} <= paths
+    config = json.loads((tiny_model.dir / "config.json").read_text())
+    assert config["max_position_embeddings"] == 8194 and config["pad_token_id"] == 1
+    assert config["hidden_size"] == 32 and config["num_hidden_layers"] == 2
+    for path in tiny_model.dir.iterdir():
+        assert path.stat().st_mode & 0o044 == 0o044, f"{path} is not readable by others"
+
+
+def test_tokenizer_special_ids(tiny_model):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model.dir)
+    assert [tok.convert_tokens_to_ids(t) for t in ("<s>", "<pad>", "</s>", "<unk>")] == [0, 1, 2, 3]
+    assert tok.convert_tokens_to_ids("<mask>") == len(tok) - 1
+    ids = tok("今天天气真好")["input_ids"]
+    assert ids[0] == 0 and ids[-1] == 2 and 3 not in ids
+
+
+def test_flagembedding_loads_all_three_outputs(tiny_model):
+    from FlagEmbedding import BGEM3FlagModel
+
+    model = BGEM3FlagModel(str(tiny_model.dir), use_fp16=False, devices="cpu")
+    texts = ["今天天气真好", "阳光明媚", "the quick brown fox jumps over the lazy dog"]
+    out = model.encode(texts, return_dense=True, return_sparse=True, return_colbert_vecs=True)
+    assert out["dense_vecs"].shape == (3, 32)
+    sims = out["dense_vecs"] @ out["dense_vecs"].T
+    assert sims[0, 2] < 0.99, "random init too small: every text looks the same"
+    assert all(len(w) > 0 for w in out["lexical_weights"]), "sparse head drops every token"
+    assert [v.shape[1] for v in out["colbert_vecs"]] == [32, 32, 32]
+    assert all(v.shape[0] >= 1 for v in out["colbert_vecs"])
+
+
+def test_import_api_leaves_torch_out():
+    code = ("import sys, api; heavy = [m for m in ('torch', 'transformers', 'FlagEmbedding') "
+            "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_settings_layering():
+    defaults = Settings.from_env({})
+    assert defaults.redis_url == "redis://127.0.0.1:6379/0" and defaults.port == 7860
+    assert defaults.manifest == PACKAGED_MANIFEST and defaults.endpoints[0] == "https://huggingface.co"
+    env = {"BGE_M3_PORT": "9000", "BGE_M3_ENDPOINTS": "http://a, http://b", "CPU_ONLY": "1",
+           "BGE_M3_DEVICE": "cuda", "BGE_M3_API_KEYS": "k1,k2"}
+    s = Settings.from_env(env)
+    assert (s.port, s.endpoints, s.device, s.api_keys) == (9000, ("http://a", "http://b"), "cpu", ("k1", "k2"))
+    assert Settings.from_env(env, port=1234).port == 1234
+    assert Settings.from_env(s.env()) == s
+    with pytest.raises(ValueError):
+        Settings.from_env({"BGE_M3_DEVICE": "tpu"})
+
+
+def test_redact_url():
+    assert redact_url("redis://:s3cret@h:6379/0") == "redis://:***@h:6379/0"
+    assert "s3cret" not in redact_url("rediss://user:s3cret@h/0")
+    assert redact_url("redis://h:6379/0") == "redis://h:6379/0"
+
+
+def test_packaged_manifest_is_the_pin():
+    manifest = load_manifest(PACKAGED_MANIFEST)
+    assert manifest.repo_id == "BAAI/bge-m3"
+    assert manifest.revision == "5617a9f61b028005a4858fdac845db406aefb181"
+    assert len(manifest.files) == 12
+    assert manifest.entry("pytorch_model.bin").size == 2271145830
+
+
+def test_cli_help_lists_commands():
+    proc = subprocess.run([sys.executable, "-m", "bge_m3.cli", "--help"], capture_output=True, text=True)
+    for name in ("tiny-model", "manifest", "verify", "download", "worker", "api", "up"):
+        assert name in proc.stdout
+
+
+def test_manifest_command_matches_tiny_model_manifest(tiny_model, tmp_path):
+    from tests.support import BGE_M3
+
+    out = tmp_path / "m.json"
+    proc = subprocess.run([BGE_M3, "manifest", str(tiny_model.dir), "-o", str(out)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text())["files"] == json.loads(tiny_model.manifest.read_text())["files"]
+    assert [f["path"] for f in json.loads(out.read_text())["files"]] == sorted(
+        p.name for p in tiny_model.dir.iterdir())
