@@ -1,0 +1,95 @@
+"""Check a model folder against a manifest: existence, regular file inside the folder, size, SHA-256."""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from verify.hashes import file_sha256
+from verify.manifest import FileEntry, Manifest
+
+OK, MISSING, SIZE, HASH, UNSAFE = "OK", "MISSING", "SIZE", "HASH", "UNSAFE"
+
+
+@dataclass(frozen=True)
+class FileResult:
+    path: str
+    status: str
+    expected_size: int
+    actual_size: int | None = None
+    expected_sha256: str = ""
+    actual_sha256: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    def describe(self) -> str:
+        if self.status == OK:
+            return f"OK       {self.path}"
+        if self.status == MISSING:
+            return f"MISSING  {self.path}"
+        if self.status == UNSAFE:
+            return f"UNSAFE   {self.path}: not a regular file inside the model folder"
+        if self.status == SIZE:
+            return f"SIZE     {self.path}: expected {self.expected_size} bytes, actual {self.actual_size}"
+        return (f"HASH     {self.path}: expected sha256 {self.expected_sha256}, "
+                f"actual {self.actual_sha256}")
+
+
+@dataclass(frozen=True)
+class Report:
+    model_dir: str
+    repo_id: str
+    revision: str
+    manifest_digest: str
+    files: list[FileResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(f.ok for f in self.files)
+
+    @property
+    def failures(self) -> list[FileResult]:
+        return [f for f in self.files if not f.ok]
+
+    def to_dict(self) -> dict:
+        return {"model_dir": self.model_dir, "repo_id": self.repo_id, "revision": self.revision,
+                "manifest_digest": self.manifest_digest, "ok": self.ok,
+                "files": [asdict(f) for f in self.files]}
+
+
+def resolve_inside(folder: Path, rel: str) -> Path | None:
+    """The real path of ``folder/rel`` if it is a regular file that stays inside ``folder``."""
+    root = Path(os.path.realpath(folder))
+    target = Path(os.path.realpath(root / rel))
+    if root not in target.parents:
+        return None
+    return target
+
+
+def check_file(folder: Path, entry: FileEntry) -> FileResult:
+    path = Path(folder) / entry.path
+    if not path.exists() and not path.is_symlink():
+        return FileResult(entry.path, MISSING, entry.size, expected_sha256=entry.sha256)
+    real = resolve_inside(folder, entry.path)
+    if real is None or not real.is_file():
+        return FileResult(entry.path, UNSAFE, entry.size, expected_sha256=entry.sha256)
+    size = real.stat().st_size
+    if size != entry.size:
+        return FileResult(entry.path, SIZE, entry.size, size, entry.sha256)
+    actual = file_sha256(real)
+    status = OK if actual == entry.sha256 else HASH
+    return FileResult(entry.path, status, entry.size, size, entry.sha256, actual)
+
+
+def verify_folder(folder: str | Path, manifest: Manifest, workers: int | None = None) -> Report:
+    """Verify every manifest file; biggest files first so parallel hashing finishes together."""
+    folder = Path(folder)
+    order = sorted(manifest.files, key=lambda f: -f.size)
+    workers = workers or min(8, (os.cpu_count() or 2), len(order))
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = dict(zip([e.path for e in order], pool.map(lambda e: check_file(folder, e), order)))
+    return Report(str(folder), manifest.repo_id, manifest.revision, manifest.digest(),
+                  [results[e.path] for e in manifest.files])
