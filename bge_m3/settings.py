@@ -62,6 +62,7 @@ class Settings:
     data_dir: Path = field(default_factory=lambda: Path.home() / ".local" / "share" / "bge-m3")
     log_json: bool = False
     log_level: str = "INFO"
+    embedded_redis_port: int = 6379
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -155,8 +156,15 @@ ENV_VARS: dict[str, str] = {
     "data_dir": "BGE_M3_DATA_DIR",
     "log_json": "BGE_M3_LOG_JSON",
     "log_level": "BGE_M3_LOG_LEVEL",
+    "embedded_redis_port": "BGE_M3_EMBEDDED_REDIS_PORT",
 }
 """Settings field -> environment variable. The names are a public contract."""
+
+
+def env_is_set(var: str, env: Mapping[str, str] | None = None) -> bool:
+    """Whether ``var`` is set (non-empty), for commands whose behaviour differs when it is unset."""
+    env = os.environ if env is None else env
+    return bool(env.get(var))
 
 
 def redact_url(url: str) -> str:
