@@ -1,0 +1,40 @@
+// Tiny DOM helpers shared by the console's panels. Text goes in via textContent only, so
+// nothing the API or a user typed is ever parsed as HTML.
+
+export const $ = (sel, root = document) => root.querySelector(sel);
+
+export function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v == null || v === false) continue;
+    if (k === "class") node.className = v;
+    else if (k === "text") node.textContent = v;
+    else if (k.startsWith("data-") || k === "title" || k === "role" || k.startsWith("aria-")) node.setAttribute(k, v);
+    else node[k] = v;
+  }
+  for (const child of children) if (child != null) node.append(child);
+  return node;
+}
+
+export function showError(node, message) {
+  node.textContent = message || "";
+  node.hidden = !message;
+}
+
+export function showProgress(node, message) {
+  node.textContent = message || "";
+  node.hidden = !message;
+}
+
+export function ms(value) {
+  if (value == null || Number.isNaN(value)) return "—";
+  return value >= 1000 ? `${(value / 1000).toFixed(2)} s` : `${value.toFixed(1)} ms`;
+}
+
+export function short(text, n = 40) {
+  return text.length > n ? `${text.slice(0, n - 1)}…` : text;
+}
+
+export function lines(text) {
+  return text.split("\n").map((s) => s.replace(/\r$/, "")).filter((s) => s.trim() !== "");
+}

@@ -1,0 +1,210 @@
+// The Embed panel: submit a job, then show facts, the N×N similarity heatmaps, sparse chips
+// and ColBERT counts, all computed from the vectors the API returned.
+import {
+  ApiError, cosine, epochMs, hybrid, lexical, matrix, maxsim, perText, runJob, sparseEntries, vector,
+} from "./client.js";
+import { $, el, lines, ms, short, showError, showProgress } from "./dom.js";
+import { currentWeights } from "./score.js";
+
+/** How many top-weighted sparse tokens each text shows as chips. */
+const TOP_TOKENS = 8;
+
+const KINDS = {
+  dense: { label: "Dense", caption: "cosine similarity of the dense vectors" },
+  sparse: { label: "Sparse", caption: "lexical matching score: sum of weight products over shared tokens" },
+  colbert: { label: "ColBERT", caption: "MaxSim: row text as query, column text as document" },
+  hybrid: { label: "Hybrid", caption: "weighted dense + sparse + ColBERT, weights from the Score tab" },
+};
+
+let state = null; // {texts, items, matrices: {kind: number[][]}, active}
+
+function pick(job, names) {
+  const places = [job, job.timings, job.stats, job.stats && job.stats.timings, job.usage, job.result && job.result.usage];
+  for (const place of places) {
+    if (!place || typeof place !== "object") continue;
+    for (const n of names) if (typeof place[n] === "number") return place[n];
+  }
+  return null;
+}
+
+function latency(job) {
+  const created = epochMs(job.created_at), started = epochMs(job.started_at), finished = epochMs(job.finished_at);
+  let queue = pick(job, ["queue_ms"]);
+  let compute = pick(job, ["compute_ms"]);
+  let total = pick(job, ["total_ms"]);
+  if (queue == null && created != null && started != null) queue = started - created;
+  if (compute == null && started != null && finished != null) compute = finished - started;
+  if (total == null && created != null && finished != null) total = finished - created;
+  return { queue, compute, total };
+}
+
+function grid(n, f) {
+  return Array.from({ length: n }, (_, i) => Array.from({ length: n }, (_, j) => f(i, j)));
+}
+
+function computeMatrices(items) {
+  const n = items.length;
+  const out = {};
+  const dense = items.map((it) => vector(it.dense));
+  const sparse = items.map((it) => sparseEntries(it.sparse));
+  const colbert = items.map((it) => matrix(it.colbert));
+  if (dense.every(Boolean)) out.dense = grid(n, (i, j) => cosine(dense[i], dense[j]));
+  if (sparse.every(Boolean)) out.sparse = grid(n, (i, j) => lexical(sparse[i], sparse[j]));
+  if (colbert.every(Boolean)) out.colbert = grid(n, (i, j) => maxsim(colbert[i], colbert[j]));
+  return { out, dense, sparse, colbert };
+}
+
+function withHybrid(matrices) {
+  if (!(matrices.dense && matrices.sparse && matrices.colbert)) return matrices;
+  const w = currentWeights();
+  const n = matrices.dense.length;
+  return {
+    ...matrices,
+    hybrid: grid(n, (i, j) => hybrid(
+      { dense: matrices.dense[i][j], sparse: matrices.sparse[i][j], colbert: matrices.colbert[i][j] }, w)),
+  };
+}
+
+function colour(t) {
+  const light = 97 - 62 * t;
+  return `hsl(212, 70%, ${light.toFixed(1)}%)`;
+}
+
+function renderHeatmap(kind) {
+  const table = $("#heatmap");
+  const values = state.matrices[kind];
+  const flat = values.flat();
+  const lo = Math.min(0, ...flat), hi = Math.max(...flat);
+  const span = hi - lo || 1;
+  const head = el("tr", {}, el("th", { class: "corner", text: "" }),
+    ...state.texts.map((t, j) => el("th", { scope: "col", title: t, text: `${j + 1}` })));
+  const rows = values.map((row, i) => el("tr", {},
+    el("th", { scope: "row", title: state.texts[i], text: `${i + 1}. ${short(state.texts[i], 24)}` }),
+    ...row.map((v, j) => {
+      const t = (v - lo) / span;
+      const cell = el("td", {
+        class: "cell", "data-row": String(i), "data-col": String(j), "data-value": String(v),
+        title: `${state.texts[i]} ↔ ${state.texts[j]}: ${v}`, text: v.toFixed(3),
+      });
+      cell.style.background = colour(t);
+      cell.style.color = t > 0.55 ? "#fff" : "#112";
+      return cell;
+    })));
+  table.replaceChildren(el("thead", {}, head), el("tbody", {}, ...rows));
+  table.dataset.kind = kind;
+  $("#heat-caption").textContent = KINDS[kind].caption;
+  for (const b of document.querySelectorAll("#heat-tabs button")) {
+    b.setAttribute("aria-selected", String(b.dataset.kind === kind));
+  }
+  state.active = kind;
+}
+
+function renderTabs() {
+  const kinds = Object.keys(KINDS).filter((k) => state.matrices[k]);
+  const tabs = kinds.map((k) => {
+    const b = el("button", { type: "button", role: "tab", "data-kind": k, text: KINDS[k].label });
+    b.addEventListener("click", () => renderHeatmap(k));
+    return b;
+  });
+  $("#heat-tabs").replaceChildren(...tabs);
+  renderHeatmap(kinds.includes(state.active) ? state.active : kinds[0]);
+}
+
+function renderChips(sparse) {
+  const card = $("#sparse-card");
+  card.hidden = !sparse.every(Boolean);
+  if (card.hidden) return;
+  const rows = sparse.map((entries, i) => {
+    const top = [...entries].sort((a, b) => b.weight - a.weight).slice(0, TOP_TOKENS);
+    const chips = top.map((e) => el("span", {
+      class: "chip", "data-token": e.id, title: `token id ${e.id}`,
+    }, el("span", { class: "tok", text: e.token != null ? e.token : `#${e.id}` }),
+    el("b", { text: e.weight.toFixed(3) })));
+    return el("div", { class: "chip-row", "data-text": String(i) },
+      el("span", { class: "chip-label", text: `${i + 1}. ${short(state.texts[i], 30)}` }),
+      ...(chips.length ? chips : [el("span", { class: "caption", text: "no weighted tokens" })]));
+  });
+  $("#sparse-chips").replaceChildren(...rows);
+}
+
+function renderColbert(colbert) {
+  const card = $("#colbert-card");
+  card.hidden = !colbert.every(Boolean);
+  if (card.hidden) return;
+  const rows = colbert.map((vecs, i) => {
+    const perTextTokens = state.items[i].tokens;
+    // FlagEmbedding keeps one vector per token after [CLS], so tokens = vectors + 1.
+    const tokens = typeof perTextTokens === "number" ? perTextTokens : vecs.length + 1;
+    return el("tr", { "data-text": String(i) }, el("td", { text: String(i + 1) }),
+      el("td", { title: state.texts[i], text: short(state.texts[i], 40) }),
+      el("td", { class: "num tokens", text: String(tokens) }),
+      el("td", { class: "num vectors", text: String(vecs.length) }));
+  });
+  $("#colbert-table tbody").replaceChildren(...rows);
+}
+
+function totalTokens(job, colbert) {
+  const given = pick(job, ["tokens", "total_tokens", "prompt_tokens"]);
+  if (given != null) return given;
+  const perItem = state.items.map((it) => it.tokens);
+  if (perItem.every((t) => typeof t === "number")) return perItem.reduce((a, b) => a + b, 0);
+  if (colbert.every(Boolean)) return colbert.reduce((a, v) => a + v.length + 1, 0);
+  return null;
+}
+
+function renderFacts(job, dense, colbert) {
+  const { queue, compute, total } = latency(job);
+  const given = job.result && typeof job.result.dimension === "number" ? job.result.dimension : null;
+  const dim = dense.every(Boolean) && dense.length ? dense[0].length : given != null ? given
+    : colbert.every(Boolean) && colbert[0].length ? colbert[0][0].length : null;
+  const tokens = totalTokens(job, colbert);
+  $("#f-texts").textContent = String(state.texts.length);
+  $("#f-dim").textContent = dim == null ? "—" : String(dim);
+  $("#f-tokens").textContent = tokens == null ? "—" : String(tokens);
+  $("#f-queue").textContent = ms(queue);
+  $("#f-compute").textContent = ms(compute);
+  $("#f-total").textContent = ms(total);
+}
+
+/** Recompute the hybrid heatmap after the weights move. */
+export function refreshHybrid() {
+  if (!state || !state.matrices.dense) return;
+  state.matrices = withHybrid(state.matrices);
+  if (state.active === "hybrid") renderHeatmap("hybrid");
+}
+
+async function submit(event) {
+  event.preventDefault();
+  const error = $("#embed-error"), progress = $("#embed-progress"), button = $("#run-embed");
+  showError(error, "");
+  const texts = lines($("#texts").value);
+  if (!texts.length) { showError(error, "type at least one text, one per line"); return; }
+  const mode = document.querySelector('input[name="mode"]:checked').value;
+  const modes = mode === "all" ? ["dense", "sparse", "colbert"] : [mode];
+  const body = { texts, modes, truncate: $("#truncate").checked, encoding: "float" };
+  const maxLength = parseInt($("#max-length").value, 10);
+  if (!Number.isNaN(maxLength)) body.max_length = maxLength;
+  button.disabled = true;
+  try {
+    const job = await runJob(body, (s) => showProgress(progress, `job ${s}…`));
+    const items = perText(job.result);
+    if (items.length !== texts.length) throw new ApiError(`the API returned ${items.length} results for ${texts.length} texts`);
+    const { out, dense, sparse, colbert } = computeMatrices(items);
+    state = { texts, items, matrices: withHybrid(out), active: mode === "all" ? "dense" : mode };
+    renderFacts(job, dense, colbert);
+    renderTabs();
+    renderChips(sparse);
+    renderColbert(colbert);
+    $("#embed-results").hidden = false;
+    $("#embed-results").dataset.job = job.id;
+  } catch (e) {
+    showError(error, e instanceof ApiError ? e.message : `something went wrong in the page: ${e.message}`);
+  } finally {
+    showProgress(progress, "");
+    button.disabled = false;
+  }
+}
+
+export function initEmbed() {
+  $("#embed-form").addEventListener("submit", submit);
+}

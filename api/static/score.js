@@ -1,0 +1,91 @@
+// The Score panel: one query against many documents via POST /v1/score, ranked by the hybrid
+// score; moving a weight slider re-asks the API with the new weights.
+import { ApiError, call } from "./client.js";
+import { $, el, lines, short, showError, showProgress } from "./dom.js";
+
+/** Milliseconds the sliders must rest before the API is asked again (one request per drag). */
+const RESCORE_DELAY_MS = 150;
+const SLIDERS = ["dense", "sparse", "colbert"];
+
+let timer = null;
+let sequence = 0; // answers to older requests are dropped, so the last slider position wins
+let scored = false;
+
+export function currentWeights() {
+  return SLIDERS.map((k) => parseFloat($(`#w-${k}`).value));
+}
+
+/** Per-document scores from either a list of objects or FlagEmbedding-style parallel lists. */
+function rows(data, count) {
+  let list = Array.isArray(data) ? data : null;
+  if (!list && data) {
+    for (const k of ["scores", "data", "results", "documents"]) if (Array.isArray(data[k])) { list = data[k]; break; }
+  }
+  if (list) return list.map((r, i) => ({ index: typeof r.index === "number" ? r.index : i, ...r }));
+  const col = (k, alt) => (data && (data[k] || data[alt])) || [];
+  const dense = col("dense"), sparse = col("sparse"), colbert = col("colbert");
+  const hybrid = col("hybrid", "colbert+sparse+dense");
+  return Array.from({ length: count }, (_, i) => ({
+    index: i, dense: dense[i], sparse: sparse[i], colbert: colbert[i], hybrid: hybrid[i],
+  }));
+}
+
+const fmt = (v) => (typeof v === "number" ? v.toFixed(4) : "—");
+
+function render(documents, weights, data) {
+  const ranked = rows(data, documents.length).sort((a, b) => b.hybrid - a.hybrid);
+  const body = ranked.map((r, rank) => el("tr", { "data-doc": String(r.index) },
+    el("td", { class: "num", text: String(rank + 1) }),
+    el("td", { class: "doc", title: documents[r.index], text: short(documents[r.index] || "", 60) }),
+    el("td", { class: "num hybrid", text: fmt(r.hybrid) }),
+    el("td", { class: "num", text: fmt(r.dense) }),
+    el("td", { class: "num", text: fmt(r.sparse) }),
+    el("td", { class: "num", text: fmt(r.colbert) })));
+  $("#ranking tbody").replaceChildren(...body);
+  $("#score-weights").textContent = `weights ${weights.map((w) => w.toFixed(2)).join(" / ")}`;
+  const results = $("#score-results");
+  results.dataset.weights = weights.join(",");
+  results.hidden = false;
+}
+
+async function score() {
+  const error = $("#score-error"), progress = $("#score-progress");
+  const query = $("#query").value.trim();
+  const documents = lines($("#documents").value);
+  if (!query || !documents.length) {
+    showError(error, "type a query and at least one document, one per line");
+    return;
+  }
+  const weights = currentWeights();
+  if (!weights.some((w) => w > 0)) {
+    showError(error, "at least one weight must be above zero");
+    return;
+  }
+  const mine = ++sequence;
+  showError(error, "");
+  showProgress(progress, "scoring…");
+  try {
+    const { data } = await call("POST", "/v1/score", { query, documents, weights });
+    if (mine !== sequence) return;
+    render(documents, weights, data);
+    scored = true;
+  } catch (e) {
+    if (mine !== sequence) return;
+    showError(error, e instanceof ApiError ? e.message : `something went wrong in the page: ${e.message}`);
+  } finally {
+    if (mine === sequence) showProgress(progress, "");
+  }
+}
+
+function onSlide(kind) {
+  $(`#o-${kind}`).textContent = parseFloat($(`#w-${kind}`).value).toFixed(2);
+  document.dispatchEvent(new CustomEvent("weights-changed"));
+  if (!scored) return;
+  clearTimeout(timer);
+  timer = setTimeout(score, RESCORE_DELAY_MS);
+}
+
+export function initScore() {
+  $("#score-form").addEventListener("submit", (e) => { e.preventDefault(); clearTimeout(timer); score(); });
+  for (const kind of SLIDERS) $(`#w-${kind}`).addEventListener("input", () => onSlide(kind));
+}

@@ -1,0 +1,124 @@
+// The status strip: readiness, workers, device, model, manifest digest and queue depth, from
+// /readyz, /v1/models and (for the queue depth, when nothing else gives it) /metrics.
+import { ApiError, apiKey, call } from "./client.js";
+import { $ } from "./dom.js";
+
+/** Milliseconds between refreshes of the strip; a dead worker's record expires in ~15 s anyway. */
+export const STATUS_INTERVAL_MS = 2000;
+
+async function get(path) {
+  try {
+    const r = await call("GET", path);
+    return { ok: true, status: r.status, data: r.data, raw: r.raw };
+  } catch (e) {
+    if (!(e instanceof ApiError)) throw e;
+    return { ok: false, status: e.status, message: e.message };
+  }
+}
+
+async function getBody(path) {
+  // /readyz answers 503 with a useful body; fetch directly so that body is kept.
+  try {
+    const res = await fetch(path, { cache: "no-store", headers: authHeaders() });
+    const raw = await res.text();
+    let data = null;
+    try { data = raw ? JSON.parse(raw) : null; } catch (e) { data = null; }
+    return { ok: res.ok, status: res.status, data, raw };
+  } catch (e) {
+    return { ok: false, status: 0, data: null, raw: "" };
+  }
+}
+
+function authHeaders() {
+  const key = apiKey();
+  return key ? { Authorization: `Bearer ${key}`, Accept: "application/json" } : { Accept: "application/json" };
+}
+
+function workerList(data) {
+  if (Array.isArray(data)) return data;
+  if (!data || typeof data !== "object") return [];
+  for (const k of ["data", "workers", "models"]) if (Array.isArray(data[k])) return data[k];
+  return [];
+}
+
+const first = (obj, names) => {
+  for (const n of names) {
+    const v = n.split(".").reduce((o, k) => (o && typeof o === "object" ? o[k] : undefined), obj);
+    if (v != null && v !== "") return v;
+  }
+  return null;
+};
+
+const uniq = (values) => [...new Set(values.filter((v) => v != null && v !== ""))];
+
+function reason(data) {
+  if (!data || typeof data !== "object") return "";
+  if (data.error && typeof data.error === "object") return data.error.message || "";
+  return data.reason || data.message || (typeof data.error === "string" ? data.error : "");
+}
+
+function queueFromMetrics(text) {
+  if (!text) return null;
+  for (const line of text.split("\n")) {
+    if (line.startsWith("#")) continue;
+    const m = line.match(/^([A-Za-z_:][\w:]*queue_depth[\w:]*)(\{[^}]*\})?\s+(\S+)/);
+    if (m) return Number(m[3]);
+  }
+  return null;
+}
+
+function set(id, text, state) {
+  const node = $(id);
+  node.textContent = text;
+  if (state) node.dataset.state = state;
+}
+
+export async function refreshStatus() {
+  const [ready, models] = await Promise.all([getBody("/readyz"), get("/v1/models")]);
+  const workers = models.ok ? workerList(models.data) : [];
+  const readyCount = typeof first(ready.data, ["workers", "ready_workers"]) === "number"
+    ? first(ready.data, ["workers", "ready_workers"]) : workers.length;
+  if (ready.status === 0) {
+    set("#st-ready", "cannot reach the API", "down");
+  } else if (ready.ok) {
+    set("#st-ready", "ready", "ok");
+  } else if (ready.status === 401) {
+    set("#st-ready", "API key needed", "down");
+  } else {
+    const why = reason(ready.data);
+    const head = readyCount ? "not ready" : "no worker ready";
+    set("#st-ready", why ? `${head}: ${why}` : head, "down");
+  }
+  set("#st-workers", `workers: ${readyCount}`);
+  const devices = uniq(workers.map((w) => {
+    const dev = first(w, ["device", "device_type"]);
+    const name = first(w, ["device_name", "gpu", "gpu_name"]);
+    return name && dev && !String(dev).includes(name) ? `${dev} (${name})` : dev || name;
+  }));
+  set("#st-device", `device: ${devices.join(", ") || "—"}`);
+  const models_ = uniq(workers.map((w) => {
+    const repo = first(w, ["model", "repo", "model_repo", "id"]);
+    const rev = first(w, ["revision", "model_revision"]);
+    return repo ? (rev && !String(repo).includes("@") ? `${repo}@${String(rev).slice(0, 12)}` : repo) : null;
+  }));
+  set("#st-model", `model: ${models_.join(", ") || "—"}`);
+  const digests = uniq(workers.map((w) => first(w, ["manifest_digest", "digest", "manifest.digest", "manifest_sha256"])));
+  const verified = workers.length && workers.every((w) => first(w, ["verified", "manifest_verified"]) !== false);
+  set("#st-manifest", digests.length
+    ? `manifest ${verified ? "verified" : "unverified"}: ${digests.map((d) => String(d).replace(/^sha256:/, "").slice(0, 12)).join(", ")}`
+    : "manifest: —");
+  let depth = first(ready.data, ["queue_depth", "queue.depth"]);
+  if (depth == null && models.ok) depth = first(models.data, ["queue_depth"]);
+  if (depth == null) {
+    const metrics = await getBody("/metrics");
+    if (metrics.ok) depth = queueFromMetrics(metrics.raw);
+  }
+  set("#st-queue", `queue: ${depth == null ? "—" : depth}`);
+}
+
+export function initStatus() {
+  const tick = () => refreshStatus().catch(() => set("#st-ready", "status unavailable", "down"));
+  tick();
+  setInterval(tick, STATUS_INTERVAL_MS);
+  return tick;
+}
