@@ -20,3 +20,22 @@ class MismatchError(VerifyError):
 
 class DownloadError(VerifyError):
     """Every endpoint failed for a file."""
+
+
+class TransientError(VerifyError):
+    """One request failed in a way worth retrying: connection error, timeout, 5xx, 429, cut body."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, progress: int = 0,
+                 connection: bool = False):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.progress = progress
+        self.connection = connection
+
+
+class EndpointError(VerifyError):
+    """This endpoint cannot serve this file (404, 401/403, metadata contradicting the manifest)."""
+
+
+class BadContentError(VerifyError):
+    """A completed download's SHA-256 differs from the manifest; the bytes were deleted."""
