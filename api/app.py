@@ -1,17 +1,72 @@
-"""Flask application factory (placeholder until the API issue lands)."""
+"""Flask application factory: validate, record, enqueue, read. No torch here."""
 from __future__ import annotations
 
-from flask import Flask
+import importlib.util
+import logging
+from dataclasses import dataclass
 
+from flask import Flask, Response, request
+
+from api import auth, errors
+from api.metrics import Metrics
+from api.service import Backend
 from bge_m3.settings import Settings
+
+log = logging.getLogger("bge_m3.api")
+
+CORS_MAX_AGE = "600"
+"""Seconds a browser may cache a CORS preflight answer."""
+
+
+@dataclass
+class State:
+    """What the routes share, kept in ``app.extensions["bge_m3"]``."""
+
+    settings: Settings
+    backend: Backend
+    metrics: Metrics
 
 
 def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings.from_env()
     app = Flask(__name__)
-    app.config["SETTINGS"] = settings or Settings.from_env()
+    app.config["SETTINGS"] = settings
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # keep the seed's field order in /embed
+    app.url_map.strict_slashes = False
+    backend = Backend(settings)
+    metrics = Metrics(backend.redis)
+    app.extensions["bge_m3"] = State(settings, backend, metrics)
 
-    @app.get("/healthz")
-    def healthz():
-        return {"status": "ok"}
+    metrics.install(app)
+    auth.install(app, settings.api_keys)
+    errors.register(app)
+    _install_cors(app, settings.cors_origins)
 
+    from api import routes_jobs, routes_ops, routes_sync
+
+    for module in (routes_jobs, routes_sync, routes_ops):
+        app.register_blueprint(module.bp)
+    if importlib.util.find_spec("api.console") is not None:
+        from api.console import bp as console
+
+        app.register_blueprint(console)
     return app
+
+
+def _install_cors(app: Flask, origins: tuple[str, ...]) -> None:
+    """Off unless BGE_M3_CORS_ORIGINS lists origins (``*`` allows any)."""
+    if not origins:
+        return
+
+    @app.after_request
+    def _cors(response: Response) -> Response:
+        origin = request.headers.get("Origin")
+        if origin and ("*" in origins or origin in origins):
+            response.headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else origin
+            response.headers["Vary"] = "Origin"
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
+            response.headers["Access-Control-Expose-Headers"] = "Location, Retry-After"
+            response.headers["Access-Control-Max-Age"] = CORS_MAX_AGE
+        return response

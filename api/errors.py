@@ -1,0 +1,95 @@
+"""Every error is JSON: ``{"error": {"code", "message"}}`` (OpenAI's shape on ``/v1/embeddings``).
+
+Never an HTML page, never a 500 for bad input: werkzeug's HTTP exceptions (404,
+405, 413, ...), malformed bodies and Redis outages all pass through here.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger("bge_m3.api")
+
+OPENAI_PATHS = frozenset({"/v1/embeddings"})
+"""Routes whose errors use OpenAI's shape (``type`` beside ``code`` and ``message``)."""
+
+OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+                405: "invalid_request_error", 413: "invalid_request_error",
+                422: "invalid_request_error", 429: "rate_limit_error"}
+"""HTTP status -> OpenAI error ``type``; anything else is a ``server_error``."""
+
+HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+              413: "payload_too_large", 415: "unsupported_media_type", 429: "too_many_requests",
+              503: "unavailable"}
+"""werkzeug status -> our error code, for errors raised by Flask itself (routing, body size)."""
+
+
+class ApiError(Exception):
+    """An error with a status, a stable machine-readable code and a human message."""
+
+    def __init__(self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None,
+                 extra: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None,
+                   extra: dict[str, Any] | None = None) -> Response:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if request.path in OPENAI_PATHS:
+        body["type"] = OPENAI_TYPES.get(status, "server_error")
+        body["param"] = None
+    body.update(extra or {})
+    response = jsonify({"error": body})
+    response.status_code = status
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def _api_error(exc: ApiError) -> Response:
+    return error_response(exc.status, exc.code, exc.message, exc.headers, exc.extra)
+
+
+def _http_error(exc: HTTPException) -> Response:
+    status = exc.code or 500
+    code = HTTP_CODES.get(status, "http_error")
+    message = exc.description or exc.name
+    if status == 404:
+        message = f"no route {request.path}"
+    elif status == 405:
+        message = f"method {request.method} is not allowed on {request.path}"
+    elif status == 413:
+        message = "request body is larger than BGE_M3_MAX_BODY_BYTES"
+    headers = {}
+    if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
+        headers["Allow"] = ", ".join(sorted(exc.valid_methods))  # type: ignore[attr-defined]
+    return error_response(status, code, message, headers)
+
+
+def _redis_down(exc: Exception) -> Response:
+    log.warning("redis unavailable: %s", type(exc).__name__)
+    return error_response(503, "redis_unavailable", "Redis is not answering; try again later",
+                          {"Retry-After": "5"})
+
+
+def _unexpected(exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return error_response(500, "internal", "internal error")
+
+
+def register(app: Flask) -> None:
+    import redis.exceptions
+
+    app.register_error_handler(ApiError, _api_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(redis.exceptions.ConnectionError, _redis_down)
+    app.register_error_handler(redis.exceptions.TimeoutError, _redis_down)
+    app.register_error_handler(Exception, _unexpected)

@@ -1,0 +1,74 @@
+"""Prometheus metrics: requests by route and status, job latency, queue depth, ready workers.
+
+Each app has its own registry (tests build many apps in one process). Queue depth
+and ready workers are read from Redis at scrape time, so they are right whichever
+gunicorn process answers; request counters are per process.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Iterator
+
+from flask import Flask, Response, g, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from bge_m3.jobs import Job
+from bge_m3.queue import queue_depth
+from bge_m3.workers import ready_workers
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
+                   120, 300, 600)
+"""Seconds; from a cached tiny-model answer (~1 ms) to the worker's hard time limit."""
+
+
+class _RedisGauges:
+    def __init__(self, redis: Any):
+        self.redis = redis
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            depth, workers, up = queue_depth(self.redis), len(ready_workers(self.redis)), 1
+        except Exception:  # a scrape must still answer when Redis is down
+            depth, workers, up = 0, 0, 0
+        yield GaugeMetricFamily("bge_m3_queue_depth", "Jobs waiting in the queue", value=depth)
+        yield GaugeMetricFamily("bge_m3_ready_workers", "Verified, ready workers", value=workers)
+        yield GaugeMetricFamily("bge_m3_redis_up", "1 when Redis answered this scrape", value=up)
+
+
+class Metrics:
+    def __init__(self, redis: Any):
+        self.registry = CollectorRegistry()
+        self.requests = Counter("bge_m3_http_requests", "HTTP requests by route and status",
+                                ["route", "method", "status"], registry=self.registry)
+        self.request_seconds = Histogram("bge_m3_http_request_seconds", "HTTP request latency",
+                                         ["route"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.job_seconds = {
+            phase: Histogram(f"bge_m3_job_{phase}_seconds", f"Job {phase} time (finished jobs)",
+                             buckets=LATENCY_BUCKETS, registry=self.registry)
+            for phase in ("queue", "compute", "total")}
+        self.registry.register(_RedisGauges(redis))
+
+    def observe_job(self, job: Job) -> None:
+        stats = job.stats or {}
+        for phase, hist in self.job_seconds.items():
+            ms = stats.get(f"{phase}_ms")
+            if isinstance(ms, (int, float)) and ms >= 0:
+                hist.observe(ms / 1000.0)
+
+    def install(self, app: Flask) -> None:
+        @app.before_request
+        def _start() -> None:
+            g.started = time.perf_counter()
+
+        @app.after_request
+        def _count(response: Response) -> Response:
+            route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+            self.requests.labels(route, request.method, str(response.status_code)).inc()
+            started = g.get("started")
+            if started is not None:
+                self.request_seconds.labels(route).observe(time.perf_counter() - started)
+            return response
+
+    def exposition(self) -> Response:
+        return Response(generate_latest(self.registry), content_type=CONTENT_TYPE_LATEST)

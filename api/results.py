@@ -1,0 +1,70 @@
+"""Stored job results -> response JSON, shaped by the job's ``encoding``.
+
+At rest (written by the worker) dense and ColBERT are packed little-endian
+binary in base64; here they become float lists or stay base64, decoded with the
+standard library only (``bge_m3.codec``), so the API never needs numpy.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from bge_m3.codec import float32_base64, unpack_floats, unpack_rows
+from bge_m3.jobs import Job
+
+
+def dense_out(packed: dict[str, Any], encoding: str) -> list[float] | str:
+    if encoding == "base64" and packed.get("dtype") == "float32":
+        return packed["data"]  # already raw little-endian float32
+    values = unpack_floats(packed)
+    return float32_base64(values) if encoding == "base64" else values
+
+
+def colbert_out(packed: dict[str, Any], encoding: str, packed_default: bool) -> dict[str, Any]:
+    if encoding == "float" and not packed_default:
+        return {"shape": packed["shape"], "dtype": packed["dtype"], "data": unpack_rows(packed)}
+    return {"shape": packed["shape"], "dtype": packed["dtype"], "data": packed["data"]}
+
+
+def sparse_out(sparse: dict[str, Any]) -> dict[str, Any]:
+    return {"indices": list(sparse.get("indices", [])), "values": list(sparse.get("values", []))}
+
+
+def item_out(item: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    encoding = params.get("encoding") or "float"
+    packed_default = bool(params.get("colbert_packed"))
+    out: dict[str, Any] = {"tokens": int(item.get("tokens", 0))}
+    if "dense" in item:
+        out["dense"] = dense_out(item["dense"], encoding)
+    if "sparse" in item:
+        out["sparse"] = sparse_out(item["sparse"])
+    if "colbert" in item:
+        out["colbert"] = colbert_out(item["colbert"], encoding, packed_default)
+    return out
+
+
+def result_out(result: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    return {"model": result.get("model"), "revision": result.get("revision"),
+            "dimension": result.get("dimension"),
+            "items": [item_out(item, params) for item in result.get("items", [])]}
+
+
+def total_tokens(job: Job, result: dict[str, Any] | None) -> int:
+    if job.stats and isinstance(job.stats.get("tokens"), int):
+        return job.stats["tokens"]
+    return sum(int(item.get("tokens", 0)) for item in (result or {}).get("items", []))
+
+
+def job_out(job: Job, result: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``GET /v1/jobs/<id>`` body."""
+    body: dict[str, Any] = {"id": job.id, "status": job.status, "created_at": job.created_at}
+    if job.started_at is not None:
+        body["started_at"] = job.started_at
+    if job.finished_at is not None:
+        body["finished_at"] = job.finished_at
+    if job.status == "succeeded" and result is not None:
+        body["result"] = result_out(result, job.params or {})
+        body["usage"] = {"tokens": total_tokens(job, result)}
+    if job.error:
+        body["error"] = {"code": str(job.error.get("code", "failed")),
+                         "message": str(job.error.get("message", ""))}
+    return body

@@ -1,0 +1,89 @@
+"""``/v1/jobs``: submit (202 + Location), read with an optional long-poll, cancel."""
+from __future__ import annotations
+
+import math
+
+from flask import Blueprint, current_app, request
+
+from api.auth import owner
+from api.errors import ApiError
+from api.results import job_out
+from api.validation import job_request, json_body
+from bge_m3.jobs import MAX_WAIT_SECONDS, TERMINAL, Job
+
+bp = Blueprint("jobs", __name__)
+
+
+def backend():
+    return current_app.extensions["bge_m3"]
+
+
+def job_url(job_id: str) -> str:
+    return f"/v1/jobs/{job_id}"
+
+
+def observe(job: Job) -> None:
+    """Record a finished job's latency once (whichever API process sees it first)."""
+    state = backend()
+    if job.status in TERMINAL and state.backend.first_observation(job):
+        state.metrics.observe_job(job)
+
+
+def read(job: Job) -> dict:
+    state = backend()
+    observe(job)
+    result = state.backend.store.result(job.id) if job.status == "succeeded" else None
+    return job_out(job, result)
+
+
+def wait_seconds() -> float:
+    raw = request.args.get("wait")
+    if raw is None or raw == "":
+        return 0.0
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ApiError(400, "invalid_request", "wait must be a number of seconds") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ApiError(400, "invalid_request", "wait must be a non-negative number of seconds")
+    return min(seconds, MAX_WAIT_SECONDS)
+
+
+@bp.post("/v1/jobs")
+def create_job():
+    state = backend()
+    params = job_request(json_body(), state.settings)
+    job = state.backend.submit(params, owner())
+    url = job_url(job.id)
+    body = {"id": job.id, "status": job.status, "created_at": job.created_at, "links": {"self": url}}
+    return body, 202, {"Location": url}
+
+
+@bp.get("/v1/jobs/<job_id>")
+def get_job(job_id: str):
+    state = backend()
+    seconds = wait_seconds()
+    job = state.backend.visible(job_id, owner())
+    if seconds > 0 and job.status not in TERMINAL:
+        job = state.backend.wait(job_id, seconds)
+        if job is None:
+            raise ApiError(404, "job_not_found", f"job {job_id} expired while waiting")
+    return read(job)
+
+
+@bp.delete("/v1/jobs/<job_id>")
+def cancel_job(job_id: str):
+    state = backend()
+    job = state.backend.visible(job_id, owner())
+    outcome = state.backend.store.cancel(job_id)
+    if outcome == "missing":
+        raise ApiError(404, "job_not_found", f"no job {job_id} (unknown, expired or not yours)")
+    if outcome == "running":
+        raise ApiError(409, "job_running",
+                       "the job is already running on a worker and can no longer be cancelled",
+                       extra={"status": "running"})
+    if outcome != "ok":
+        raise ApiError(409, "job_finished", f"the job has already finished ({outcome})",
+                       extra={"status": outcome})
+    job = state.backend.store.get(job_id) or job
+    return read(job)

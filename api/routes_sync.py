@@ -1,0 +1,111 @@
+"""Synchronous routes: the seed's ``/embed``, OpenAI's ``/v1/embeddings``, ``/v1/score``.
+
+Each submits an ordinary job and waits for it (event-driven, ``JobStore.wait``),
+so sync and async requests share the worker's batches. On timeout the answer is
+504 with the job id: the job keeps running and can be polled.
+
+No tokenizer lives in the API, so "text longer than max_length with truncate
+false" is decided by the worker, which fails the job with code ``too_long``;
+these routes map that failure to 422.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import Blueprint
+
+from api.auth import owner
+from api.errors import ApiError
+from api.results import item_out, total_tokens
+from api.routes_jobs import backend, job_url, observe
+from api.scoring import scores
+from api.validation import embed_request, embeddings_request, json_body, score_request
+from bge_m3.jobs import Job
+
+bp = Blueprint("sync", __name__)
+
+FAILURE_STATUS = {"too_long": 422, "invalid_input": 400, "too_many_texts": 413}
+"""Job error code -> HTTP status; any other failure is the service's fault (500)."""
+
+MODEL_ALIASES = frozenset({"bge-m3", "BAAI/bge-m3"})
+"""``model`` values ``/v1/embeddings`` accepts besides the ready workers' own model names."""
+
+
+def run(params: dict[str, Any], workers: list[dict[str, Any]] | None = None) -> tuple[Job, dict[str, Any]]:
+    """Submit, wait, and return (job, stored result), or raise the mapped error (503 first
+    when no verified worker is ready: a sync caller would only wait for the timeout)."""
+    state = backend()
+    if workers is None:
+        state.backend.require_worker()
+    job = state.backend.submit(params, owner())
+    done = state.backend.wait(job.id, state.settings.sync_timeout)
+    if done is None:
+        raise ApiError(500, "job_lost", f"job {job.id} disappeared before it finished")
+    if done.status in ("queued", "running"):
+        raise ApiError(504, "timeout",
+                       f"job {job.id} did not finish within {state.settings.sync_timeout:g} s; "
+                       f"poll {job_url(job.id)}",
+                       headers={"Location": job_url(job.id)}, extra={"job_id": job.id})
+    observe(done)
+    if done.status == "cancelled":
+        raise ApiError(409, "job_cancelled", f"job {job.id} was cancelled", extra={"job_id": job.id})
+    if done.status == "failed":
+        error = done.error or {}
+        code = str(error.get("code", "failed"))
+        raise ApiError(FAILURE_STATUS.get(code, 500), code, str(error.get("message", "job failed")),
+                       extra={"job_id": job.id})
+    result = state.backend.store.result(job.id)
+    if result is None:
+        raise ApiError(500, "job_lost", f"the result of job {job.id} has expired")
+    return done, result
+
+
+@bp.post("/embed")
+def embed():
+    started = time.perf_counter()
+    state = backend()
+    mode, params = embed_request(json_body(), state.settings)
+    job, result = run(params)
+    items = [item_out(item, params) for item in result.get("items", [])]
+    primary = "dense" if mode == "all" else mode
+    body: dict[str, Any] = {"embeddings": [item.get(primary) for item in items],
+                            "dimension": result.get("dimension"), "mode": mode}
+    if mode != "dense":
+        for key in params["modes"]:
+            body[key] = [item.get(key) for item in items]
+    body["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
+    body["usage"] = {"tokens": total_tokens(job, result)}
+    return body
+
+
+@bp.post("/v1/embeddings")
+def embeddings():
+    state = backend()
+    model, encoding, dimensions, params = embeddings_request(json_body(), state.settings)
+    workers = state.backend.require_worker()
+    served = MODEL_ALIASES | {str(w.get("model")) for w in workers}
+    if model not in served:
+        raise ApiError(400, "model_not_found",
+                       f"model {model!r} is not served here; use one of {', '.join(sorted(served))}")
+    dims = {w.get("dimension") for w in workers}
+    if dimensions is not None and dimensions not in dims:
+        raise ApiError(400, "dimensions_unsupported",
+                       f"dimensions={dimensions} is not supported; this model returns {sorted(dims)}")
+    params["encoding"] = encoding
+    job, result = run(params, workers)
+    data = [{"object": "embedding", "index": i, "embedding": item_out(item, params)["dense"]}
+            for i, item in enumerate(result.get("items", []))]
+    tokens = total_tokens(job, result)
+    return {"object": "list", "data": data, "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+@bp.post("/v1/score")
+def score():
+    state = backend()
+    weights, params = score_request(json_body(), state.settings)
+    job, result = run(params)
+    return {"model": result.get("model"), "weights": weights,
+            "scores": scores(result.get("items", []), weights),
+            "usage": {"tokens": total_tokens(job, result)}}

@@ -1,0 +1,74 @@
+"""``bge-m3 api``: the API under gunicorn (gthread workers, so long-polls don't block).
+
+The Flask development server is for debugging only (``flask --app api.wsgi run``).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from bge_m3.settings import Settings
+
+DEFAULT_WORKERS = 1
+"""gunicorn processes. One process keeps /metrics' request counters whole; scale threads first."""
+
+DEFAULT_THREADS = 32
+"""Threads per process = requests in flight at once (each long-poll or sync call holds one)."""
+
+GRACE_SECONDS = 30
+"""How long in-flight requests get to finish on SIGTERM."""
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bge-m3 api", description="Run the HTTP API under gunicorn.")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="gunicorn processes")
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="threads per process")
+    parser.add_argument("--host", help="bind address (default: BGE_M3_HOST)")
+    parser.add_argument("--port", type=int, help="bind port (default: BGE_M3_PORT)")
+    parser.add_argument("--access-log", action="store_true", help="write gunicorn's access log to stderr")
+    return parser.parse_args(argv)
+
+
+def options(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    host = args.host or settings.host
+    port = args.port if args.port is not None else settings.port
+    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    opts: dict[str, Any] = {
+        "bind": [bind],
+        "workers": max(1, args.workers),
+        "threads": max(1, args.threads),
+        "worker_class": "gthread",
+        # gthread's timeout is a worker heartbeat, but keep it above the longest sync wait anyway.
+        "timeout": int(settings.sync_timeout) + GRACE_SECONDS,
+        "graceful_timeout": GRACE_SECONDS,
+        "keepalive": 5,
+        "loglevel": settings.log_level.lower(),
+        "errorlog": "-",
+    }
+    if args.access_log:
+        # The default format logs neither headers nor bodies, so API keys never reach it.
+        opts["accesslog"] = "-"
+    return opts
+
+
+def main(argv: list[str] | None = None) -> int:
+    from gunicorn.app.base import BaseApplication
+
+    from api.app import create_app
+
+    args = parse(list(argv or []))
+    settings = Settings.from_env()
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    class Application(BaseApplication):
+        def load_config(self) -> None:
+            for key, value in options(settings, args).items():
+                self.cfg.set(key, value)
+
+        def load(self):
+            return create_app(settings)
+
+    Application().run()
+    return 0
