@@ -55,7 +55,8 @@ def redis_client(url: str, **kwargs: Any):
     import redis
 
     if url.startswith("redis+socket://"):
-        url = "unix://" + url[len("redis+socket://"):]
+        # kombu names the database ``virtual_host``; redis-py's unix:// URLs call it ``db``.
+        url = "unix://" + url[len("redis+socket://"):].replace("virtual_host=", "db=")
     kwargs.setdefault("decode_responses", True)
     kwargs.setdefault("socket_timeout", 10)
     kwargs.setdefault("socket_connect_timeout", 5)
