@@ -1,0 +1,171 @@
+"""Manifest validation and ``bge-m3 verify`` on real folders (the tiny model, copied per test)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from bge_m3.settings import PACKAGED_MANIFEST
+from tests.support import BGE_M3
+from verify.commands import (EXIT_BAD_MANIFEST, EXIT_MISMATCH, EXIT_MISSING, EXIT_OK,
+                             verify_main)
+from verify.errors import ManifestError
+from verify.hashes import file_sha256
+from verify.manifest import load_manifest, parse_manifest
+from verify.verifier import HASH, MISSING, OK, SIZE, UNSAFE, verify_folder
+
+GOOD = {"path": "a.bin", "size": 1, "sha256": "0" * 64}
+
+
+@pytest.fixture
+def model(tiny_model, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model.dir, folder)
+    return folder
+
+
+def run_verify(model, manifest, capsys, *extra):
+    code = verify_main(["--model-dir", str(model), "--manifest", str(manifest), *extra])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_pinned_manifest_is_the_published_bge_m3():
+    manifest = load_manifest(PACKAGED_MANIFEST)
+    paths = {f.path for f in manifest.files}
+    assert manifest.repo_id == "BAAI/bge-m3"
+    assert manifest.revision == "5617a9f61b028005a4858fdac845db406aefb181"
+    assert len(manifest.files) == 12
+    assert {"pytorch_model.bin", "colbert_linear.pt", "sparse_linear.pt", "tokenizer.json",
+            "sentencepiece.bpe.model", "1_Pooling/config.json"} <= paths
+    assert "model.safetensors" not in paths
+    assert manifest.entry("pytorch_model.bin").size == 2271145830
+    assert len(manifest.digest()) == 64
+
+
+@pytest.mark.parametrize("path", ["/etc/passwd", "../x.bin", "a/../../x.bin", "a/./b", "a//b",
+                                  "a\\b", "", 7])
+def test_manifest_rejects_unsafe_paths(path):
+    with pytest.raises(ManifestError):
+        parse_manifest({"repo_id": "r/m", "revision": "v", "files": [{**GOOD, "path": path}]})
+
+
+@pytest.mark.parametrize("change", [{"sha256": "0" * 63}, {"sha256": "g" * 64},
+                                    {"sha256": "0" * 65}, {"size": -1}, {"size": "1"},
+                                    {"size": True}])
+def test_manifest_rejects_bad_hashes_and_sizes(change):
+    with pytest.raises(ManifestError):
+        parse_manifest({"repo_id": "r/m", "revision": "v", "files": [{**GOOD, **change}]})
+
+
+def test_manifest_rejects_repeated_paths():
+    with pytest.raises(ManifestError, match="twice"):
+        parse_manifest({"repo_id": "r/m", "revision": "v", "files": [GOOD, dict(GOOD)]})
+
+
+def test_clean_folder_verifies(model, tiny_model, capsys):
+    code, out, _ = run_verify(model, tiny_model.manifest, capsys)
+    manifest = load_manifest(tiny_model.manifest)
+    assert code == EXIT_OK
+    assert out.count("OK ") == len(manifest.files)
+    assert manifest.digest()[:12] in out
+
+
+def test_truncated_file_is_a_size_failure(model, tiny_model, capsys):
+    target = model / "model.safetensors"
+    data = target.read_bytes()
+    target.write_bytes(data[:-100])
+    code, out, _ = run_verify(model, tiny_model.manifest, capsys)
+    assert code == EXIT_MISMATCH
+    assert f"SIZE     model.safetensors: expected {len(data)} bytes, actual {len(data) - 100}" in out
+
+
+def test_one_flipped_bit_names_file_and_both_hashes(model, tiny_model, capsys):
+    target = model / "model.safetensors"
+    expected = file_sha256(target)
+    data = bytearray(target.read_bytes())
+    data[len(data) // 3] ^= 0x04
+    target.write_bytes(bytes(data))
+    actual = file_sha256(target)
+    code, out, _ = run_verify(model, tiny_model.manifest, capsys)
+    assert code == EXIT_MISMATCH
+    line = next(l for l in out.splitlines() if l.startswith("HASH"))
+    assert "model.safetensors" in line and expected in line and actual in line
+    assert out.count("OK ") == len(load_manifest(tiny_model.manifest).files) - 1
+
+
+def test_missing_file_has_its_own_exit_code(model, tiny_model, capsys):
+    (model / "config.json").unlink()
+    code, out, _ = run_verify(model, tiny_model.manifest, capsys)
+    assert code == EXIT_MISSING
+    assert "MISSING  config.json" in out
+
+
+def test_symlink_outside_the_folder_is_refused(model, tiny_model, tmp_path, capsys):
+    outside = tmp_path / "elsewhere.json"
+    shutil.copy(model / "config.json", outside)  # right bytes, wrong place
+    (model / "config.json").unlink()
+    os.symlink(outside, model / "config.json")
+    report = verify_folder(model, load_manifest(tiny_model.manifest))
+    assert [(f.path, f.status) for f in report.failures] == [("config.json", UNSAFE)]
+    code, out, _ = run_verify(model, tiny_model.manifest, capsys)
+    assert code == EXIT_MISMATCH and "UNSAFE   config.json" in out
+
+
+def test_symlink_inside_the_folder_is_fine(model, tiny_model):
+    (model / "blobs").mkdir()
+    os.replace(model / "tokenizer.json", model / "blobs" / "tok")
+    os.symlink("blobs/tok", model / "tokenizer.json")
+    assert verify_folder(model, load_manifest(tiny_model.manifest)).ok
+
+
+def test_mismatch_outranks_missing(model, tiny_model, capsys):
+    (model / "config.json").unlink()
+    (model / "sparse_linear.pt").write_bytes(b"x")
+    code, _, _ = run_verify(model, tiny_model.manifest, capsys)
+    assert code == EXIT_MISMATCH
+
+
+def test_path_traversal_manifest_is_a_bad_manifest(model, tiny_model, tmp_path, capsys):
+    data = json.loads(tiny_model.manifest.read_text())
+    data["files"][0]["path"] = "../../etc/passwd"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    code, _, err = run_verify(model, bad, capsys)
+    assert code == EXIT_BAD_MANIFEST
+    assert "traversal" in err
+
+
+def test_json_report(model, tiny_model, capsys):
+    (model / "tokenizer.json").unlink()
+    code, out, _ = run_verify(model, tiny_model.manifest, capsys, "--json")
+    report = json.loads(out)
+    assert code == EXIT_MISSING and report["exit_code"] == EXIT_MISSING and report["ok"] is False
+    statuses = {f["path"]: f["status"] for f in report["files"]}
+    assert statuses["tokenizer.json"] == MISSING
+    assert {s for p, s in statuses.items() if p != "tokenizer.json"} == {OK}
+    assert report["manifest_digest"] == load_manifest(tiny_model.manifest).digest()
+
+
+def test_verify_report_statuses_in_manifest_order(model, tiny_model):
+    (model / "model.safetensors").write_bytes(b"\0" * 10)
+    with open(model / "tokenizer.json", "r+b") as fh:
+        fh.write(b"X")
+    manifest = load_manifest(tiny_model.manifest)
+    report = verify_folder(model, manifest, workers=2)
+    assert [f.path for f in report.files] == [f.path for f in manifest.files]
+    assert {f.path: f.status for f in report.failures} == {"model.safetensors": SIZE,
+                                                          "tokenizer.json": HASH}
+
+
+def test_cli_subprocess_uses_environment(model, tiny_model):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BGE_M3_")}
+    env.update(BGE_M3_MODEL_DIR=str(model), BGE_M3_MANIFEST=str(tiny_model.manifest))
+    ok = subprocess.run([BGE_M3, "verify"], env=env, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == EXIT_OK, ok.stderr
+    (model / "sparse_linear.pt").unlink()
+    bad = subprocess.run([BGE_M3, "verify"], env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == EXIT_MISSING and "MISSING  sparse_linear.pt" in bad.stdout
