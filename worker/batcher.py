@@ -1,0 +1,175 @@
+"""Token-budget batching across jobs: one thread owns the model, task threads submit texts.
+
+In the style of TEI's queue: texts wait in one FIFO; the batcher lingers up to
+``batch_wait_ms`` for company, takes a window from the head (at most
+``WINDOW_BATCHES`` budgets of tokens, so a 10,000-text job cannot starve a
+1-text job behind it for more than one window), sorts the window by length and
+cuts it into batches whose *padded* size (rows x longest row) stays within
+``max_batch_tokens``. Each batch is one forward pass. A failing batch is split
+in halves and retried, so only the text that fails gets the exception and no
+other job in the batch is touched.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+WINDOW_BATCHES = 4
+"""How many token budgets one collection window holds; bounds how long a queued text waits."""
+
+log = logging.getLogger("bge_m3.worker")
+
+
+@dataclass
+class JobTrace:
+    """Which forward passes carried one job's texts (written by the batcher thread only)."""
+    passes: set[int] = field(default_factory=set)
+
+
+@dataclass
+class Pending:
+    ids: Sequence[int]
+    want: frozenset[str]
+    future: Future
+    trace: JobTrace
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    number: int
+    texts: int
+    tokens: int
+    padded_tokens: int
+    encode_ms: float
+    postprocess_ms: float
+    jobs: int
+
+
+RunBatch = Callable[[list[Sequence[int]], list[frozenset[str]]], list[Any]]
+
+
+def plan_batches(items: list[Pending], max_batch_tokens: int) -> list[list[Pending]]:
+    """Longest first; a batch grows while rows x longest row stays within the budget."""
+    ordered = sorted(items, key=lambda p: -len(p.ids))
+    batches: list[list[Pending]] = []
+    current: list[Pending] = []
+    for item in ordered:
+        if current and (len(current) + 1) * len(current[0].ids) > max_batch_tokens:
+            batches.append(current)
+            current = []
+        current.append(item)
+    if current:
+        batches.append(current)
+    return batches
+
+
+class Batcher:
+    def __init__(self, run_batch: RunBatch, max_batch_tokens: int, wait_ms: float,
+                 on_batch: Callable[[BatchStats], None] | None = None):
+        self.run_batch = run_batch
+        self.max_batch_tokens = max(1, int(max_batch_tokens))
+        self.wait_s = max(0.0, wait_ms / 1000.0)
+        self.on_batch = on_batch
+        self._queue: collections.deque[Pending] = collections.deque()
+        self._queued_tokens = 0
+        self._cond = threading.Condition()
+        self._running = False
+        self._numbers = itertools.count(1)
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._running = True
+        self._thread = threading.Thread(target=self._loop, name="bge-m3-batcher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._running = False
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def submit(self, rows: Sequence[Sequence[int]], want: frozenset[str],
+               trace: JobTrace | None = None) -> list[Future]:
+        """Queue one job's texts; one future per text, resolved with ``run_batch``'s row."""
+        trace = trace or JobTrace()
+        items = [Pending(ids, want, Future(), trace) for ids in rows]
+        with self._cond:
+            if not self._running:
+                raise RuntimeError("batcher is not running")
+            self._queue.extend(items)
+            self._queued_tokens += sum(len(p.ids) for p in items)
+            self._cond.notify_all()
+        return [p.future for p in items]
+
+    def run_direct(self, rows: list[Sequence[int]], want: frozenset[str]) -> list[Any]:
+        """One forward pass outside the queue (the warm-up, before the thread starts)."""
+        return self.run_batch(rows, [want] * len(rows))
+
+    def _take_window(self) -> list[Pending] | None:
+        window_tokens = WINDOW_BATCHES * self.max_batch_tokens
+        with self._cond:
+            while self._running and not self._queue:
+                self._cond.wait()
+            if not self._running:
+                return None
+            deadline = time.monotonic() + self.wait_s
+            while self._queued_tokens < window_tokens:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            taken: list[Pending] = []
+            tokens = 0
+            while self._queue and (not taken or tokens + len(self._queue[0].ids) <= window_tokens):
+                item = self._queue.popleft()
+                tokens += len(item.ids)
+                taken.append(item)
+            self._queued_tokens -= tokens
+            return taken
+
+    def _loop(self) -> None:
+        while True:
+            window = self._take_window()
+            if window is None:
+                return
+            live = [p for p in window if p.future.set_running_or_notify_cancel()]
+            for batch in plan_batches(live, self.max_batch_tokens):
+                self._run(batch)
+
+    def _run(self, batch: list[Pending]) -> None:
+        number = next(self._numbers)
+        t0 = time.perf_counter()
+        try:
+            rows = self.run_batch([p.ids for p in batch], [p.want for p in batch])
+        except Exception as exc:  # noqa: BLE001 - isolate the failing text, spare the rest
+            if len(batch) == 1:
+                batch[0].future.set_exception(exc)
+                log.warning("Batch %d: text of %d tokens failed: %s", number, len(batch[0].ids), exc)
+                return
+            log.warning("Batch %d of %d texts failed (%s); retrying in halves", number, len(batch), exc)
+            half = len(batch) // 2
+            self._run(batch[:half])
+            self._run(batch[half:])
+            return
+        t1 = time.perf_counter()
+        for item, row in zip(batch, rows):
+            item.trace.passes.add(number)
+            item.future.set_result(row)
+        t2 = time.perf_counter()
+        stats = BatchStats(number, len(batch), sum(len(p.ids) for p in batch),
+                           len(batch) * len(batch[0].ids), (t1 - t0) * 1000, (t2 - t1) * 1000,
+                           len({id(p.trace) for p in batch}))
+        log.debug("Batch: %s texts, %s tokens, encode %.0f ms, postprocess %.0f ms",
+                  f"{stats.texts:,}", f"{stats.tokens:,}", stats.encode_ms, stats.postprocess_ms)
+        if self.on_batch is not None:
+            try:
+                self.on_batch(stats)
+            except Exception as exc:  # noqa: BLE001 - statistics must never stop serving
+                log.warning("batch statistics not recorded: %s", exc)

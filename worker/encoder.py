@@ -1,0 +1,100 @@
+"""Texts in, BGE-M3 result items out: tokenize, one forward per batch, postprocess.
+
+Postprocessing matches FlagEmbedding's ``M3Embedder.encode_single_device``:
+dense is the normalised CLS vector; sparse keeps, per token id, the largest
+positive weight, with CLS/EOS/PAD/UNK dropped; ColBERT keeps one normalised
+vector per real token after CLS (``tokens - 1`` rows, EOS included).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from bge_m3 import codec
+
+MODES = ("dense", "sparse", "colbert")
+"""The three BGE-M3 outputs a job may ask for."""
+
+
+class TooLong(ValueError):
+    """A text exceeds max_length and the job asked not to truncate."""
+
+    def __init__(self, index: int, tokens: int, max_length: int):
+        super().__init__(f"text {index} has {tokens} tokens, more than max_length {max_length} "
+                         "(send truncate=true to cut it)")
+        self.index, self.tokens = index, tokens
+
+
+@dataclass
+class Row:
+    """One text's slice of a batch output (numpy views, float32)."""
+    dense: Any = None
+    weights: Any = None
+    colbert: Any = None
+
+
+def truncate_ids(ids: list[int], max_length: int) -> list[int]:
+    """What the HF tokenizer's ``truncation=True`` does for one XLM-R sequence: keep the head, keep EOS."""
+    if len(ids) <= max_length:
+        return ids
+    if max_length < 2:
+        return ids[:max_length]
+    return ids[:max_length - 1] + ids[-1:]
+
+
+class Encoder:
+    def __init__(self, model: Any, colbert_dtype: str = "float16"):
+        self.model = model
+        self.colbert_dtype = colbert_dtype
+        self._special = np.array(sorted(model.special_ids), dtype=np.int64)
+
+    @property
+    def dimension(self) -> int:
+        return self.model.hidden
+
+    def tokenize(self, texts: Sequence[str], max_length: int, truncate: bool) -> list[list[int]]:
+        rows = self.model.tokenize(texts)
+        for i, ids in enumerate(rows):
+            if len(ids) > max_length:
+                if not truncate:
+                    raise TooLong(i, len(ids), max_length)
+                rows[i] = truncate_ids(ids, max_length)
+        return rows
+
+    def run_batch(self, rows: Sequence[Sequence[int]], wants: Sequence[frozenset[str]]) -> list[Row]:
+        """One forward pass for every row; each row gets only the outputs it asked for."""
+        need = frozenset().union(*wants)
+        out = self.model.forward(rows, "dense" in need, "sparse" in need, "colbert" in need)
+        result = []
+        for i, (ids, want) in enumerate(zip(rows, wants)):
+            n = len(ids)
+            result.append(Row(
+                dense=out.dense[i] if "dense" in want else None,
+                weights=out.weights[i, :n] if "sparse" in want else None,
+                colbert=out.colbert[i, :n - 1] if "colbert" in want else None))
+        return result
+
+    def item(self, ids: Sequence[int], row: Row) -> dict[str, Any]:
+        """The stored JSON form of one text's outputs."""
+        out: dict[str, Any] = {"tokens": len(ids)}
+        if row.dense is not None:
+            out["dense"] = codec.pack(np.ascontiguousarray(row.dense, dtype="<f4").tobytes(),
+                                      [int(row.dense.shape[0])], "float32")
+        if row.weights is not None:
+            out["sparse"] = self.lexical(ids, row.weights)
+        if row.colbert is not None:
+            code = "<f2" if self.colbert_dtype == "float16" else "<f4"
+            vecs = np.ascontiguousarray(row.colbert, dtype=code)
+            out["colbert"] = codec.pack(vecs.tobytes(), list(vecs.shape), self.colbert_dtype)
+        return out
+
+    def lexical(self, ids: Sequence[int], weights: Any) -> dict[str, list]:
+        """Largest positive weight per token id, special tokens dropped, ids ascending."""
+        ids_arr = np.asarray(ids, dtype=np.int64)
+        keep = (weights > 0) & ~np.isin(ids_arr, self._special)
+        unique, inverse = np.unique(ids_arr[keep], return_inverse=True)
+        values = np.zeros(len(unique), dtype=np.float32)
+        np.maximum.at(values, inverse, weights[keep].astype(np.float32))
+        return {"indices": unique.tolist(), "values": values.tolist()}

@@ -1,0 +1,108 @@
+"""One job, start to finish: claim the record, validate, tokenize, batch, store the result.
+
+Every outcome ends in the job record (``bge_m3.jobs``): a bad job fails with a
+code and a message, never with an exception that Celery would retry.
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import FIRST_EXCEPTION, wait
+from typing import Any
+
+from worker.batcher import JobTrace
+from worker.encoder import MODES, TooLong
+from worker.logs import get_logger
+from worker.runtime import Runtime
+
+log = get_logger()
+
+
+class InvalidJob(ValueError):
+    """The job's params break the contract (the API validates too; the worker trusts nothing)."""
+
+
+def parse_params(params: Any, max_texts: int, max_length: int) -> tuple[list[str], frozenset[str], int, bool]:
+    if not isinstance(params, dict):
+        raise InvalidJob("job has no params")
+    texts = params.get("texts")
+    if not isinstance(texts, list) or not texts:
+        raise InvalidJob("texts must be a non-empty list of strings")
+    if len(texts) > max_texts:
+        raise InvalidJob(f"{len(texts)} texts is more than the limit of {max_texts}")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InvalidJob(f"text {i} is not a string")
+    modes = params.get("modes") or ["dense"]
+    if not isinstance(modes, list) or not set(modes) <= set(MODES) or not modes:
+        raise InvalidJob(f"modes must be a non-empty subset of {list(MODES)}")
+    length = params.get("max_length", max_length)
+    if not isinstance(length, int) or isinstance(length, bool) or not 1 <= length <= max_length:
+        raise InvalidJob(f"max_length must be an integer between 1 and {max_length}")
+    truncate = params.get("truncate", True)
+    if not isinstance(truncate, bool):
+        raise InvalidJob("truncate must be true or false")
+    return texts, frozenset(modes), length, truncate
+
+
+def execute(rt: Runtime, job_id: str) -> str:
+    """Run one delivery of a job; returns what happened (for logs and tests)."""
+    settings = rt.settings
+    state, attempt = rt.store.start(job_id, max_attempts=settings.max_retries + 1, worker=rt.hostname)
+    if state == "exhausted":
+        rt.store.fail(job_id, "worker_lost", f"the job was delivered {attempt} times without "
+                      "finishing (a worker died each time); giving up")
+        log.error("Job %s failed: delivered %d times (poison job)", job_id, attempt)
+        return "exhausted"
+    if state != "running":
+        log.info("Job %s skipped: %s", job_id, state)
+        return state
+    started = time.time()
+    job = rt.store.get(job_id)
+    created = job.created_at if job else started
+    try:
+        texts, modes, max_length, truncate = parse_params(job.params if job else None,
+                                                          settings.max_texts, settings.max_length)
+        rows = rt.encoder.tokenize(texts, max_length, truncate)
+    except (InvalidJob, TooLong) as exc:
+        code = "too_long" if isinstance(exc, TooLong) else "invalid_request"
+        rt.store.fail(job_id, code, str(exc), stats=_stats(created, started, started, 0, JobTrace()))
+        rt.count(failed_jobs=1)
+        log.info("Job %s failed: %s", job_id, exc)
+        return "failed"
+    trace = JobTrace()
+    tokens = sum(len(r) for r in rows)
+    futures = rt.batcher.submit(rows, modes, trace)
+    budget = max(0.0, settings.time_limit - (time.time() - started))
+    done, pending = wait(futures, timeout=budget, return_when=FIRST_EXCEPTION)
+    computed = time.time()
+    failed = next((f for f in done if f.exception() is not None), None)
+    if failed is not None or pending:
+        for future in pending:
+            future.cancel()
+        if failed is not None:
+            index = futures.index(failed)
+            code, message = "encode_failed", f"text {index} could not be encoded: {failed.exception()}"
+        else:
+            code, message = "timeout", f"the job did not finish within {settings.time_limit} s"
+        rt.store.fail(job_id, code, message, stats=_stats(created, started, computed, tokens, trace))
+        rt.count(failed_jobs=1)
+        log.warning("Job %s failed: %s", job_id, message)
+        return "failed"
+    items = [rt.encoder.item(ids, f.result()) for ids, f in zip(rows, futures)]
+    manifest = rt.verified.manifest
+    result = {"model": manifest.repo_id, "revision": manifest.revision,
+              "dimension": rt.encoder.dimension, "items": items}
+    stats = _stats(created, started, computed, tokens, trace)
+    outcome = rt.store.succeed(job_id, result, stats)
+    rt.count(jobs=1, texts=len(texts))
+    log.info("Job %s: %d texts, %s tokens, %d forward passes, %.0f ms", job_id, len(texts),
+             f"{tokens:,}", len(trace.passes), stats["total_ms"])
+    return "succeeded" if outcome == "ok" else outcome
+
+
+def _stats(created: float, started: float, computed: float, tokens: int, trace: JobTrace) -> dict:
+    now = time.time()
+    return {"tokens": tokens, "queue_ms": round((started - created) * 1000, 1),
+            "compute_ms": round((computed - started) * 1000, 1),
+            "total_ms": round((now - created) * 1000, 1),
+            "forward_passes": len(trace.passes), "batch_count": len(trace.passes)}

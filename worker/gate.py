@@ -1,0 +1,83 @@
+"""The start-up gate: nothing is consumed until the model folder matches the manifest.
+
+Order: load the manifest → require both heads in it → verify every file (size,
+SHA-256) → when files are missing and auto-download is on, fetch them and
+verify again → refuse with one log line per failing file.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from bge_m3.settings import Settings
+from verify.errors import VerifyError
+from verify.manifest import Manifest, load_manifest
+from verify.verifier import MISSING, Report, verify_folder
+
+REQUIRED_FILES = ("config.json", "colbert_linear.pt", "sparse_linear.pt")
+"""Files the manifest itself must pin; without the heads FlagEmbedding would use random ones."""
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+"""At least one of these must be pinned: the transformer's weights."""
+
+EXIT_REFUSED = 3
+"""Exit status of a worker whose model folder failed verification."""
+
+log = logging.getLogger("bge_m3.worker")
+
+
+class GateRefused(Exception):
+    """The model folder cannot be trusted; the worker must exit without consuming."""
+
+
+@dataclass(frozen=True)
+class Verified:
+    manifest: Manifest
+    report: Report
+
+
+def _require_pinned(manifest: Manifest) -> None:
+    pinned = {f.path for f in manifest.files}
+    missing = [name for name in REQUIRED_FILES if name not in pinned]
+    if not any(name in pinned for name in WEIGHT_FILES):
+        missing.append(" or ".join(WEIGHT_FILES))
+    if missing:
+        raise GateRefused(f"manifest does not pin {', '.join(missing)}: refusing (without both "
+                          "heads FlagEmbedding would silently use random ones)")
+
+
+def _download(settings: Settings, manifest: Manifest) -> bool:
+    """Fetch missing files with verify.download.ensure_model; False when that is unavailable."""
+    try:
+        from verify.download import ensure_model
+    except ImportError:
+        log.error("auto-download is on but verify.download.ensure_model is not available")
+        return False
+    log.info("Downloading missing model files for %s@%s", manifest.repo_id, manifest.revision[:7])
+    ensure_model(settings.model_dir, manifest, settings.endpoints, settings.hf_token)
+    return True
+
+
+def check(settings: Settings) -> Verified:
+    """Verify the model folder or raise GateRefused (after logging every failing file)."""
+    try:
+        manifest = load_manifest(settings.manifest)
+    except VerifyError as exc:
+        raise GateRefused(f"manifest {settings.manifest}: {exc}") from None
+    _require_pinned(manifest)
+    report = verify_folder(settings.model_dir, manifest)
+    if not report.ok and settings.auto_download and any(f.status == MISSING for f in report.failures):
+        try:
+            if _download(settings, manifest):
+                report = verify_folder(settings.model_dir, manifest)
+        except VerifyError as exc:
+            log.error("download failed: %s", exc)
+    if not report.ok:
+        for failure in report.failures:
+            log.error("Verification failed: %s", failure.describe())
+        names = ", ".join(f.path for f in report.failures)
+        raise GateRefused(f"model folder {settings.model_dir} does not match manifest "
+                          f"{manifest.repo_id}@{manifest.revision[:7]} ({names}); refusing to serve")
+    log.info("Verified %d files of %s@%s in %s (manifest %s)", len(report.files), manifest.repo_id,
+             manifest.revision[:7], settings.model_dir, report.manifest_digest[:12])
+    return Verified(manifest, report)

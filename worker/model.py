@@ -1,0 +1,138 @@
+"""The BGE-M3 network: the one module that imports torch and transformers.
+
+They are optional (the ``worker`` extra), imported when this module is, and this
+module is imported only after the start-up gate has passed, never at
+``import worker``. The model is read from a *verified view*: a private folder of
+symlinks to exactly the manifest's files, so nothing the manifest does not pin
+(a stray ``model.safetensors`` beside a pinned ``pytorch_model.bin``) can be
+picked up by ``from_pretrained``.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+try:  # optional-import seam (infinity_emb style): the API install has no torch
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    import transformers
+    from transformers import AutoModel, AutoTokenizer
+except ImportError as exc:  # pragma: no cover - exercised only on an API-only install
+    torch = None
+    _IMPORT_ERROR: ImportError | None = exc
+else:
+    _IMPORT_ERROR = None
+
+from worker.device import Placement
+
+HEAD_FILES = ("colbert_linear.pt", "sparse_linear.pt")
+"""The two BGE-M3 heads; FlagEmbedding silently uses random heads when one is missing, we refuse."""
+
+SPECIAL_TOKEN_KINDS = ("cls_token", "eos_token", "pad_token", "unk_token")
+"""Token kinds FlagEmbedding drops from lexical weights."""
+
+
+def require_torch() -> None:
+    if _IMPORT_ERROR is not None:
+        raise RuntimeError("the worker needs torch and transformers: pip install -e '.[worker]'"
+                           f" ({_IMPORT_ERROR})")
+
+
+@dataclass
+class BatchOutput:
+    """Host (numpy, float32) outputs of one forward pass; absent outputs are None."""
+    dense: Any = None     # [B, d]
+    weights: Any = None   # [B, L] token weights (relu of the sparse head)
+    colbert: Any = None   # [B, L-1, d], CLS dropped, padding rows zero
+
+
+def verified_view(model_dir: Path, paths: Sequence[str]) -> Path:
+    """A fresh folder holding symlinks to exactly ``paths`` inside ``model_dir``."""
+    view = Path(tempfile.mkdtemp(prefix="bge-m3-verified-"))
+    for rel in paths:
+        target = Path(os.path.realpath(Path(model_dir) / rel))
+        link = view / rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(target)
+    return view
+
+
+class M3Model:
+    """Tokenizer, transformer and the two heads, on one device, in inference mode."""
+
+    def __init__(self, folder: Path, placement: Placement):
+        require_torch()
+        transformers.logging.set_verbosity_error()
+        self.placement = placement
+        dtype = placement.torch_dtype(torch)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        # A private backend copy with truncation/padding off, set once here: encode_batch
+        # then only borrows it immutably, so task threads can tokenize concurrently
+        # (changing truncation per call raises "Already borrowed" under threads).
+        from tokenizers import Tokenizer
+
+        self.backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        self.backend.no_truncation()
+        self.backend.no_padding()
+        self.pad_id = int(tokenizer.pad_token_id)
+        self.special_ids = frozenset(
+            int(tokenizer.convert_tokens_to_ids(tokenizer.special_tokens_map[kind]))
+            for kind in SPECIAL_TOKEN_KINDS if kind in tokenizer.special_tokens_map)
+        self.backbone = AutoModel.from_pretrained(str(folder), local_files_only=True, dtype=dtype,
+                                                  add_pooling_layer=False)
+        hidden = int(self.backbone.config.hidden_size)
+        self.hidden = hidden
+        self.max_positions = int(self.backbone.config.max_position_embeddings) - 2
+        self.colbert = self._head(folder / "colbert_linear.pt", hidden, hidden, dtype)
+        self.sparse = self._head(folder / "sparse_linear.pt", hidden, 1, dtype)
+        for module in (self.backbone, self.colbert, self.sparse):
+            module.to(placement.device).eval()
+
+    @staticmethod
+    def _head(path: Path, hidden: int, out: int, dtype: Any) -> Any:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        head = torch.nn.Linear(hidden, out, dtype=dtype)
+        head.load_state_dict(state)
+        return head
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids with CLS/EOS, untruncated (the caller truncates or refuses)."""
+        return [enc.ids for enc in self.backend.encode_batch(list(texts), add_special_tokens=True)]
+
+    def forward(self, rows: Sequence[Sequence[int]], dense: bool, sparse: bool,
+                colbert: bool) -> BatchOutput:
+        """One forward pass of the transformer plus the requested heads, as FlagEmbedding's M3."""
+        lengths = [len(r) for r in rows]
+        width = max(lengths)
+        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, row in enumerate(rows):
+            ids[i, :len(row)] = row
+            mask[i, :len(row)] = 1
+        with torch.inference_mode():
+            input_ids = torch.from_numpy(ids).to(self.placement.device, non_blocking=True)
+            attention = torch.from_numpy(mask).to(self.placement.device, non_blocking=True)
+            hidden = self.backbone(input_ids=input_ids, attention_mask=attention,
+                                   return_dict=True).last_hidden_state
+            out = BatchOutput()
+            if dense:
+                out.dense = _host(F.normalize(hidden[:, 0], dim=-1))
+            if sparse:
+                out.weights = _host(torch.relu(self.sparse(hidden)).squeeze(-1))
+            if colbert:
+                vecs = self.colbert(hidden[:, 1:]) * attention[:, 1:, None].to(hidden.dtype)
+                out.colbert = _host(F.normalize(vecs, dim=-1))
+        return out
+
+
+def _host(tensor: Any) -> Any:
+    return tensor.float().cpu().numpy()
+
+
+def torch_threads() -> int:
+    require_torch()
+    return torch.get_num_threads()

@@ -1,0 +1,135 @@
+"""One worker process's serving state: verified model, batcher, readiness heartbeat, counters.
+
+``boot`` runs the gate, loads the model once, runs a warm-up forward pass and
+starts the batcher; ``ready`` announces the worker only after that; ``shutdown``
+withdraws it. There is one Runtime per process (``current()``), created by the
+Celery ``worker_init`` handler, never at import.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+from bge_m3 import workers
+from bge_m3.jobs import JobStore
+from bge_m3.queue import redis_client
+from bge_m3.settings import Settings
+from worker import gate
+from worker.batcher import Batcher, BatchStats
+from worker.logs import get_logger
+
+WARMUP_TEXT = "BGE-M3 warm-up: dense, sparse and ColBERT from one forward pass."
+"""The text of the warm-up forward pass run before the worker announces itself."""
+
+STATS_TTL = 7 * 24 * 3600
+"""Seconds a worker's statistics hash outlives its last update."""
+
+log = get_logger()
+_current: "Runtime | None" = None
+
+
+def current() -> "Runtime":
+    if _current is None:
+        raise RuntimeError("the worker runtime is not booted (start with `bge-m3 worker`)")
+    return _current
+
+
+class Runtime:
+    def __init__(self, settings: Settings, hostname: str):
+        self.settings = settings
+        self.hostname = hostname
+        self.redis = redis_client(settings.redis_url)
+        self.store = JobStore(self.redis, settings.result_ttl)
+        self.stats_key = workers.STATS_PREFIX + hostname
+        self.started_at = time.time()
+        self.encoder: Any = None
+        self.batcher: Batcher | None = None
+        self.verified: gate.Verified | None = None
+        self.placement: Any = None
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+
+    def boot(self) -> "Runtime":
+        global _current
+        self.verified = gate.check(self.settings)
+        # Only the verified folder is read, and never the network.
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+        from worker import model as model_module
+        from worker.device import choose
+        from worker.encoder import MODES, Encoder
+
+        model_module.require_torch()
+        self.placement = choose(self.settings.device, model_module.torch)
+        manifest = self.verified.manifest
+        view = model_module.verified_view(self.settings.model_dir, [f.path for f in manifest.files])
+        t0 = time.perf_counter()
+        m3 = model_module.M3Model(view, self.placement)
+        self.encoder = Encoder(m3, self.settings.colbert_dtype)
+        log.info("Model loaded: %s@%s (%s, %d-dim) in %.1f s", manifest.repo_id, manifest.revision[:7],
+                 self.placement.label, m3.hidden, time.perf_counter() - t0)
+        log.info("Device: %s", self.placement.description)
+        self.batcher = Batcher(self.encoder.run_batch, self.settings.max_batch_tokens,
+                               self.settings.batch_wait_ms, on_batch=self._count_batch)
+        t0 = time.perf_counter()
+        self.batcher.run_direct(self.encoder.tokenize([WARMUP_TEXT], 64, True), frozenset(MODES))
+        log.info("Warm-up forward pass: %.0f ms", (time.perf_counter() - t0) * 1000)
+        self.batcher.start()
+        _set_current(self)
+        return self
+
+    def info(self) -> dict[str, Any]:
+        manifest = self.verified.manifest if self.verified else None
+        return {
+            "hostname": self.hostname, "device": self.placement.description if self.placement else None,
+            "dtype": self.placement.dtype_name if self.placement else None,
+            "model": manifest.repo_id if manifest else None,
+            "revision": manifest.revision if manifest else None,
+            "manifest_digest": self.verified.report.manifest_digest if self.verified else None,
+            "dimension": self.encoder.dimension if self.encoder else None,
+            "max_batch_tokens": self.settings.max_batch_tokens,
+            "max_length": self.settings.max_length, "pid": os.getpid(),
+            "started_at": self.started_at,
+        }
+
+    def ready(self) -> None:
+        """Announce readiness now and keep it fresh until shutdown."""
+        workers.announce(self.redis, self.hostname, self.info())
+        log.info("Ready: %s consuming queue with %d threads, %s-token batches", self.hostname,
+                 self.settings.worker_threads, f"{self.settings.max_batch_tokens:,}")
+        self._heartbeat = threading.Thread(target=self._beat, name="bge-m3-heartbeat", daemon=True)
+        self._heartbeat.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(workers.HEARTBEAT_INTERVAL):
+            try:
+                workers.announce(self.redis, self.hostname, self.info())
+            except Exception as exc:  # noqa: BLE001 - keep beating through a Redis blip
+                log.warning("heartbeat failed: %s", exc)
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        try:
+            workers.withdraw(self.redis, self.hostname)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not withdraw readiness: %s", exc)
+        if self.batcher is not None:
+            self.batcher.stop()
+
+    def count(self, **fields: int) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for name, value in fields.items():
+            pipe.hincrby(self.stats_key, name, int(value))
+        pipe.expire(self.stats_key, STATS_TTL)
+        pipe.execute()
+
+    def _count_batch(self, stats: BatchStats) -> None:
+        self.count(forward_passes=1, batches=1, batch_texts=stats.texts, tokens=stats.tokens,
+                   padded_tokens=stats.padded_tokens)
+
+
+def _set_current(runtime: Runtime) -> None:
+    global _current
+    _current = runtime
