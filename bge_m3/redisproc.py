@@ -1,0 +1,88 @@
+"""The Redis ``bge-m3 up`` uses: the configured one, a local one, or a private redis-server it starts.
+
+The private server keeps its data under the data folder with AOF on
+(``appendfsync everysec``: at most one second of acknowledged writes is lost on a
+crash) and ``noeviction`` (Celery messages and job records must never be evicted).
+It is stopped with SIGTERM, which Redis handles as SHUTDOWN: fsync the AOF, then exit.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from bge_m3.queue import redis_client
+from bge_m3.settings import redact_url
+
+START_TIMEOUT = 15.0
+"""Seconds the private redis-server may take to answer PING after it is started."""
+
+STOP_TIMEOUT = 30.0
+"""Seconds the private redis-server may take to flush its AOF and exit before it is killed."""
+
+INSTALL_HINT = ("install one (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew "
+                "install redis; conda: conda install -c conda-forge redis) or set REDIS_URL "
+                "to a Redis you run")
+
+
+class RedisProblem(RuntimeError):
+    """No usable Redis."""
+
+
+def ping(url: str) -> str | None:
+    """``None`` when ``url`` answers PING, else the reason it does not (password redacted)."""
+    try:
+        client = redis_client(url, socket_timeout=3, socket_connect_timeout=3)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except Exception as exc:  # any failure means "does not answer"; the message says which
+        return f"{type(exc).__name__}: {exc}".replace(url, redact_url(url))
+    return None
+
+
+def local_url(port: int) -> str:
+    return f"redis://127.0.0.1:{port}/0"
+
+
+class EmbeddedRedis:
+    """A redis-server child on 127.0.0.1:``port``, in its own process group."""
+
+    def __init__(self, port: int, data_dir: Path, log_file: Path, exe: str | None = None):
+        self.port = port
+        self.dir = Path(data_dir) / "redis"
+        self.log_file = Path(log_file)
+        self.exe = exe or shutil.which("redis-server")
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return local_url(self.port)
+
+    def args(self) -> list[str]:
+        return [str(self.exe), "--bind", "127.0.0.1", "--port", str(self.port),
+                "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "everysec",
+                "--maxmemory-policy", "noeviction", "--save", "", "--daemonize", "no",
+                "--logfile", str(self.log_file)]
+
+    def start(self, popen) -> subprocess.Popen:
+        """Start with ``popen`` (the supervisor's spawner) and wait until it answers."""
+        if not self.exe:
+            raise RedisProblem(f"no redis-server binary on the PATH: {INSTALL_HINT}")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self.proc = popen("redis", self.args(), self.log_file.with_suffix(".out"))
+        deadline = time.monotonic() + START_TIMEOUT
+        reason = ping(self.url)
+        while reason is not None:
+            if self.proc.poll() is not None:
+                raise RedisProblem(f"redis-server exited with {self.proc.returncode}: see "
+                                   f"{self.log_file}")
+            if time.monotonic() > deadline:
+                raise RedisProblem(f"redis-server on port {self.port} did not answer within "
+                                   f"{START_TIMEOUT:.0f}s ({reason}); see {self.log_file}")
+            time.sleep(0.1)
+            reason = ping(self.url)
+        return self.proc

@@ -1,0 +1,202 @@
+"""``bge-m3 up``: check this machine, verify the model, and run Redis, worker(s) and API.
+
+Five steps, one status line each; the first failure stops with exit status 1 before
+the next step starts, so a tampered model never gets as far as starting anything.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+from bge_m3 import ports
+from bge_m3.accelerator import EnvironmentProblem, detect
+from bge_m3.redisproc import EmbeddedRedis, RedisProblem, local_url, ping
+from bge_m3.settings import Settings, env_is_set, redact_url
+from bge_m3.supervisor import Supervisor
+from bge_m3.startup import StartProblem, child_command, probe_host, wait_until_ready
+
+STEPS = 5
+
+
+class Failed(Exception):
+    """A step failed; its message is the status line's reason."""
+
+
+class Up:
+    def __init__(self, settings: Settings, workers: int, ready_timeout: float):
+        self.settings = settings
+        self.workers = workers
+        self.ready_timeout = ready_timeout
+        self.accelerator = None
+        self.redis_url = settings.redis_url
+        self.embedded: EmbeddedRedis | None = None
+        self.supervisor = Supervisor({})
+        self.stop_signal: int | None = None
+
+    # -- output -------------------------------------------------------------------------
+    @staticmethod
+    def status(number: int, name: str, text: str) -> None:
+        print(f"[{number}/{STEPS}] {name:<11} {text}", flush=True)
+
+    def run_step(self, number: int, name: str, step) -> None:
+        try:
+            text = step()
+        except (Failed, EnvironmentProblem, RedisProblem, StartProblem) as exc:
+            self.status(number, name, f"FAILED: {exc}")
+            raise Failed(str(exc)) from None
+        self.status(number, name, text)
+
+    # -- steps --------------------------------------------------------------------------
+    def environment(self) -> str:
+        self.accelerator = detect(self.settings.device)
+        return self.accelerator.describe()
+
+    def model(self) -> str:
+        from verify.errors import VerifyError
+        from verify.manifest import load_manifest
+        from verify.verifier import verify_folder
+
+        s = self.settings
+        try:
+            manifest = load_manifest(s.manifest)
+            if s.auto_download:
+                from verify.download import ensure_model
+
+                report = ensure_model(s.model_dir, manifest, s.endpoints, s.hf_token,
+                                      log=lambda line: print(f"        {line}", flush=True))
+            else:
+                report = verify_folder(s.model_dir, manifest)
+        except VerifyError as exc:
+            raise Failed(f"{exc} (model folder {s.model_dir}, manifest {s.manifest})") from None
+        if not report.ok:
+            bad = report.failures
+            more = "".join(f"\n      {f.describe()}" for f in bad[1:])
+            hint = "" if s.auto_download else "; BGE_M3_AUTO_DOWNLOAD=1 or `bge-m3 download` fetches them"
+            raise Failed(f"{len(bad)} of {len(report.files)} files in {s.model_dir} do not match "
+                         f"{s.manifest}{hint}:\n      {bad[0].describe()}{more}")
+        return (f"{len(report.files)} files of {manifest.repo_id}@{manifest.revision} verified "
+                f"(sha256) in {s.model_dir}")
+
+    def port(self) -> str:
+        s = self.settings
+        if not ports.is_free(s.host, s.port):
+            raise Failed(ports.describe_taken(s.host, s.port))
+        return f"port {s.port} on {s.host} is free"
+
+    def redis(self) -> str:
+        s = self.settings
+        if env_is_set("REDIS_URL"):
+            reason = ping(s.redis_url)
+            if reason:
+                raise Failed(f"REDIS_URL {redact_url(s.redis_url)} does not answer: {reason}")
+            return f"using REDIS_URL {redact_url(s.redis_url)}"
+        port = s.embedded_redis_port
+        if ping(local_url(port)) is None:
+            self.redis_url = local_url(port)
+            return f"using the Redis already answering on 127.0.0.1:{port}"
+        if not ports.is_free("127.0.0.1", port):
+            raise Failed(f"nothing answers Redis on 127.0.0.1:{port} but the port is taken by "
+                         f"{ports.owner(port) or 'another process'}; set REDIS_URL or "
+                         "BGE_M3_EMBEDDED_REDIS_PORT")
+        self.embedded = EmbeddedRedis(port, s.data_dir, s.log_dir / "redis.log")
+        self.embedded.start(self._spawn_redis)
+        self.redis_url = self.embedded.url
+        return (f"started a private redis-server on 127.0.0.1:{port} (pid "
+                f"{self.embedded.proc.pid}; AOF everysec in {self.embedded.dir}; log "
+                f"{self.embedded.log_file})")
+
+    def _spawn_redis(self, name: str, argv: list[str], log: Path):
+        return self.supervisor.spawn(name, argv, log)
+
+    def start(self) -> str:
+        s = self.settings
+        self.supervisor.env = {**os.environ, **s.env(), "REDIS_URL": self.redis_url,
+                               "PYTHONUNBUFFERED": "1"}
+        host = socket.gethostname()
+        hostnames = [f"bge-m3-{os.getpid()}-{i}@{host}" for i in range(1, self.workers + 1)]
+        for i, hostname in enumerate(hostnames, start=1):
+            device = self.accelerator.worker_device(s.device, i - 1)
+            self.supervisor.spawn(f"worker-{i}", child_command("worker", "--hostname", hostname),
+                                  s.log_dir / f"worker-{i}.log", kind="worker",
+                                  env={"BGE_M3_DEVICE": device})
+        self.supervisor.spawn("api", child_command("api"), s.log_dir / "api.log")
+        print(f"        pids: {self.supervisor.pids()}; logs in {s.log_dir}", flush=True)
+        started = time.monotonic()
+        if not wait_until_ready(self.supervisor, self.redis_url, hostnames,
+                                f"http://{probe_host(s.host)}:{s.port}/readyz", self.ready_timeout,
+                                lambda: self.stop_signal is not None):
+            raise Failed(f"interrupted by signal {self.stop_signal} before ready")
+        plural = "s" if self.workers > 1 else ""
+        return (f"{self.workers} worker{plural} and the API ready in "
+                f"{time.monotonic() - started:.1f}s; logs in {s.log_dir}")
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def _on_signal(self, signum, _frame) -> None:
+        self.stop_signal = signum
+
+    def serve(self) -> int:
+        s = self.settings
+        base = f"http://{probe_host(s.host)}:{s.port}"
+        print(f"web page: {base}/\nAPI:      {base}/v1  (POST {base}/embed, {base}/v1/embeddings)\n"
+              "Press Ctrl-C to stop.", flush=True)
+        while self.stop_signal is None:
+            child = self.supervisor.exited()
+            if child is not None:
+                print(f"{child.name} (pid {child.pid}) exited with status {child.proc.returncode}; "
+                      f"see {child.log}; stopping", flush=True)
+                return 1
+            time.sleep(0.5)
+        return 0
+
+    def run(self) -> int:
+        try:
+            self.run_step(1, "environment", self.environment)
+            self.run_step(2, "model", self.model)
+            self.run_step(3, "port", self.port)
+        except Failed:
+            return 1
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+            return 130
+        # From here on children exist: signals only set a flag, and every exit path stops them.
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        code = 0
+        try:
+            self.run_step(4, "redis", self.redis)
+            self.run_step(5, "start", self.start)
+            code = self.serve()
+        except Failed:
+            code = 128 + self.stop_signal if self.stop_signal else 1
+        finally:
+            if self.supervisor.children:
+                print("stopping: API, worker(s), then Redis ...", flush=True)
+                self.supervisor.stop_all()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        print("stopped", flush=True)
+        return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bge-m3 up", description=(
+        "Check this machine (CUDA or CPU), download and verify the model, check the port, "
+        "find or start Redis, start worker(s) and the API, and wait until /readyz answers. "
+        "Settings come from the environment (see the README); Ctrl-C stops everything."))
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="worker processes to start (GPU mode: spread over the GPUs)")
+    parser.add_argument("--ready-timeout", type=float, default=900.0, metavar="SECONDS",
+                        help="how long to wait for /readyz (the first model load can be slow)")
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"bge-m3 up: {exc}", file=sys.stderr)
+        return 2
+    return Up(settings, args.workers, args.ready_timeout).run()

