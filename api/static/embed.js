@@ -74,7 +74,8 @@ function renderHeatmap(kind) {
   const table = $("#heatmap");
   const values = state.matrices[kind];
   const flat = values.flat();
-  const lo = Math.min(0, ...flat), hi = Math.max(...flat);
+  // Scale colours to this matrix's own range, so small differences between texts stay visible.
+  const lo = Math.min(...flat), hi = Math.max(...flat);
   const span = hi - lo || 1;
   const head = el("tr", {}, el("th", { class: "corner", text: "" }),
     ...state.texts.map((t, j) => el("th", { scope: "col", title: t, text: `${j + 1}` })));
@@ -92,7 +93,7 @@ function renderHeatmap(kind) {
     })));
   table.replaceChildren(el("thead", {}, head), el("tbody", {}, ...rows));
   table.dataset.kind = kind;
-  $("#heat-caption").textContent = KINDS[kind].caption;
+  $("#heat-caption").textContent = `${KINDS[kind].caption}; colour from ${lo.toFixed(3)} (light) to ${hi.toFixed(3)} (dark)`;
   for (const b of document.querySelectorAll("#heat-tabs button")) {
     b.setAttribute("aria-selected", String(b.dataset.kind === kind));
   }

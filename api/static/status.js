@@ -37,7 +37,7 @@ function authHeaders() {
 function workerList(data) {
   if (Array.isArray(data)) return data;
   if (!data || typeof data !== "object") return [];
-  for (const k of ["data", "workers", "models"]) if (Array.isArray(data[k])) return data[k];
+  for (const k of ["workers", "data", "models"]) if (Array.isArray(data[k])) return data[k];
   return [];
 }
 

@@ -1,0 +1,407 @@
+"""The web console at ``/``, driven in a real browser (Debian's chromium via Playwright).
+
+The stack is real: the API served over HTTP by werkzeug on a free port, a `bge-m3 worker`
+subprocess with the tiny model, and the private redis-server. Every value the page shows is
+checked against numbers the test fetches from the API itself, never against constants.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import urllib.request
+from pathlib import Path
+
+import pytest
+from werkzeug.serving import make_server
+
+from tests.support import wait_for
+
+CHROMIUM = Path("/usr/bin/chromium")
+"""Debian's chromium; Playwright's own browser download cannot work offline."""
+
+LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+UI_TIMEOUT_MS = 60_000
+"""Bounds one wait for the page (a job on the tiny model takes well under a second)."""
+
+STATUS_DB = 11
+"""Redis database of the stop-the-worker test, so no other test's worker is seen as ready."""
+
+THREE_TEXTS = ["今天天气真好", "阳光明媚", "The stock market fell sharply today"]
+
+pytestmark = pytest.mark.timeout(300)
+
+
+# -- stack -----------------------------------------------------------------------------------
+class ServedApp:
+    """A Flask app on a free port in a thread (threaded: long-polls must not block the page)."""
+
+    def __init__(self, app):
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def request(self, method: str, path: str, body=None, key: str | None = None) -> tuple[int, dict]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        if key:
+            req.add_header("Authorization", f"Bearer {key}")
+        try:
+            with urllib.request.urlopen(req, timeout=60) as res:
+                return res.status, json.loads(res.read() or b"null")
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"null")
+
+    def job(self, job_id: str, key: str | None = None) -> dict:
+        status, body = self.request("GET", f"/v1/jobs/{job_id}?wait=30", key=key)
+        assert status == 200, body
+        assert body["status"] == "succeeded", body
+        return body
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.thread.join(10)
+
+
+def _serve(settings) -> ServedApp:
+    from api import create_app
+
+    return ServedApp(create_app(settings))
+
+
+@pytest.fixture(scope="module")
+def served(base_settings, live_worker):
+    server = _serve(base_settings)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        message = f"{CHROMIUM} is missing; install it with `apt-get install -y chromium`"
+        if os.environ.get("CI"):  # CI must run the browser tests, never skip them silently
+            pytest.fail(message)
+        pytest.skip(message + " (not in CI)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def open_page(browser):
+    """Opens the console in a fresh context; fails the test on any uncaught page error or alert."""
+    contexts, problems = [], []
+
+    def open_(url: str, width: int = 1280, height: int = 800):
+        context = browser.new_context(viewport={"width": width, "height": height})
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(UI_TIMEOUT_MS)
+        page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+        page.on("dialog", lambda dialog: (problems.append(f"dialog: {dialog.message}"),
+                                          dialog.dismiss()))
+        page.goto(url + "/")
+        return page
+
+    yield open_
+    for context in contexts:
+        context.close()
+    assert not problems, problems
+
+
+# -- maths, from the API's numbers -----------------------------------------------------------
+def cosine(a: list[float], b: list[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b))
+    return dot / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+
+def lexical(a: dict, b: dict) -> float:
+    other = dict(zip(b["indices"], b["values"]))
+    return sum(w * other[i] for i, w in zip(a["indices"], a["values"]) if i in other)
+
+
+def rows(colbert: dict) -> list[list[float]]:
+    data = colbert["data"]
+    if isinstance(data, list) and data and isinstance(data[0], list):
+        return data
+    from bge_m3.codec import unpack_rows
+
+    return unpack_rows(colbert)
+
+
+def maxsim(q: list[list[float]], p: list[list[float]]) -> float:
+    return sum(max(sum(x * y for x, y in zip(qv, pv)) for pv in p) for qv in q) / len(q)
+
+
+def items(job: dict) -> list[dict]:
+    return job["result"]["items"]
+
+
+def latency_ms(job: dict) -> tuple[float, float, float]:
+    """Queue, compute and total time as the API reports them: the worker's timings when the job
+    body carries them, else the differences of the job's timestamps."""
+    timings = job.get("timings") or job.get("stats") or {}
+    created, started, finished = job["created_at"], job["started_at"], job["finished_at"]
+    return (timings.get("queue_ms", (started - created) * 1000),
+            timings.get("compute_ms", (finished - started) * 1000),
+            timings.get("total_ms", (finished - created) * 1000))
+
+
+def shown_ms(text: str) -> float:
+    value, unit = text.split()
+    return float(value) * (1000 if unit == "s" else 1)
+
+
+# -- page helpers ----------------------------------------------------------------------------
+def run_embed(page, texts: list[str], mode: str) -> str:
+    page.fill("#texts", "\n".join(texts))
+    page.check(f'input[name="mode"][value="{mode}"]')
+    previous = page.get_attribute("#embed-results", "data-job")
+    page.click("#run-embed")
+    page.wait_for_function(
+        "prev => { const r = document.querySelector('#embed-results');"
+        " return !r.hidden && r.dataset.job && r.dataset.job !== prev; }", arg=previous)
+    return page.get_attribute("#embed-results", "data-job")
+
+
+def heatmap(page) -> dict[tuple[int, int], tuple[float, str]]:
+    cells = page.eval_on_selector_all(
+        "#heatmap td.cell", "cells => cells.map(c => [+c.dataset.row, +c.dataset.col,"
+        " +c.dataset.value, c.textContent, getComputedStyle(c).backgroundColor])")
+    assert len({c[4] for c in cells}) > 1, "cells are not coloured by value"
+    return {(r, c): (v, label) for r, c, v, label, _ in cells}
+
+
+def assert_matrix(page, expected, tolerance: float = 1e-5) -> None:
+    shown = heatmap(page)
+    n = len(expected)
+    assert set(shown) == {(i, j) for i in range(n) for j in range(n)}
+    for (i, j), (value, label) in shown.items():
+        assert value == pytest.approx(expected[i][j], abs=tolerance), (i, j)
+        assert float(label) == pytest.approx(expected[i][j], abs=0.0005 + tolerance), (i, j, label)
+
+
+def no_horizontal_overflow(page) -> None:
+    width = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
+    assert width[0] <= width[1], f"page is {width[0]}px wide in a {width[1]}px window"
+
+
+# -- tests -----------------------------------------------------------------------------------
+def test_dense_heatmap_is_cosine_of_the_apis_vectors(served, open_page, tmp_path):
+    page = open_page(served.url)
+    job_id = run_embed(page, THREE_TEXTS, "dense")
+    assert page.locator("#heatmap td.cell").count() == 9
+
+    job = served.job(job_id)
+    vectors = [item["dense"] for item in items(job)]
+    assert_matrix(page, [[cosine(a, b) for b in vectors] for a in vectors])
+    assert page.text_content("#f-texts") == "3"
+    assert page.text_content("#f-dim") == str(len(vectors[0]))
+    assert page.text_content("#f-tokens") == str(job["usage"]["tokens"])
+    for fact, expected in zip(("#f-queue", "#f-compute", "#f-total"), latency_ms(job)):
+        assert shown_ms(page.text_content(fact)) == pytest.approx(expected, abs=0.051), fact
+    assert page.locator("#heat-tabs button").all_text_contents() == ["Dense"]
+    no_horizontal_overflow(page)
+    page.screenshot(path=str(tmp_path / "dense.png"), full_page=True)
+
+
+def test_all_modes_show_sparse_chips_colbert_counts_and_four_heatmaps(served, open_page, tmp_path):
+    page = open_page(served.url)
+    job_id = run_embed(page, THREE_TEXTS, "all")
+    job = served.job(job_id)
+    results = items(job)
+
+    assert page.locator("#heat-tabs button").all_text_contents() == ["Dense", "Sparse", "ColBERT",
+                                                                     "Hybrid"]
+    # Sparse chips: the top-weighted token ids of each text, heaviest first.
+    page.locator("#sparse-chips .chip").first.wait_for()
+    for i, item in enumerate(results):
+        ranked = sorted(zip(item["sparse"]["values"], item["sparse"]["indices"]), reverse=True)
+        shown = page.eval_on_selector_all(f'#sparse-chips [data-text="{i}"] .chip',
+                                          "chips => chips.map(c => c.dataset.token)")
+        assert shown, f"no chips for text {i}"
+        assert [str(idx) for _, idx in ranked[:len(shown)]] == shown
+
+    sparse = [item["sparse"] for item in results]
+    page.click('#heat-tabs button[data-kind="sparse"]')
+    assert_matrix(page, [[lexical(a, b) for b in sparse] for a in sparse])
+
+    colbert = [rows(item["colbert"]) for item in results]
+    page.click('#heat-tabs button[data-kind="colbert"]')
+    maxsims = [[maxsim(a, b) for b in colbert] for a in colbert]
+    assert_matrix(page, maxsims, tolerance=1e-4)  # float16 at rest by default
+
+    vectors = [item["dense"] for item in results]
+    page.click('#heat-tabs button[data-kind="hybrid"]')
+    hybrid = [[(0.4 * cosine(vectors[i], vectors[j]) + 0.2 * lexical(sparse[i], sparse[j])
+                + 0.4 * maxsims[i][j]) for j in range(3)] for i in range(3)]
+    assert_matrix(page, hybrid, tolerance=1e-4)
+
+    counts = page.eval_on_selector_all(
+        "#colbert-table tbody tr", "trs => trs.map(t => [t.querySelector('.tokens').textContent,"
+        " t.querySelector('.vectors').textContent])")
+    assert counts == [[str(item["tokens"]), str(item["colbert"]["shape"][0])] for item in results]
+    page.screenshot(path=str(tmp_path / "all.png"), full_page=True)
+
+
+CANDIDATE_DOCUMENTS = [
+    ["阳光明媚", "The stock market fell sharply today", "今天天气真好，适合散步",
+     "A guide to baking sourdough bread", "weather report: sunny and warm"],
+    ["apples and oranges", "orange juice recipe", "the history of Rome", "fresh fruit salad",
+     "citrus trees in winter", "Roman roads and bridges"],
+]
+QUERY = "what's the weather like today"
+
+
+def ranking(scores: list[dict]) -> list[int]:
+    ordered = sorted(scores, key=lambda s: -s["hybrid"])
+    return [s["index"] for s in ordered]
+
+
+def score_list(body) -> list[dict]:
+    if isinstance(body, list):
+        return body
+    for key in ("scores", "data", "results", "documents"):
+        if isinstance(body.get(key), list):
+            return body[key]
+    raise AssertionError(f"unexpected /v1/score body: {body}")
+
+
+def shown_ranking(page, weights: str) -> list[int]:
+    page.wait_for_function("w => document.querySelector('#score-results').dataset.weights === w",
+                           arg=weights)
+    return [int(d) for d in page.eval_on_selector_all("#ranking tbody tr",
+                                                      "trs => trs.map(t => t.dataset.doc)")]
+
+
+def test_score_ranking_follows_the_weight_sliders(served, open_page, tmp_path):
+    # Pick documents whose ranking differs between the default weights and dense-only, as the
+    # API itself ranks them: the browser must then show both orders.
+    for documents in CANDIDATE_DOCUMENTS:
+        expected = {}
+        for weights in ([0.4, 0.2, 0.4], [1.0, 0.0, 0.0]):
+            status, body = served.request("POST", "/v1/score", {"query": QUERY, "documents": documents,
+                                                                 "weights": weights})
+            assert status == 200, body
+            expected[tuple(weights)] = ranking(score_list(body))
+        if expected[(0.4, 0.2, 0.4)] != expected[(1.0, 0.0, 0.0)]:
+            break
+    else:
+        pytest.fail("no candidate document set ranks differently under 1/0/0 on this model")
+
+    page = open_page(served.url)
+    page.click("#tab-score")
+    page.fill("#query", QUERY)
+    page.fill("#documents", "\n".join(documents))
+    page.click("#run-score")
+    first = shown_ranking(page, "0.4,0.2,0.4")
+    assert first == expected[(0.4, 0.2, 0.4)]
+
+    for name, value in (("dense", "1"), ("sparse", "0"), ("colbert", "0")):
+        page.fill(f"#w-{name}", value)
+    moved = shown_ranking(page, "1,0,0")
+    assert moved == expected[(1.0, 0.0, 0.0)]
+    assert moved != first
+    page.screenshot(path=str(tmp_path / "score.png"), full_page=True)
+
+
+def test_status_strip_shows_worker_then_no_worker_ready(base_settings, redis_server,
+                                                        worker_factory, open_page, tmp_path):
+    redis_server.client(STATUS_DB).flushdb()
+    settings = base_settings.replace(redis_url=redis_server.url(STATUS_DB))
+    worker = worker_factory(settings)
+    server = _serve(settings)
+    try:
+        page = open_page(server.url)
+        page.wait_for_function("() => document.querySelector('#st-ready').dataset.state === 'ok'")
+        assert page.text_content("#st-workers") == "workers: 1"
+        status, models = server.request("GET", "/v1/models")
+        assert status == 200, models
+        strip = page.text_content("#status")
+        assert "device: cpu" in strip.lower()
+        assert "@" in page.text_content("#st-model")
+        assert "verified" in page.text_content("#st-manifest")
+        assert page.text_content("#st-queue") == "queue: 0"
+        page.screenshot(path=str(tmp_path / "ready.png"))
+
+        worker.stop()
+        page.wait_for_function(
+            "() => document.querySelector('#st-ready').textContent.includes('no worker ready')")
+        assert page.text_content("#st-workers") == "workers: 0"
+        page.screenshot(path=str(tmp_path / "no-worker.png"))
+    finally:
+        server.close()
+        redis_server.client(STATUS_DB).flushdb()
+
+
+def test_api_key_is_asked_for_kept_in_session_and_sent(base_settings, live_worker, open_page,
+                                                       tmp_path):
+    key = "console-test-key"
+    server = _serve(base_settings.replace(api_keys=(key,)))
+    try:
+        page = open_page(server.url)
+        page.fill("#texts", "\n".join(THREE_TEXTS))
+        page.click("#run-embed")
+        error = page.locator("#embed-error")
+        error.wait_for(state="visible")
+        assert "API key" in error.text_content()
+        page.screenshot(path=str(tmp_path / "key-missing.png"))
+
+        page.fill("#api-key", key)
+        page.press("#api-key", "Tab")
+        job_id = run_embed(page, THREE_TEXTS, "dense")
+        assert not error.is_visible()
+        assert server.job(job_id, key=key)["id"] == job_id  # created under this key
+        assert server.request("GET", f"/v1/jobs/{job_id}")[0] == 401
+        assert page.evaluate("() => sessionStorage.getItem('bge-m3.api-key')") == key
+        page.reload()
+        assert page.input_value("#api-key") == key
+    finally:
+        server.close()
+
+
+def test_errors_show_inline_in_plain_words(served, open_page):
+    page = open_page(served.url)
+    page.fill("#texts", "word " * 200)
+    page.fill("#max-length", "8")
+    page.uncheck("#truncate")
+    page.click("#run-embed")
+    error = page.locator("#embed-error")
+    error.wait_for(state="visible")
+    text = error.text_content()
+    assert "Traceback" not in text and "{" not in text
+    assert any(word in text.lower() for word in ("too long", "tokens", "length")), text
+
+
+def test_usable_at_phone_width(served, open_page, tmp_path):
+    page = open_page(served.url, width=390, height=844)
+    run_embed(page, THREE_TEXTS, "all")
+    assert page.locator("#heatmap td.cell").count() == 9
+    no_horizontal_overflow(page)
+    assert page.locator("#run-embed").bounding_box()["width"] <= 390
+    page.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
+
+
+def test_page_and_assets_are_served_without_a_key_and_nothing_else_is(base_settings):
+    from api import create_app
+
+    client = create_app(base_settings.replace(api_keys=("k",))).test_client()
+    page = client.get("/")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    script = client.get("/console/app.js")
+    assert script.status_code == 200 and "javascript" in script.mimetype
+    assert client.get("/console/nope.js").get_json()["error"]["code"] == "not_found"
+    open_client = create_app(base_settings).test_client()
+    for path in ("/console/..%2Fconsole.py", "/console/../console.py", "/console/nope.js"):
+        missing = open_client.get(path)
+        assert missing.status_code == 404 and missing.is_json, path
