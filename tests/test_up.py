@@ -1,0 +1,267 @@
+"""`bge-m3 up` as a user runs it: a subprocess with the tiny model, real Redis, workers and gunicorn.
+
+Every test picks free ports (API and the embedded Redis) and its own log and data
+folders, so nothing here depends on or disturbs a Redis on 127.0.0.1:6379.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from bge_m3.queue import redis_client
+from tests.support import BGE_M3, free_port, wait_for
+
+SEED_BODY = {"texts": ["今天天气真好", "阳光明媚"], "mode": "dense"}
+"""The seed's curl example."""
+
+START_TIMEOUT = 240.0
+"""Seconds `bge-m3 up` may take to reach ready on a busy 2-core machine (tiny model)."""
+
+
+class UpRun:
+    """A `bge-m3 up` subprocess in its own session, as a terminal would run it; output collected."""
+
+    def __init__(self, env: dict[str, str], *args: str):
+        self.proc = subprocess.Popen([BGE_M3, "up", *args], env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_line(self, pattern: str, timeout: float) -> re.Match:
+        def found():
+            for line in self.lines:
+                match = re.search(pattern, line)
+                if match:
+                    return match
+            if self.proc.poll() is not None:
+                self.reader.join(5)
+                raise AssertionError(f"bge-m3 up exited {self.proc.returncode}:\n{self.output}")
+            return None
+        return wait_for(found, timeout, interval=0.1, what=f"line {pattern!r}")
+
+    def finish(self, timeout: float = 120) -> int:
+        code = self.proc.wait(timeout)
+        self.reader.join(5)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def up_env(tiny_model, tmp_path):
+    """Environment for `bge-m3 up`: tiny model, no download, free ports, private folders."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("BGE_M3_") and k not in {"REDIS_URL", "CPU_ONLY", "HF_TOKEN"}}
+    env.update({
+        "BGE_M3_MODEL_DIR": str(tiny_model.dir), "BGE_M3_MANIFEST": str(tiny_model.manifest),
+        "BGE_M3_AUTO_DOWNLOAD": "0", "BGE_M3_ENDPOINTS": "http://127.0.0.1:9",
+        "BGE_M3_HOST": "127.0.0.1", "BGE_M3_PORT": str(free_port()),
+        "BGE_M3_EMBEDDED_REDIS_PORT": str(free_port()),
+        "BGE_M3_LOG_DIR": str(tmp_path / "logs"), "BGE_M3_DATA_DIR": str(tmp_path / "data"),
+        "BGE_M3_WORKER_THREADS": "4", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+    })
+    return env
+
+
+@pytest.fixture
+def runs():
+    started: list[UpRun] = []
+
+    def start(env, *args):
+        run = UpRun(env, *args)
+        started.append(run)
+        return run
+
+    yield start
+    for run in started:  # a failed assertion must not leave a stack running
+        run.kill()
+
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, ppid, pgid) of a live process, None when gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()
+    return fields[0], int(fields[1]), int(fields[2])
+
+
+def descendants(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))):
+            children.setdefault(stat[1], []).append(int(entry.name))
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    stat = _stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
+def post_json(url: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return response.status, json.loads(response.read())
+
+
+def healthcheck(env: dict[str, str], *args: str) -> int:
+    return subprocess.run([sys.executable, "-m", "bge_m3.healthcheck", *args], env=env,
+                          capture_output=True, timeout=60).returncode
+
+
+def test_up_serves_the_seed_request_and_sigint_stops_every_process(up_env, runs, tmp_path):
+    port, redis_port = int(up_env["BGE_M3_PORT"]), int(up_env["BGE_M3_EMBEDDED_REDIS_PORT"])
+    run = runs(up_env, "--workers", "2")
+    run.wait_line(r"^web page: ", START_TIMEOUT)
+    out = run.output
+    assert re.search(r"^\[1/5\] environment (GPU mode: cuda:0|CPU mode: no CUDA device found)",
+                     out, re.M), out
+    assert re.search(r"^\[2/5\] model .* verified", out, re.M)
+    assert re.search(rf"^\[4/5\] redis +started a private redis-server on 127\.0\.0\.1:{redis_port}",
+                     out, re.M)
+    assert re.search(rf"^\[5/5\] start +2 workers and the API ready .*{re.escape(str(tmp_path))}",
+                     out, re.M)
+    assert f"http://127.0.0.1:{port}/" in out
+
+    listed = dict(item.split("=") for item in run.wait_line(r"pids: ([^;]+);", 1).group(1).split())
+    assert set(listed) == {"redis", "worker-1", "worker-2", "api"}
+    tree = descendants(run.proc.pid)
+    assert {int(pid) for pid in listed.values()} <= tree
+    assert len(tree) > len(listed), "gunicorn's worker process should be in the tree too"
+
+    status, body = post_json(f"http://127.0.0.1:{port}/embed", SEED_BODY)
+    assert status == 200 and len(body["embeddings"]) == 2
+    assert all(len(vector) == 32 for vector in body["embeddings"])
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as page:
+        assert page.status == 200 and "html" in page.headers["Content-Type"]
+
+    # The embedded Redis: durable settings, the data folder, reachable only while `up` runs.
+    redis = redis_client(f"redis://127.0.0.1:{redis_port}/0")
+    assert redis.config_get("appendonly") == {"appendonly": "yes"}
+    assert redis.config_get("appendfsync") == {"appendfsync": "everysec"}
+    assert redis.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+    assert redis.config_get("dir")["dir"] == str(tmp_path / "data" / "redis")
+    redis.set("bge-m3:test:durable", "1")
+    ready_keys = sorted(redis.scan_iter(match="bge-m3:worker:*"))
+    assert len(ready_keys) == 2
+
+    check_env = {**up_env, "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"}
+    worker_hostname = ready_keys[0].removeprefix("bge-m3:worker:")
+    assert healthcheck(check_env, "--worker", worker_hostname) == 0
+    assert healthcheck(check_env, "--worker", "nobody@nowhere") == 1
+    assert healthcheck(up_env, f"http://127.0.0.1:{port}/healthz") == 0
+
+    os.killpg(run.proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    assert run.finish() == 0, run.output
+    assert run.lines[-1] == "stopped"
+    still = sorted(pid for pid in tree if alive(pid))
+    assert not still, f"orphans after SIGINT: {still}"
+    with pytest.raises(Exception):
+        redis_client(f"redis://127.0.0.1:{redis_port}/0", socket_connect_timeout=1).ping()
+    assert healthcheck(up_env, f"http://127.0.0.1:{port}/healthz") == 1
+    aof = tmp_path / "data" / "redis" / "appendonlydir"
+    assert b"bge-m3:test:durable" in b"".join(p.read_bytes() for p in aof.glob("*.aof"))
+    for name in ("redis.log", "worker-1.log", "worker-2.log", "api.log"):
+        assert (tmp_path / "logs" / name).stat().st_size > 0
+    assert "fsync" in (tmp_path / "logs" / "redis.log").read_text()
+
+
+def _nothing_started(run: UpRun, env: dict[str, str], tmp_path: Path) -> None:
+    assert not re.search(r"^\[[45]/5\]", run.output, re.M), run.output
+    assert not (tmp_path / "logs").exists(), "a log means a child process was started"
+    assert not (tmp_path / "data").exists()
+    with pytest.raises(Exception):
+        port = env["BGE_M3_EMBEDDED_REDIS_PORT"]
+        redis_client(f"redis://127.0.0.1:{port}/0", socket_connect_timeout=1).ping()
+
+
+def test_port_taken_fails_naming_the_port_and_its_owner(up_env, runs, tmp_path):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        run = runs({**up_env, "BGE_M3_PORT": str(port), "CPU_ONLY": "1"})
+        assert run.finish() == 1
+    out = run.output
+    assert re.search(r"^\[1/5\] environment CPU mode: forced", out, re.M), out
+    line = next(line for line in run.lines if line.startswith("[3/5]"))
+    assert "FAILED" in line and f"port {port}" in line
+    assert f"pid {os.getpid()}" in line, "the owner (this test process) should be named"
+    _nothing_started(run, up_env, tmp_path)
+
+
+def test_tampered_model_fails_before_anything_starts(tiny_model, up_env, runs, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model.dir, model)
+    target = model / "model.safetensors"
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0xFF
+    target.write_bytes(bytes(data))
+    expected = next(f["sha256"] for f in json.loads(tiny_model.manifest.read_text())["files"]
+                    if f["path"] == "model.safetensors")
+    actual = hashlib.sha256(bytes(data)).hexdigest()
+
+    run = runs({**up_env, "BGE_M3_MODEL_DIR": str(model)})
+    assert run.finish() == 1
+    out = run.output
+    failed = next(i for i, line in enumerate(run.lines) if line.startswith("[2/5] model"))
+    assert "FAILED" in run.lines[failed]
+    detail = "\n".join(run.lines[failed:])
+    assert "model.safetensors" in detail and expected in detail and actual in detail
+    assert not re.search(r"^\[3/5\]", out, re.M)
+    _nothing_started(run, up_env, tmp_path)
+
+
+def test_redis_url_that_does_not_answer_fails_clearly_without_leaking_the_password(
+        up_env, runs, tmp_path):
+    url = f"redis://:s3cret-pw@127.0.0.1:{free_port()}/0"
+    run = runs({**up_env, "REDIS_URL": url, "CPU_ONLY": "1"})
+    assert run.finish() == 1
+    line = next(line for line in run.lines if line.startswith("[4/5]"))
+    assert "FAILED" in line and "REDIS_URL" in line and "does not answer" in line
+    assert "s3cret-pw" not in run.output
+    assert not (tmp_path / "logs").exists()
+
+
+def test_missing_redis_server_binary_says_how_to_get_one(up_env, runs, tmp_path):
+    path = str(Path(BGE_M3).parent)  # the venv only: no redis-server on this PATH
+    run = runs({**up_env, "PATH": path, "CPU_ONLY": "1"})
+    assert run.finish() == 1
+    line = next(line for line in run.lines if line.startswith("[4/5]"))
+    assert "no redis-server binary" in line and "apt-get install redis-server" in line
+    assert "REDIS_URL" in line
+    assert not re.search(r"^\[5/5\]", run.output, re.M)
