@@ -1,0 +1,95 @@
+"""The official ``openai`` client against ``bge-m3 api`` (gunicorn) on a free port, with API keys."""
+from __future__ import annotations
+
+import subprocess
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.support import BGE_M3, free_port, wait_for, worker_env
+
+KEY = "sk-test-4f1c9e2a"
+TEXTS = ["今天天气真好", "阳光明媚", "the quick brown fox"]
+
+
+@pytest.fixture(scope="module")
+def server(base_settings, live_worker, tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("gunicorn") / "api.log"
+    settings = base_settings.replace(api_keys=(KEY, "sk-other"), host="127.0.0.1", port=port)
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([BGE_M3, "api", "--workers", "1", "--threads", "8", "--access-log"],
+                                env=worker_env(settings), stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"bge-m3 api exited {proc.returncode}: {log.read_text()}")
+        try:
+            return httpx.get(base + "/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(up, 30, interval=0.1, what="gunicorn")
+    yield base, log
+    proc.terminate()
+    proc.wait(30)
+
+
+def job_vectors(base: str) -> list[list[float]]:
+    headers = {"Authorization": f"Bearer {KEY}"}
+    job = httpx.post(base + "/v1/jobs", json={"texts": TEXTS}, headers=headers).json()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        body = httpx.get(f"{base}/v1/jobs/{job['id']}?wait=30", headers=headers, timeout=40).json()
+        if body["status"] == "succeeded":
+            return [item["dense"] for item in body["result"]["items"]]
+    raise AssertionError("job did not finish")
+
+
+def test_openai_client_both_encodings(server):
+    base, log = server
+    client = openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0)
+    expected = job_vectors(base)
+    as_float = client.embeddings.create(model="bge-m3", input=TEXTS, encoding_format="float")
+    as_b64 = client.embeddings.create(model="bge-m3", input=TEXTS)  # the client asks for base64
+    for response in (as_float, as_b64):
+        assert [d.index for d in response.data] == [0, 1, 2]
+        assert [list(d.embedding) for d in response.data] == expected
+        assert response.model == "bge-m3" and response.usage.total_tokens > len(TEXTS)
+    single = client.embeddings.create(model="bge-m3", input=TEXTS[0], dimensions=32)
+    assert list(single.data[0].embedding) == expected[0]
+    assert KEY not in log.read_text()  # the access log saw every request, never the key
+
+
+def test_openai_client_errors(server):
+    base, _ = server
+    client = openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0)
+    with pytest.raises(openai.BadRequestError) as bad_model:
+        client.embeddings.create(model="text-embedding-3-small", input="a")
+    assert bad_model.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as bad_dims:
+        client.embeddings.create(model="bge-m3", input="a", dimensions=8)
+    assert bad_dims.value.code == "dimensions_unsupported"
+    with pytest.raises(openai.AuthenticationError) as unauthorized:
+        openai.OpenAI(base_url=base + "/v1", api_key="sk-wrong", max_retries=0).embeddings.create(
+            model="bge-m3", input="a")
+    assert unauthorized.value.body["type"] == "authentication_error"
+
+
+def test_gunicorn_routes_over_http(server):
+    base, _ = server
+    headers = {"Authorization": f"Bearer {KEY}"}
+    r = httpx.post(base + "/embed", json={"texts": ["今天天气真好", "阳光明媚"], "mode": "dense"},
+                   headers=headers)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert list(r.json()) == ["embeddings", "dimension", "mode", "latency_ms", "usage"]
+    assert httpx.get(base + "/readyz").status_code == 200
+    assert httpx.get(base + "/v1/models").status_code == 401
+    r = httpx.post(base + "/v1/jobs", content=b"x" * 100, headers=headers)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    r = httpx.get(base + "/nowhere", headers=headers)
+    assert r.status_code == 404 and r.headers["content-type"] == "application/json"

@@ -1,0 +1,137 @@
+"""Operations routes, OpenAPI accuracy, outages (Redis down, broker down) and the torch-free import."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import jsonschema_rs
+import pytest
+
+from api import create_app
+from bge_m3.queue import QUEUE_NAME
+from tests.support import RedisServer
+
+
+def conforms(doc: dict, path: str, method: str, response) -> None:
+    """Assert the response's status is declared for the route and its body fits the schema."""
+    declared = doc["paths"][path][method]["responses"]
+    assert str(response.status_code) in declared, (path, method, response.status_code)
+    content = declared[str(response.status_code)]["content"]
+    if "application/json" in content:
+        schema = {**content["application/json"]["schema"], "components": doc["components"]}
+        jsonschema_rs.validator_for(schema).validate(response.get_json())
+
+
+def test_healthz_readyz_models(client, live_worker):
+    doc = client.get("/openapi.json").get_json()
+    r = client.get("/healthz")
+    assert r.status_code == 200 and r.get_json() == {"status": "ok"}
+    conforms(doc, "/healthz", "get", r)
+    r = client.get("/readyz")
+    assert r.status_code == 200 and r.get_json()["workers"] >= 1
+    conforms(doc, "/readyz", "get", r)
+    r = client.get("/v1/models")
+    conforms(doc, "/v1/models", "get", r)
+    workers = r.get_json()["workers"]
+    mine = next(w for w in workers if w["hostname"] == live_worker.hostname)
+    assert mine["device"] == "cpu" and mine["dimension"] == 32 and len(mine["manifest_digest"]) >= 32
+    assert {"model", "revision"} <= set(mine)
+    assert "bge-m3" in [m["id"] for m in r.get_json()["data"]]
+
+
+def test_metrics(client, live_worker):
+    client.post("/embed", json={"texts": ["hello"]})
+    client.get("/v2/missing")
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.mimetype == "text/plain"
+    text = r.get_data(as_text=True)
+    assert 'bge_m3_http_requests_total{method="POST",route="/embed",status="200"} 1.0' in text
+    assert 'route="<unmatched>",status="404"' in text
+    for name in ("bge_m3_job_queue_seconds_count", "bge_m3_job_compute_seconds_count",
+                 "bge_m3_job_total_seconds_count"):
+        assert f"{name} 1.0" in text, name
+    assert "bge_m3_queue_depth 0.0" in text
+    ready = [line for line in text.splitlines() if line.startswith("bge_m3_ready_workers ")]
+    assert ready and float(ready[0].split()[1]) >= 1
+
+
+def test_openapi_describes_every_route(app, client, live_worker):
+    doc = client.get("/openapi.json").get_json()
+    assert doc["openapi"].startswith("3.1")
+    flask_routes = {(rule.rule.replace("<job_id>", "{job_id}"), method.lower())
+                    for rule in app.url_map.iter_rules() if rule.endpoint.split(".")[0] in
+                    ("jobs", "sync", "ops") for method in rule.methods - {"HEAD", "OPTIONS"}}
+    documented = {(path, method) for path, ops in doc["paths"].items() for method in ops}
+    assert flask_routes == documented
+    for ops in doc["paths"].values():
+        for op in ops.values():
+            for status, response in op["responses"].items():
+                if int(status) >= 400 and "content" in response:
+                    assert "$ref" in response["content"]["application/json"]["schema"]
+    # real answers fit the declared schemas, including errors
+    job = client.post("/v1/jobs", json={"texts": ["a", "b"], "modes": ["dense", "sparse", "colbert"]})
+    conforms(doc, "/v1/jobs", "post", job)
+    job_id = job.get_json()["id"]
+    done = client.get(f"/v1/jobs/{job_id}?wait=30")
+    conforms(doc, "/v1/jobs/{job_id}", "get", done)
+    conforms(doc, "/v1/jobs/{job_id}", "delete", client.delete(f"/v1/jobs/{job_id}"))
+    conforms(doc, "/v1/jobs/{job_id}", "get", client.get(f"/v1/jobs/{'0' * 32}"))
+    for mode in ("dense", "all"):
+        conforms(doc, "/embed", "post", client.post("/embed", json={"texts": ["a"], "mode": mode}))
+    conforms(doc, "/embed", "post", client.post("/embed", json={"texts": []}))
+    conforms(doc, "/v1/embeddings", "post",
+             client.post("/v1/embeddings", json={"input": "a", "model": "bge-m3"}))
+    conforms(doc, "/v1/embeddings", "post", client.post("/v1/embeddings", json={"input": 3}))
+    conforms(doc, "/v1/score", "post", client.post("/v1/score", json={"query": "q", "documents": ["a"]}))
+
+
+def test_openapi_loads_in_schemathesis(client):
+    import schemathesis
+
+    schema = schemathesis.openapi.from_dict(client.get("/openapi.json").get_json())
+    operations = [op.ok().label for op in schema.get_all_operations()]
+    assert "POST /v1/jobs" in operations and "GET /v1/jobs/{job_id}" in operations
+
+
+def test_redis_down_is_503_and_no_orphan(base_settings, tmp_path):
+    server = RedisServer(tmp_path / "redis", appendonly=True)
+    client = create_app(base_settings.replace(redis_url=server.url(0))).test_client()
+    assert client.post("/v1/jobs", json={"texts": ["a"]}).status_code == 202
+    server.kill()
+    for method, path, body in (("post", "/v1/jobs", {"texts": ["a"]}), ("post", "/embed", {"texts": ["a"]}),
+                               ("get", f"/v1/jobs/{'0' * 32}", None)):
+        r = getattr(client, method)(path, json=body)
+        assert r.status_code == 503 and r.get_json()["error"]["code"] == "redis_unavailable", path
+    r = client.get("/readyz")
+    assert r.status_code == 503 and "Redis" in r.get_json()["error"]["message"]
+    assert client.get("/healthz").status_code == 200
+    assert "bge_m3_redis_up 0.0" in client.get("/metrics").get_data(as_text=True)
+    server.start()  # the AOF brings back what was written before the outage, and nothing else
+    redis = server.client(0)
+    assert len(list(redis.scan_iter("bge-m3:job:*"))) == redis.llen(QUEUE_NAME) == 1
+    server.stop()
+
+
+def test_publish_failure_leaves_no_orphan(base_settings, redis_server, tmp_path):
+    """Redis answers but the broker does not: the record written first is deleted again."""
+    from bge_m3.queue import make_celery
+
+    db = redis_server.client(4)
+    db.flushdb()
+    app = create_app(base_settings.replace(redis_url=redis_server.url(4)))
+    dead = base_settings.replace(redis_url=f"redis+socket://{tmp_path / 'nothing.sock'}")
+    app.extensions["bge_m3"].backend.celery = make_celery(dead)  # a real broker connection that fails
+    r = app.test_client().post("/v1/jobs", json={"texts": ["a"]})
+    assert r.status_code == 503 and r.get_json()["error"]["code"] == "queue_unavailable"
+    assert list(db.scan_iter("bge-m3:*")) == []
+    db.flushdb()
+
+
+@pytest.mark.parametrize("code", ["import api", "from api.wsgi import app",
+                                  "from api import create_app; create_app().test_client().get('/openapi.json')"])
+def test_api_never_imports_torch(code, base_settings):
+    check = (f"import sys\n{code}\nheavy = [m for m in ('torch', 'transformers', 'FlagEmbedding', 'numpy') "
+             "if m in sys.modules]\nprint(heavy)\nsys.exit(1 if heavy else 0)")
+    proc = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60,
+                          env={**base_settings.env(), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
