@@ -405,3 +405,13 @@ def test_page_and_assets_are_served_without_a_key_and_nothing_else_is(base_setti
     for path in ("/console/..%2Fconsole.py", "/console/../console.py", "/console/nope.js"):
         missing = open_client.get(path)
         assert missing.status_code == 404 and missing.is_json, path
+
+
+def test_a_large_batch_draws_a_bounded_heatmap(served, open_page):
+    texts = [f"text number {i} about topic {i % 7}" for i in range(45)]
+    page = open_page(served.url)
+    job_id = run_embed(page, texts, "dense")
+    assert page.text_content("#f-texts") == "45"
+    assert len(items(served.job(job_id))) == 45
+    assert page.locator("#heatmap td.cell").count() == 40 * 40
+    assert "first 40 of 45 texts" in page.text_content("#heat-caption")

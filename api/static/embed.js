@@ -9,6 +9,10 @@ import { currentWeights } from "./score.js";
 /** How many top-weighted sparse tokens each text shows as chips. */
 const TOP_TOKENS = 8;
 
+/** Texts drawn in the heatmaps, chips and counts; a pasted batch of thousands would otherwise
+ * build millions of cells (and MaxSim is quadratic in texts and in tokens). */
+const MAX_SHOWN_TEXTS = 40;
+
 const KINDS = {
   dense: { label: "Dense", caption: "cosine similarity of the dense vectors" },
   sparse: { label: "Sparse", caption: "lexical matching score: sum of weight products over shared tokens" },
@@ -42,7 +46,8 @@ function grid(n, f) {
   return Array.from({ length: n }, (_, i) => Array.from({ length: n }, (_, j) => f(i, j)));
 }
 
-function computeMatrices(items) {
+function computeMatrices(all) {
+  const items = all.slice(0, MAX_SHOWN_TEXTS);
   const n = items.length;
   const out = {};
   const dense = items.map((it) => vector(it.dense));
@@ -73,12 +78,13 @@ function colour(t) {
 function renderHeatmap(kind) {
   const table = $("#heatmap");
   const values = state.matrices[kind];
+  const n = values.length;
   const flat = values.flat();
   // Scale colours to this matrix's own range, so small differences between texts stay visible.
   const lo = Math.min(...flat), hi = Math.max(...flat);
   const span = hi - lo || 1;
   const head = el("tr", {}, el("th", { class: "corner", text: "" }),
-    ...state.texts.map((t, j) => el("th", { scope: "col", title: t, text: `${j + 1}` })));
+    ...state.texts.slice(0, n).map((t, j) => el("th", { scope: "col", title: t, text: `${j + 1}` })));
   const rows = values.map((row, i) => el("tr", {},
     el("th", { scope: "row", title: state.texts[i], text: `${i + 1}. ${short(state.texts[i], 24)}` }),
     ...row.map((v, j) => {
@@ -93,7 +99,8 @@ function renderHeatmap(kind) {
     })));
   table.replaceChildren(el("thead", {}, head), el("tbody", {}, ...rows));
   table.dataset.kind = kind;
-  $("#heat-caption").textContent = `${KINDS[kind].caption}; colour from ${lo.toFixed(3)} (light) to ${hi.toFixed(3)} (dark)`;
+  const cut = state.texts.length > n ? `; first ${n} of ${state.texts.length} texts` : "";
+  $("#heat-caption").textContent = `${KINDS[kind].caption}; colour from ${lo.toFixed(3)} (light) to ${hi.toFixed(3)} (dark)${cut}`;
   for (const b of document.querySelectorAll("#heat-tabs button")) {
     b.setAttribute("aria-selected", String(b.dataset.kind === kind));
   }
