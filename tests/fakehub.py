@@ -78,6 +78,7 @@ class FakeHub:
         self.lock = threading.Lock()
         self.bytes_served: Counter = Counter()
         self.body_gets: Counter = Counter()
+        self.sending = 0  # bodies being written right now
         self.log: list[dict] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
@@ -229,7 +230,12 @@ def _handler(hub: FakeHub):
                 return
             with hub.lock:
                 hub.body_gets[rel] += 1
-            self._send(rel, info, start)
+                hub.sending += 1
+            try:
+                self._send(rel, info, start)
+            finally:
+                with hub.lock:
+                    hub.sending -= 1
 
         def _send(self, rel: str, info: HubFile, start: int) -> None:
             cut = hub.take("cut", rel, "body")

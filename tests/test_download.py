@@ -1,0 +1,290 @@
+"""``ensure_model`` / ``bge-m3 download`` against a local fake hub speaking the real protocol.
+
+Every case ends verified or with a clear error, never with a wrong file under its final name.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fakehub import COMMIT, FakeHub
+from tests.support import BGE_M3, wait_for
+from verify.commands import EXIT_DOWNLOAD, EXIT_OK
+from verify.download import ensure_model
+from verify.errors import DownloadError
+from verify.hashes import file_sha256
+from verify.manifest import load_manifest
+from verify.retry import RetryPolicy
+from verify.transfer import Partial
+from verify.verifier import verify_folder
+
+FAST = RetryPolicy(base_delay=0.01, max_delay=0.05)
+"""Real backoff logic, tiny delays: tests stay quick without sleeping in the code under test."""
+
+BIG = "model.safetensors"
+"""The tiny model's largest file (~1.4 MB), an LFS file served through the fake CDN."""
+
+TOKEN = "hf_test_secret_token_123"
+
+
+@pytest.fixture
+def manifest(tiny_model):
+    return load_manifest(tiny_model.manifest)
+
+
+def _hub(tiny_model, manifest) -> FakeHub:
+    return FakeHub(tiny_model.dir, manifest.repo_id, revision=manifest.revision)
+
+
+@pytest.fixture
+def hub(tiny_model, manifest):
+    server = _hub(tiny_model, manifest)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mirror(tiny_model, manifest):
+    server = _hub(tiny_model, manifest)
+    yield server
+    server.stop()
+
+
+def fetch(dest, manifest, *endpoints, lines=None, **kwargs):
+    return ensure_model(dest, manifest, [e.url if isinstance(e, FakeHub) else e for e in endpoints],
+                        token=TOKEN, log=(lines.append if lines is not None else lambda _: None),
+                        policy=FAST, **kwargs)
+
+
+def assert_verified(dest, manifest):
+    report = verify_folder(dest, manifest)
+    assert report.ok, [f.describe() for f in report.failures]
+    leftovers = [p.name for p in Path(dest).rglob(".*incomplete*")]
+    assert leftovers == []
+
+
+def test_fresh_download_verifies_and_keeps_the_token_on_the_endpoint(hub, manifest, tmp_path):
+    report = fetch(tmp_path / "m", manifest, hub)
+    assert report.ok and len(report.files) == len(manifest.files)
+    assert_verified(tmp_path / "m", manifest)
+    assert all(hub.body_gets[f.path] == 1 for f in manifest.files)
+    cdn = [r for r in hub.log if r["path"].startswith("/cdn/")]
+    resolve = [r for r in hub.log if "/resolve/" in r["path"]]
+    assert cdn and all(r["host"].startswith("localhost") and r["auth"] is None for r in cdn)
+    assert resolve and all(r["auth"] == f"Bearer {TOKEN}" for r in resolve)
+    heads = [r for r in resolve if r["method"] == "HEAD"]
+    assert len(heads) == len(manifest.files)
+
+
+def test_cut_mid_body_resumes_with_only_the_remainder(hub, manifest, tmp_path):
+    size = manifest.entry(BIG).size
+    hub.fault("cut", path=BIG, after=400_000)
+    lines: list[str] = []
+    fetch(tmp_path / "m", manifest, hub, lines=lines)
+    assert_verified(tmp_path / "m", manifest)
+    assert hub.bytes_served[BIG] == size  # 400 000 then exactly the rest
+    gets = [r for r in hub.requests_for(BIG, "GET") if r["path"].startswith("/cdn/")]
+    assert [r["range"] for r in gets] == [None, "bytes=400000-"]
+    assert [r["status"] for r in gets] == [200, 206]
+    assert any("resumed at byte 400000" in line for line in lines)
+
+
+def test_5xx_then_success(hub, manifest, tmp_path):
+    hub.fault("status", path=BIG, code=500, times=1)
+    hub.fault("status", path=BIG, code=503, times=2)
+    hub.fault("status", path="config.json", code=502, times=1, on="head")
+    fetch(tmp_path / "m", manifest, hub)
+    assert_verified(tmp_path / "m", manifest)
+    statuses = [r["status"] for r in hub.requests_for(BIG) if r["path"].startswith("/cdn/")]
+    assert statuses == [500, 503, 503, 200]
+
+
+def test_429_honours_retry_after(hub, manifest, tmp_path):
+    hub.fault("status", path=BIG, code=429, retry_after=1)
+    fetch(tmp_path / "m", manifest, hub)
+    assert_verified(tmp_path / "m", manifest)
+    cdn = [r for r in hub.requests_for(BIG) if r["path"].startswith("/cdn/")]
+    assert [r["status"] for r in cdn] == [429, 200]
+    # A lower bound only: with FAST backoff the retry would come after ~0.01 s otherwise.
+    assert cdn[1]["time"] - cdn[0]["time"] >= 0.9
+
+
+def test_server_ignoring_range_restarts_from_zero(hub, manifest, tmp_path):
+    size = manifest.entry(BIG).size
+    hub.fault("cut", path=BIG, after=500_000)
+    hub.fault("ignore_range", path=BIG)
+    fetch(tmp_path / "m", manifest, hub)
+    assert_verified(tmp_path / "m", manifest)
+    assert hub.bytes_served[BIG] == 500_000 + size  # the 200 was taken whole, not spliced
+
+
+def test_corrupt_primary_falls_back_to_mirror(hub, mirror, manifest, tmp_path):
+    hub.fault("corrupt", path=BIG, times=None)
+    lines: list[str] = []
+    fetch(tmp_path / "m", manifest, hub, mirror, lines=lines)
+    assert_verified(tmp_path / "m", manifest)
+    assert hub.body_gets[BIG] == 3  # three complete, wrong downloads, then the next endpoint
+    assert mirror.body_gets[BIG] == 1 and sum(mirror.body_gets.values()) == 1
+    assert sum("sha256 mismatch" in line for line in lines) == 3
+
+
+def test_primary_down_entirely(hub, mirror, manifest, tmp_path):
+    hub.fault("down", times=None, on="any")
+    lines: list[str] = []
+    fetch(tmp_path / "m", manifest, hub, mirror, lines=lines)
+    assert_verified(tmp_path / "m", manifest)
+    assert all(mirror.body_gets[f.path] == 1 for f in manifest.files)
+    # Given up after the retry budget on the first file, then skipped for the rest.
+    assert len(hub.log) == FAST.transient_attempts
+    assert any("giving up on this endpoint" in line for line in lines)
+
+
+def test_wrong_linked_etag_skips_that_endpoint_for_that_file(hub, mirror, manifest, tmp_path):
+    hub.fault("wrong_etag", path=BIG, on="head")
+    lines: list[str] = []
+    fetch(tmp_path / "m", manifest, hub, mirror, lines=lines)
+    assert_verified(tmp_path / "m", manifest)
+    assert hub.body_gets[BIG] == 0 and mirror.body_gets[BIG] == 1
+    assert sum(mirror.body_gets.values()) == 1  # every other file came from the primary
+    assert any("serves sha256 ffff" in line for line in lines)
+
+
+def test_every_endpoint_failing_is_one_readable_error(hub, mirror, manifest, tmp_path):
+    hub.fault("wrong_size", path=BIG, on="head")
+    mirror.fault("status", path=BIG, code=503, times=None)
+    dead = "http://127.0.0.1:9"
+    with pytest.raises(DownloadError) as info:
+        fetch(tmp_path / "m", manifest, hub, mirror, dead)
+    message = str(info.value)
+    assert f"{BIG}: {hub.url} -> HEAD: serves" in message
+    assert f"{mirror.url} -> gave up after {FAST.transient_attempts} attempts (last: GET: HTTP 503)" \
+        in message
+    assert f"{dead} -> gave up" in message and "Connection refused" in message
+    assert TOKEN not in message
+    assert not (tmp_path / "m" / BIG).exists()
+    others = [f for f in manifest.files if f.path != BIG]
+    assert all(file_sha256(tmp_path / "m" / f.path) == f.sha256 for f in others)
+
+
+def test_bad_files_on_disk_are_replaced_and_only_they_fetched(hub, manifest, tiny_model, tmp_path):
+    dest = tmp_path / "m"
+    shutil.copytree(tiny_model.dir, dest)
+    outside = tmp_path / "outside.pt"
+    outside.write_bytes(b"not yours")
+    data = bytearray((dest / BIG).read_bytes())
+    data[1000] ^= 0x01
+    (dest / BIG).write_bytes(bytes(data))                       # one bit flipped
+    tok = (dest / "tokenizer.json").read_bytes()
+    (dest / "tokenizer.json").write_bytes(tok[: len(tok) // 2])  # truncated
+    (dest / "config.json").unlink()                             # missing
+    (dest / "colbert_linear.pt").unlink()
+    os.symlink(outside, dest / "colbert_linear.pt")             # symlink out of the folder
+    fetch(dest, manifest, hub)
+    assert_verified(dest, manifest)
+    fetched = {p for p, n in hub.body_gets.items() if n}
+    assert fetched == {BIG, "tokenizer.json", "config.json", "colbert_linear.pt"}
+    assert not (dest / "colbert_linear.pt").is_symlink()
+    assert outside.read_bytes() == b"not yours"
+
+
+def test_partial_from_another_endpoint_is_spliced_only_on_same_etag(hub, manifest, tiny_model,
+                                                                     tmp_path):
+    entry = manifest.entry(BIG)
+    head = (tiny_model.dir / BIG).read_bytes()[:300_000]
+    for etag, expect_range in ((None, None), (entry.sha256, "bytes=300000-")):
+        dest = tmp_path / f"m-{etag is None}"
+        shutil.copytree(tiny_model.dir, dest)
+        (dest / BIG).unlink()
+        part = Partial(dest / BIG)
+        part.path.write_bytes(head)
+        part.write_sidecar("http://some-other-mirror", etag, len(head), entry)
+        hub.clear()
+        fetch(dest, manifest, hub)
+        assert_verified(dest, manifest)
+        cdn = [r for r in hub.requests_for(BIG, "GET") if r["path"].startswith("/cdn/")]
+        assert [r["range"] for r in cdn] == [expect_range]
+
+
+def _env(dest: Path, manifest_path: Path, *endpoints: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BGE_M3_", "HF_"))}
+    env.update(BGE_M3_MODEL_DIR=str(dest), BGE_M3_MANIFEST=str(manifest_path),
+               BGE_M3_ENDPOINTS=",".join(endpoints), HF_TOKEN=TOKEN, PYTHONUNBUFFERED="1",
+               HF_HOME=str(dest.parent / "hf-home"))
+    return env
+
+
+def test_killed_download_resumes_in_the_next_process(hub, manifest, tiny_model, tmp_path):
+    dest = tmp_path / "m"
+    env = _env(dest, tiny_model.manifest, hub.url)
+    hub.rate = 150_000  # bytes/s: slow enough to kill mid-file
+    part = Partial(dest / BIG)
+    proc = subprocess.Popen([BGE_M3, "download"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: part.path.exists() and part.path.stat().st_size >= 200_000, 60,
+                 what="partial download")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    kept = part.path.stat().st_size
+    side = json.loads(part.sidecar.read_text())
+    assert side["endpoint"] == hub.url and side["etag"] == manifest.entry(BIG).sha256
+    assert 0 < kept < manifest.entry(BIG).size and not (dest / BIG).exists()
+    hub.rate = None
+    wait_for(lambda: hub.sending == 0, 30, what="the killed client's response to end")
+    hub.clear()
+    rerun = subprocess.run([BGE_M3, "download"], env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert rerun.returncode == EXIT_OK, rerun.stderr
+    assert_verified(dest, manifest)
+    assert hub.bytes_served[BIG] == manifest.entry(BIG).size - kept
+    assert f"resumed at byte {kept}" in rerun.stderr
+    assert TOKEN not in rerun.stderr + rerun.stdout
+    assert not (tmp_path / "hf-home").exists()  # the global hub cache is never touched
+
+
+def test_two_concurrent_downloads_fetch_each_file_once(hub, manifest, tiny_model, tmp_path):
+    dest = tmp_path / "m"
+    env = _env(dest, tiny_model.manifest, hub.url)
+    hub.rate = 1_500_000  # ~1 s in all: the two runs overlap
+    procs = [subprocess.Popen([BGE_M3, "download"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [EXIT_OK, EXIT_OK], outs
+    assert all(hub.body_gets[f.path] == 1 for f in manifest.files)
+    assert sum("nothing to download" in err for _, err in outs) == 1
+    assert_verified(dest, manifest)
+
+
+def test_cli_reports_failure_with_exit_code(hub, manifest, tiny_model, tmp_path):
+    dest = tmp_path / "m"
+    wrong = f"{hub.url}/not-a-hub"  # every file answers 404: fails at once, no backoff
+    run = subprocess.run([BGE_M3, "download"], env=_env(dest, tiny_model.manifest, wrong),
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == EXIT_DOWNLOAD
+    assert f"could not fetch {len(manifest.files)} file(s)" in run.stderr
+    assert f"{wrong} -> HEAD: HTTP 404" in run.stderr
+    assert [p.name for p in dest.iterdir() if not p.name.startswith(".")] == []
+
+
+def test_manifest_from_hub_matches_the_files(hub, manifest, tiny_model, tmp_path):
+    env = _env(tmp_path / "unused", tiny_model.manifest, hub.url)
+    env.pop("TRANSFORMERS_OFFLINE", None)  # huggingface_hub reads it as HF_HUB_OFFLINE too
+    out = tmp_path / "hub.json"
+    run = subprocess.run([BGE_M3, "manifest", "--from-hub", f"{manifest.repo_id}@{manifest.revision}",
+                          "-o", str(out)], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    built = load_manifest(out)
+    assert built.revision == COMMIT
+    assert {(f.path, f.size, f.sha256) for f in built.files} == \
+        {(f.path, f.size, f.sha256) for f in manifest.files}
+    small = [f.path for f in manifest.files if f.size < hub.lfs_threshold]
+    assert small and all(hub.body_gets[p] == 1 for p in small)  # hashed: no sha256 in the API
+    assert all(hub.body_gets[f.path] == 0 for f in manifest.files if f.path not in small)
