@@ -265,3 +265,97 @@ def test_missing_redis_server_binary_says_how_to_get_one(up_env, runs, tmp_path)
     assert "no redis-server binary" in line and "apt-get install redis-server" in line
     assert "REDIS_URL" in line
     assert not re.search(r"^\[5/5\]", run.output, re.M)
+
+
+def test_sigterm_stops_the_stack_but_not_a_redis_it_did_not_start(up_env, runs, tmp_path):
+    redis_port = int(up_env["BGE_M3_EMBEDDED_REDIS_PORT"])
+    folder = tmp_path / "own-redis"
+    folder.mkdir()
+    own = subprocess.Popen([shutil.which("redis-server") or "/usr/bin/redis-server", "--bind",
+                            "127.0.0.1", "--port", str(redis_port), "--save", "", "--dir",
+                            str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = redis_client(f"redis://127.0.0.1:{redis_port}/0")
+        wait_for(lambda: _answers(client), 10, what="own redis-server")
+        run = runs(up_env)
+        run.wait_line(r"^web page: ", START_TIMEOUT)
+        assert re.search(rf"^\[4/5\] redis +using the Redis already answering on "
+                         rf"127\.0\.0\.1:{redis_port}", run.output, re.M), run.output
+        listed = run.wait_line(r"pids: ([^;]+);", 1).group(1)
+        assert "redis=" not in listed
+        tree = descendants(run.proc.pid)
+        assert own.pid not in tree
+        os.kill(run.proc.pid, signal.SIGTERM)
+        assert run.finish() == 0, run.output
+        assert not [pid for pid in tree if alive(pid)]
+        assert own.poll() is None and client.ping(), "a Redis up did not start must keep running"
+        assert not list(client.scan_iter(match="bge-m3:worker:*")), "workers withdraw on stop"
+    finally:
+        own.terminate()
+        own.wait(10)
+
+
+def _answers(client) -> bool:
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+
+
+def _fake_python(tmp_path: Path, reply: dict) -> str:
+    """An interpreter stand-in that answers the torch probe: there is no GPU here to ask."""
+    script = tmp_path / "fake-python"
+    script.write_text(f"#!/bin/sh\necho '{json.dumps(reply)}'\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_gpu_mode_names_the_devices_and_spreads_workers(tmp_path):
+    from bge_m3.accelerator import detect
+
+    python = _fake_python(tmp_path, {"torch": "2.13.0", "cuda": True,
+                                     "devices": ["NVIDIA H200", "NVIDIA H200"]})
+    gpu = detect("auto", python)
+    assert gpu.describe() == ("GPU mode: cuda:0 NVIDIA H200, cuda:1 NVIDIA H200 "
+                              "(torch 2.13.0)")
+    assert [gpu.worker_device("auto", i) for i in range(3)] == ["cuda:0", "cuda:1", "cuda:0"]
+    assert gpu.worker_device("cuda:1", 0) == "cuda:1"
+    with pytest.raises(RuntimeError, match="only 2 CUDA"):
+        detect("cuda:2", python)
+
+
+def test_cpu_fallback_and_missing_torch_are_explained(tmp_path):
+    from bge_m3.accelerator import EnvironmentProblem, detect
+
+    no_gpu = _fake_python(tmp_path, {"torch": "2.13.0", "cuda": False, "devices": []})
+    assert detect("auto", no_gpu).describe().startswith("CPU mode: no CUDA device found")
+    assert detect("auto", no_gpu).worker_device("auto", 1) == "cpu"
+    with pytest.raises(EnvironmentProblem, match="BGE_M3_DEVICE=cuda but"):
+        detect("cuda", no_gpu)
+    no_torch = _fake_python(tmp_path, {"error": "ModuleNotFoundError: No module named 'torch'"})
+    with pytest.raises(EnvironmentProblem, match=r"pip install torch"):
+        detect("auto", no_torch)
+
+
+def test_real_probe_matches_torch_in_a_child(tmp_path):
+    from bge_m3.accelerator import detect
+
+    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
+                           capture_output=True, text=True, timeout=120)
+    assert detect("auto").mode == ("gpu" if probe.stdout.strip() == "True" else "cpu")
+
+
+def test_up_process_never_imports_torch():
+    code = ("import sys; import bge_m3.up; from bge_m3.accelerator import detect; "
+            "detect('auto'); print(sorted({'torch', 'transformers'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_start_server_sh_is_bge_m3_up():
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(["bash", str(root / "start_server.sh"), "--help"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: bge-m3 up") and "--workers" in done.stdout
