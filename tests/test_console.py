@@ -10,13 +10,13 @@ import json
 import math
 import os
 import threading
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 from werkzeug.serving import make_server
 
-from tests.support import wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 """Debian's chromium; Playwright's own browser download cannot work offline."""

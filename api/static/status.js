@@ -86,7 +86,8 @@ export async function refreshStatus() {
     set("#st-ready", "API key needed", "down");
   } else {
     const why = reason(ready.data);
-    const head = readyCount ? "not ready" : "no worker ready";
+    const redisDown = ready.data && ready.data.redis === false;
+    const head = redisDown ? "Redis is down" : readyCount ? "not ready" : "no worker ready";
     set("#st-ready", why ? `${head}: ${why}` : head, "down");
   }
   set("#st-workers", `workers: ${readyCount}`);
