@@ -24,6 +24,10 @@ PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "i
 RETRY_AFTER_SECONDS = 5
 """``Retry-After`` sent with 429 (queue full) and 503 (nothing to serve)."""
 
+READY_CACHE_SECONDS = 1.0
+"""How long sync routes reuse one read of the readiness records (a SCAN per request otherwise);
+small next to READY_TTL, the time a dead worker's record lingers anyway."""
+
 OBSERVED_FIELD = "observed"
 """Job-hash field set once by the first API process to record a finished job's latency."""
 
@@ -40,6 +44,7 @@ class Backend:
         self.store = JobStore(self.redis, settings.result_ttl)
         self.celery = make_celery(settings, name="bge_m3_api")
         self._observe_once = self.redis.register_script(_OBSERVE_ONCE)
+        self._ready: tuple[float, list[dict[str, Any]]] = (0.0, [])
 
     # -- submit -------------------------------------------------------------------------------
     def check_capacity(self) -> None:
@@ -50,7 +55,10 @@ class Backend:
                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
     def require_worker(self) -> list[dict[str, Any]]:
-        workers = ready_workers(self.redis)
+        read_at, workers = self._ready
+        if not workers or time.monotonic() - read_at > READY_CACHE_SECONDS:
+            workers = ready_workers(self.redis)
+            self._ready = (time.monotonic(), workers)
         if not workers:
             raise ApiError(503, "no_ready_worker", "no verified worker is ready to serve",
                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
