@@ -16,11 +16,16 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-STOP_GRACE = {"api": 30.0, "worker": 60.0, "redis": 30.0}
-"""Seconds each kind of child may take to exit after SIGTERM before its group is SIGKILLed.
+API_GRACE = 35.0
+"""Seconds the API may take to exit after SIGTERM: above gunicorn's own 30 s graceful timeout."""
 
-The worker's grace bounds how long a running forward pass may take to finish."""
+REDIS_GRACE = 30.0
+"""Seconds the private Redis may take to fsync its AOF and exit after SIGTERM."""
+
+WAIT_STEP = 0.1
+"""Seconds between checks while waiting for children to exit (and for a second Ctrl-C)."""
 
 _PR_SET_PDEATHSIG = 1
 
@@ -71,8 +76,13 @@ class Supervisor:
     def pids(self) -> str:
         return " ".join(f"{c.name}={c.pid}" for c in self.children)
 
-    def stop_all(self, report=print) -> None:
-        """Stop children newest first, kind by kind (all workers at once), then reap them."""
+    def stop_all(self, grace: dict[str, float], hurry: Callable[[], bool] = lambda: False,
+                 report: Callable[[str], None] = print) -> None:
+        """Stop children newest first, kind by kind (all workers at once), then reap them.
+
+        ``grace[kind]`` bounds the wait after SIGTERM before the group is SIGKILLed;
+        ``hurry()`` turning true (a second Ctrl-C) SIGKILLs at once.
+        """
         pending = list(reversed(self.children))
         while pending:
             kind = pending[0].kind
@@ -80,14 +90,17 @@ class Supervisor:
             pending = [c for c in pending if c.kind != kind]
             for child in batch:
                 _signal_group(child, signal.SIGTERM)
-            deadline = time.monotonic() + STOP_GRACE.get(kind, 30.0)
+            deadline = time.monotonic() + grace.get(kind, 30.0)
+            while any(c.proc.poll() is None for c in batch):
+                if hurry() or time.monotonic() > deadline:
+                    for child in batch:
+                        if child.proc.poll() is None:
+                            report(f"  killing {child.name} (pid {child.pid})")
+                            _signal_group(child, signal.SIGKILL)
+                    break
+                time.sleep(WAIT_STEP)
             for child in batch:
-                try:
-                    child.proc.wait(max(0.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    report(f"  {child.name} (pid {child.pid}) did not stop in time; killing it")
-                    _signal_group(child, signal.SIGKILL)
-                    child.proc.wait()
+                child.proc.wait()
                 # Stragglers in the group (a gunicorn worker whose master died first).
                 _signal_group(child, signal.SIGKILL)
         self.children.clear()

@@ -17,10 +17,13 @@ from bge_m3 import ports
 from bge_m3.accelerator import EnvironmentProblem, detect
 from bge_m3.redisproc import EmbeddedRedis, RedisProblem, local_url, ping
 from bge_m3.settings import Settings, env_is_set, redact_url
-from bge_m3.supervisor import Supervisor
+from bge_m3.supervisor import API_GRACE, REDIS_GRACE, Supervisor
 from bge_m3.startup import StartProblem, child_command, probe_host, wait_until_ready
 
 STEPS = 5
+
+WORKER_GRACE_MARGIN = 30.0
+"""Seconds a stopping worker gets beyond BGE_M3_TIME_LIMIT, so a running job can finish."""
 
 
 class Failed(Exception):
@@ -37,6 +40,7 @@ class Up:
         self.embedded: EmbeddedRedis | None = None
         self.supervisor = Supervisor({})
         self.stop_signal: int | None = None
+        self.signals = 0
 
     # -- output -------------------------------------------------------------------------
     @staticmethod
@@ -46,7 +50,8 @@ class Up:
     def run_step(self, number: int, name: str, step) -> None:
         try:
             text = step()
-        except (Failed, EnvironmentProblem, RedisProblem, StartProblem) as exc:
+        except (Failed, EnvironmentProblem, RedisProblem, StartProblem, OSError) as exc:
+            # OSError: an unwritable log or data folder, an address that cannot be bound.
             self.status(number, name, f"FAILED: {exc}")
             raise Failed(str(exc)) from None
         self.status(number, name, text)
@@ -138,6 +143,7 @@ class Up:
     # -- lifecycle ----------------------------------------------------------------------
     def _on_signal(self, signum, _frame) -> None:
         self.stop_signal = signum
+        self.signals += 1
 
     def serve(self) -> int:
         s = self.settings
@@ -165,7 +171,7 @@ class Up:
             return 130
         # From here on children exist: signals only set a flag, and every exit path stops them.
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        code = 0
+        code, started = 0, False
         try:
             self.run_step(4, "redis", self.redis)
             self.run_step(5, "start", self.start)
@@ -174,11 +180,17 @@ class Up:
             code = 128 + self.stop_signal if self.stop_signal else 1
         finally:
             if self.supervisor.children:
-                print("stopping: API, worker(s), then Redis ...", flush=True)
-                self.supervisor.stop_all()
+                started = True
+                print("stopping: API, worker(s), then Redis (Ctrl-C again kills them now) ...",
+                      flush=True)
+                grace = {"api": API_GRACE, "redis": REDIS_GRACE,
+                         "worker": self.settings.time_limit + WORKER_GRACE_MARGIN}
+                at_stop = self.signals
+                self.supervisor.stop_all(grace, hurry=lambda: self.signals > at_stop)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        print("stopped", flush=True)
+        if started:
+            print("stopped", flush=True)
         return code
 
 
