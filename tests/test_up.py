@@ -359,3 +359,20 @@ def test_start_server_sh_is_bge_m3_up():
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: bge-m3 up") and "--workers" in done.stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+def test_children_stop_even_when_up_is_killed(up_env, runs):
+    run = runs(up_env)
+    run.wait_line(r"^web page: ", START_TIMEOUT)
+    tree = descendants(run.proc.pid)
+    assert len(tree) >= 4  # redis, worker, gunicorn master and its worker
+    os.kill(run.proc.pid, signal.SIGKILL)  # no handler runs: only the kernel's parent-death signal
+    run.finish(10)
+    try:
+        wait_for(lambda: not [pid for pid in tree if alive(pid)], 90, interval=0.2,
+                 what="every child of a SIGKILLed bge-m3 up to exit")
+    finally:
+        for pid in tree:  # on failure, do not leave the orphans running
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
