@@ -1,0 +1,100 @@
+"""A real `bge-m3 worker` returns what BGEM3FlagModel.encode returns (fp32, CPU, atol 1e-5)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.worker_support import Queue, colbert, dense, settings_on_db
+
+MAX_LENGTH = 48
+TEXTS = [
+    "",
+    "hello world",
+    "今天天气真好阳光明媚",
+    "the quick brown fox jumps over the lazy dog " * 3,
+    "dense sparse colbert hybrid score query document passage " * 12,  # over MAX_LENGTH: truncated
+    "a",
+    "der die das und ist ein nicht le la les et est une pas 我们你他她是的了",
+]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model):
+    from FlagEmbedding import BGEM3FlagModel
+
+    model = BGEM3FlagModel(str(tiny_model.dir), use_fp16=False, devices="cpu")
+    return model.encode(TEXTS, return_dense=True, return_sparse=True, return_colbert_vecs=True,
+                        max_length=MAX_LENGTH, batch_size=3)
+
+
+@pytest.fixture(scope="module")
+def results(base_settings, redis_server, tmp_path_factory):
+    from tests.support import spawn_worker
+
+    settings = settings_on_db(base_settings, redis_server, "parity", colbert_dtype="float32")
+    worker = spawn_worker(settings, tmp_path_factory.mktemp("parity-worker"))
+    queue = Queue(settings)
+    try:
+        all_modes = queue.submit(TEXTS, ("dense", "sparse", "colbert"), MAX_LENGTH)
+        singles = {mode: queue.submit(TEXTS, (mode,), MAX_LENGTH) for mode in ("dense", "sparse", "colbert")}
+        out = {"all": queue.wait(all_modes)}
+        out.update({mode: queue.wait(job_id) for mode, job_id in singles.items()})
+        assert all(job.status == "succeeded" for job in out.values()), {k: v.error for k, v in out.items()}
+        yield {k: queue.store.result(v.id) for k, v in out.items()}
+    finally:
+        queue.close()
+        worker.stop()
+
+
+def test_result_header(results, tiny_model):
+    from verify.manifest import load_manifest
+
+    manifest = load_manifest(tiny_model.manifest)
+    result = results["all"]
+    assert (result["model"], result["revision"], result["dimension"]) == (manifest.repo_id, manifest.revision, 32)
+    assert len(result["items"]) == len(TEXTS)
+
+
+def test_dense_parity(results, reference):
+    for i, item in enumerate(results["all"]["items"]):
+        assert np.allclose(dense(item), reference["dense_vecs"][i], atol=1e-5), i
+        assert abs(np.linalg.norm(dense(item)) - 1) < 1e-5
+
+
+def test_sparse_parity(results, reference):
+    for i, item in enumerate(results["all"]["items"]):
+        expected = {int(k): float(v) for k, v in reference["lexical_weights"][i].items()}
+        got = dict(zip(item["sparse"]["indices"], item["sparse"]["values"]))
+        assert item["sparse"]["indices"] == sorted(got)
+        assert set(got) == set(expected), i
+        assert np.allclose([got[k] for k in expected], list(expected.values()), atol=1e-5), i
+    assert any(item["sparse"]["indices"] for item in results["all"]["items"])
+
+
+def test_colbert_parity(results, reference):
+    for i, item in enumerate(results["all"]["items"]):
+        vecs = colbert(item)
+        assert item["colbert"]["dtype"] == "float32"
+        assert vecs.shape == reference["colbert_vecs"][i].shape, i
+        assert vecs.shape[0] == item["tokens"] - 1
+        assert np.allclose(vecs, reference["colbert_vecs"][i], atol=1e-5), i
+
+
+def test_token_counts_and_truncation(results):
+    tokens = [item["tokens"] for item in results["all"]["items"]]
+    assert tokens[0] == 2  # an empty text is CLS + EOS
+    assert tokens[4] == MAX_LENGTH
+    assert max(tokens) == MAX_LENGTH and min(tokens) < MAX_LENGTH // 2  # mixed lengths
+
+
+def test_each_mode_alone_matches_all_modes(results):
+    for mode in ("dense", "sparse", "colbert"):
+        for single, full in zip(results[mode]["items"], results["all"]["items"]):
+            assert set(single) == {"tokens", mode}
+            if mode == "dense":
+                assert np.allclose(dense(single), dense(full), atol=1e-5)
+            elif mode == "colbert":
+                assert np.allclose(colbert(single), colbert(full), atol=1e-5)
+            else:
+                assert single["sparse"]["indices"] == full["sparse"]["indices"]
+                assert np.allclose(single["sparse"]["values"], full["sparse"]["values"], atol=1e-5)

@@ -1,0 +1,69 @@
+"""Helpers for the worker tests: enqueue without the API, read results back as numpy."""
+from __future__ import annotations
+
+from typing import Any
+
+from bge_m3 import codec
+from bge_m3.jobs import JobStore
+from bge_m3.queue import TASK_NAME, make_celery, redis_client
+from bge_m3.settings import Settings
+
+WORKER_DBS = {"parity": 10, "gate": 11, "batching": 12, "kill": 13}
+"""Private Redis databases of the worker tests, apart from the shared live worker's database 0."""
+
+
+def settings_on_db(base: Settings, redis_server: Any, name: str, **changes: Any) -> Settings:
+    """``base`` moved to this test's own database (flushed), so no other worker takes its jobs."""
+    db = WORKER_DBS[name]
+    redis_server.client(db).flushdb()
+    return base.replace(redis_url=redis_server.url(db), **changes)
+
+
+class Queue:
+    """Create job records and send their messages exactly as the API does."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.redis = redis_client(settings.redis_url)
+        self.store = JobStore(self.redis, settings.result_ttl)
+        self.celery = make_celery(settings)
+
+    def submit(self, texts: list[Any], modes: tuple[str, ...] = ("dense",), max_length: int = 512,
+               truncate: bool = True) -> str:
+        job = self.store.create({"texts": texts, "modes": list(modes), "max_length": max_length,
+                                 "truncate": truncate})
+        self.celery.send_task(TASK_NAME, kwargs={"job_id": job.id}, task_id=job.id)
+        return job.id
+
+    def wait(self, job_id: str, timeout: float = 60.0):
+        """Block (pub/sub, in long-poll slices) until the job is terminal."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.store.wait(job_id, max(0.0, deadline - time.monotonic()))
+            if job is None or job.status in {"succeeded", "failed", "cancelled"}:
+                return job
+            if time.monotonic() >= deadline:
+                return job
+
+    def stats(self, hostname: str) -> dict[str, int]:
+        from bge_m3.workers import STATS_PREFIX
+
+        return {k: int(v) for k, v in self.redis.hgetall(STATS_PREFIX + hostname).items()}
+
+    def close(self) -> None:
+        self.celery.close()
+
+
+def dense(item: dict) -> Any:
+    import numpy as np
+
+    return np.array(codec.unpack_floats(item["dense"]), dtype=np.float32)
+
+
+def colbert(item: dict) -> Any:
+    import numpy as np
+
+    shape = item["colbert"]["shape"]
+    return np.array(codec.unpack_floats(item["colbert"]), dtype=np.float32).reshape(shape)
