@@ -287,10 +287,9 @@ def _handler(hub: FakeHub):
     return Handler
 
 
-def serve_forever(folder: str, repo_id: str, port_file: str, rate: float | None = None) -> None:
+def serve_forever(folder: str, repo_id: str, revision: str, port_file: str) -> None:
     """Run a hub in this process (for the bench); writes its URL to ``port_file``."""
-    hub = FakeHub(Path(folder), repo_id)
-    hub.rate = rate
+    hub = FakeHub(Path(folder), repo_id, revision=revision)
     Path(port_file).write_text(hub.url)
     while True:
         time.sleep(3600)
@@ -299,5 +298,5 @@ def serve_forever(folder: str, repo_id: str, port_file: str, rate: float | None 
 if __name__ == "__main__":
     import sys
 
-    serve_forever(sys.argv[1], sys.argv[2], sys.argv[3])
+    serve_forever(*sys.argv[1:5])
     os._exit(0)

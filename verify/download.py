@@ -86,13 +86,13 @@ class _Run:
                                              entry.path)
                         reason = _contradiction(meta, entry)
                         if reason:
-                            raise EndpointError(f"HEAD: {reason}; skipping this endpoint")
+                            raise EndpointError(f"HEAD: {reason}")
                     outcome = fetch(endpoint, self.manifest.repo_id, self.manifest.revision,
                                     entry, final, meta, on_bytes)
                     self.log(f"{where}: {outcome}, sha256 OK")
                     return None
                 except EndpointError as exc:
-                    self.log(f"{where}: {exc}")
+                    self.log(f"{where}: {exc}; trying the next endpoint")
                     return str(exc)
                 except BadContentError as exc:
                     bad += 1

@@ -23,7 +23,7 @@ import urllib3
 
 from verify.endpoint import Endpoint, RemoteMeta, status_error
 from verify.errors import BadContentError, EndpointError, TransientError
-from verify.hashes import update_from_file
+from verify.hashes import BackgroundHasher, update_from_file
 from verify.manifest import FileEntry
 
 READ_CHUNK = 1024 * 1024
@@ -153,18 +153,19 @@ def _stream(endpoint: Endpoint, repo_id: str, revision: str, entry: FileEntry, p
             os.lseek(fd, offset, os.SEEK_SET)
             if on_bytes:
                 on_bytes(0, offset)
-            while True:
-                chunk = resp.raw.read1(READ_CHUNK)
-                if not chunk:
-                    break
-                if offset + len(chunk) > entry.size:
-                    part.remove()
-                    raise BadContentError(f"body longer than the manifest's {entry.size} bytes")
-                os.write(fd, chunk)
-                digest.update(chunk)
-                offset += len(chunk)
-                if on_bytes:
-                    on_bytes(len(chunk), offset)
+            with BackgroundHasher(digest) as hasher:
+                while True:
+                    chunk = resp.raw.read1(READ_CHUNK)
+                    if not chunk:
+                        break
+                    if offset + len(chunk) > entry.size:
+                        part.remove()
+                        raise BadContentError(f"body longer than the manifest's {entry.size} bytes")
+                    _write_all(fd, chunk)
+                    hasher.update(chunk)
+                    offset += len(chunk)
+                    if on_bytes:
+                        on_bytes(len(chunk), offset)
         except _NETWORK_ERRORS as exc:
             raise TransientError(f"GET: connection cut at byte {offset} ({type(exc).__name__})",
                                  progress=offset - start, connection=False) from None
@@ -176,6 +177,12 @@ def _stream(endpoint: Endpoint, repo_id: str, revision: str, entry: FileEntry, p
         raise TransientError(f"GET: body ended at byte {offset} of {entry.size}",
                              progress=offset - start)
     return offset, digest
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _fsync_dir(folder: Path) -> None:
