@@ -37,8 +37,11 @@ def _ok(schema: str, description: str, status: int = 200, headers: dict | None =
 
 
 def _op(summary: str, responses: dict[int, dict], errors: tuple[int, ...], *, body: str | None = None,
-        shape: str = "Error", params: list | None = None, secured: bool = True) -> dict[str, Any]:
+        shape: str = "Error", params: list | None = None, secured: bool = True,
+        op_id: str | None = None) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "responses": {str(k): v for k, v in responses.items()}}
+    if op_id:
+        op["operationId"] = op_id
     for status in (*errors, *((401,) if secured else ())):
         op["responses"][str(status)] = _error(status, shape)
     if body:
@@ -57,14 +60,18 @@ def document(settings: Settings) -> dict[str, Any]:
             "description": "Long-poll: seconds to wait for the job to finish (capped at 30)",
             "schema": {"type": "number", "minimum": 0}}
     sync_errors = (400, 409, 413, 422, 429, 500, 503, 504)
+    accepted = _ok("JobAccepted", "Queued", headers=LOCATION)
+    accepted["links"] = {  # lets schemathesis (stateful) and clients follow the new job
+        "GetJob": {"operationId": "getJob", "parameters": {"job_id": "$response.body#/id"}},
+        "CancelJob": {"operationId": "cancelJob", "parameters": {"job_id": "$response.body#/id"}}}
     paths = {
-        "/v1/jobs": {"post": _op("Submit an embedding job", {202: _ok(
-            "JobAccepted", "Queued", headers=LOCATION)}, (400, 413, 429, 503), body="JobRequest")},
+        "/v1/jobs": {"post": _op("Submit an embedding job", {202: accepted}, (400, 413, 429, 503),
+                                 body="JobRequest", op_id="createJob")},
         "/v1/jobs/{job_id}": {
             "get": _op("Read a job (optionally long-poll)", {200: _ok("Job", "The job")},
-                       (400, 404, 503), params=[job_id, wait]),
+                       (400, 404, 503), params=[job_id, wait], op_id="getJob"),
             "delete": _op("Cancel a queued job", {200: _ok("Job", "Cancelled")}, (404, 409, 503),
-                          params=[job_id])},
+                          params=[job_id], op_id="cancelJob")},
         "/embed": {"post": _op("Embed synchronously (the seed's route)",
                                {200: _ok("EmbedResponse", "Embeddings")}, sync_errors, body="EmbedRequest")},
         "/v1/embeddings": {"post": _op("OpenAI-compatible embeddings",

@@ -28,10 +28,6 @@ bp = Blueprint("sync", __name__)
 FAILURE_STATUS = {"too_long": 422, "invalid_input": 400, "too_many_texts": 413}
 """Job error code -> HTTP status; any other failure is the service's fault (500)."""
 
-MODEL_ALIASES = frozenset({"bge-m3", "BAAI/bge-m3"})
-"""``model`` values ``/v1/embeddings`` accepts besides the ready workers' own model names."""
-
-
 def run(params: dict[str, Any], workers: list[dict[str, Any]] | None = None) -> tuple[Job, dict[str, Any]]:
     """Submit, wait, and return (job, stored result), or raise the mapped error (503 first
     when no verified worker is ready: a sync caller would only wait for the timeout)."""
@@ -83,11 +79,9 @@ def embed():
 def embeddings():
     state = backend()
     model, encoding, dimensions, params = embeddings_request(json_body(), state.settings)
+    # Any model name is accepted and echoed: this server has one model, and OpenAI-style
+    # clients often send the name they were configured with.
     workers = state.backend.require_worker()
-    served = MODEL_ALIASES | {str(w.get("model")) for w in workers}
-    if model not in served:
-        raise ApiError(400, "model_not_found",
-                       f"model {model!r} is not served here; use one of {', '.join(sorted(served))}")
     dims = {w.get("dimension") for w in workers}
     if dimensions is not None and dimensions not in dims:
         raise ApiError(400, "dimensions_unsupported",

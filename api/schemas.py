@@ -24,7 +24,9 @@ def obj(props: dict[str, Any], required: tuple[str, ...] = (), extra: bool = Tru
 
 
 def schemas(settings: Settings) -> dict[str, Any]:
-    texts = {"type": "array", "items": STR, "minItems": 1, "maxItems": settings.max_texts}
+    # No maxItems: more than BGE_M3_MAX_TEXTS texts is a 413 (too large), not a 400 (malformed).
+    texts = {"type": "array", "items": STR, "minItems": 1,
+             "description": f"at most {settings.max_texts} (BGE_M3_MAX_TEXTS), else 413"}
     limits = {"max_length": {**INT, "minimum": 1, "maximum": settings.max_length,
                              "default": settings.max_length},
               "truncate": {"type": "boolean", "default": True}}
@@ -72,9 +74,12 @@ def schemas(settings: Settings) -> dict[str, Any]:
                               "sparse": {"type": "array", "items": ref("Sparse")},
                               "colbert": {"type": "array", "items": ref("Colbert")}},
                              ("embeddings", "dimension", "mode", "latency_ms", "usage")),
-        "EmbeddingsRequest": obj({"input": {"oneOf": [STR, texts]}, "model": {**STR, "minLength": 1},
-                                  "encoding_format": {"type": "string", "enum": list(ENCODINGS)},
-                                  "dimensions": {**INT, "minimum": 1}, "user": STR},
+        "EmbeddingsRequest": obj({"input": {"oneOf": [STR, texts]},
+                                  "model": {**STR, "minLength": 1, "examples": ["bge-m3"],
+                                            "description": "any name; this server has one model"},
+                                  "encoding_format": {"enum": [*ENCODINGS, None], "default": "float"},
+                                  "dimensions": {"type": ["integer", "null"], "minimum": 1,
+                                                 "description": "must equal the model's dimension"}},
                                  ("input", "model")),
         "EmbeddingsResponse": obj({
             "object": {"type": "string", "enum": ["list"]},

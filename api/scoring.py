@@ -33,7 +33,9 @@ def colbert(q_rows: list[list[float]], d_rows: list[list[float]]) -> float:
 
 
 def hybrid(dense: float, sparse: float, colbert_score: float, weights: Sequence[float]) -> float:
-    return (dense * weights[0] + sparse * weights[1] + colbert_score * weights[2]) / sum(weights)
+    # Normalise the weights first: the same value, but huge weights cannot overflow to inf/NaN.
+    total = sum(weights)
+    return dense * (weights[0] / total) + sparse * (weights[1] / total) + colbert_score * (weights[2] / total)
 
 
 def scores(items: list[dict[str, Any]], weights: Sequence[float]) -> list[dict[str, float]]:

@@ -45,6 +45,9 @@ def options(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         "keepalive": 5,
         "loglevel": settings.log_level.lower(),
         "errorlog": "-",
+        # gunicorn >= 24 opens a control socket at one fixed path per user by default; several
+        # APIs on one machine (tests, `bge-m3 up` beside a dev server) would fight over it.
+        "control_socket_disable": True,
     }
     if args.access_log:
         # The default format logs neither headers nor bodies, so API keys never reach it.
@@ -65,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     class Application(BaseApplication):
         def load_config(self) -> None:
             for key, value in options(settings, args).items():
-                self.cfg.set(key, value)
+                if key in self.cfg.settings:  # older gunicorns lack some settings
+                    self.cfg.set(key, value)
 
         def load(self):
             return create_app(settings)

@@ -97,10 +97,12 @@ def limits(body: dict[str, Any], settings: Settings) -> tuple[int, bool]:
 
 
 def encoding_field(body: dict[str, Any], name: str = "encoding") -> str | None:
-    encoding = body.get(name)
-    if encoding is not None and encoding not in ENCODINGS:
+    """None when absent; an explicit null is as wrong as any other non-member."""
+    if name not in body:
+        return None
+    if body[name] not in ENCODINGS:
         raise bad(f"{name} must be one of {', '.join(ENCODINGS)}")
-    return encoding
+    return body[name]
 
 
 def params(texts: list[str], modes: list[str], max_length: int, truncate: bool,
@@ -153,7 +155,7 @@ def embeddings_request(body: dict[str, Any],
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad("model must be a string, e.g. \"bge-m3\"")
-    encoding = body.get("encoding_format") or "float"
+    encoding = body.get("encoding_format") or "float"  # OpenAI clients may send null: the default
     if encoding not in ENCODINGS:
         raise bad("encoding_format must be float or base64")
     dimensions = body.get("dimensions")
@@ -174,7 +176,8 @@ def score_request(body: dict[str, Any], settings: Settings) -> tuple[list[float]
             or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)):
         raise bad("weights must be a list of three numbers: [dense, sparse, colbert]")
     weights = [float(w) for w in weights]
-    if any(w < 0 or not math.isfinite(w) for w in weights) or sum(weights) <= 0:
-        raise bad("weights must be non-negative with a positive sum")
+    total = sum(weights)
+    if any(w < 0 for w in weights) or not math.isfinite(total) or total <= 0:
+        raise bad("weights must be non-negative with a positive, finite sum")
     max_length, truncate = limits(body, settings)
     return weights, params([query, *documents], list(MODES), max_length, truncate, "float")

@@ -22,6 +22,7 @@ BAD_BODIES = [
     ("/v1/jobs", b'{"texts": ["a"], "max_length": 9000}', "invalid_request"),
     ("/v1/jobs", b'{"texts": ["a"], "truncate": "no"}', "invalid_request"),
     ("/v1/jobs", b'{"texts": ["a"], "encoding": "hex"}', "invalid_request"),
+    ("/v1/jobs", b'{"texts": ["a"], "encoding": null}', "invalid_request"),
     ("/embed", b'{"texts": ["a"], "mode": "hybrid"}', "invalid_request"),
     ("/embed", b'{"texts": ["a"], "modes": ["dense"]}', "invalid_request"),
     ("/embed", b"", "invalid_json"),
@@ -30,6 +31,7 @@ BAD_BODIES = [
     ("/v1/score", b'{"query": "q", "documents": ["a"], "weights": [1, 2]}', "invalid_request"),
     ("/v1/score", b'{"query": "q", "documents": ["a"], "weights": [0, 0, 0]}', "invalid_request"),
     ("/v1/score", b'{"query": "q", "documents": ["a"], "weights": [-1, 1, 1]}', "invalid_request"),
+    ("/v1/score", b'{"query": "q", "documents": ["a"], "weights": [1e308, 1e308, 1]}', "invalid_request"),
 ]
 
 

@@ -28,6 +28,7 @@ def test_pure_python_scores_match_definitions():
     assert colbert(q, d) == pytest.approx((0.6 + 0.8) / 2)
     assert hybrid(1.0, 0.5, 0.25, [0.4, 0.2, 0.4]) == pytest.approx(0.4 + 0.1 + 0.1)
     assert hybrid(1.0, 0.5, 0.25, [1, 1, 1]) == pytest.approx(1.75 / 3)
+    assert hybrid(1.0, 0.5, 0.25, [1e300, 0, 1e300]) == pytest.approx(0.625)  # no overflow
 
 
 @pytest.mark.parametrize("weights", [None, [1.0, 1.0, 1.0], [0.5, 0.3, 0.2]])
