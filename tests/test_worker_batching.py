@@ -104,3 +104,19 @@ def test_readiness_record(served, tiny_model):
     assert info["max_batch_tokens"] == BATCH_TOKENS and info["dimension"] == 32
     assert info["device"] == "cpu" and info["dtype"] == "float32" and info["pid"] == worker.proc.pid
     assert 0 < queue.redis.ttl("bge-m3:worker:" + worker.hostname) <= 15
+
+
+def test_poison_job_ends_failed_instead_of_looping(served):
+    """A job whose earlier deliveries all died with their worker (attempts at the limit) is failed
+    by the next delivery, not run again: JobStore.start's counter spans redeliveries."""
+    from bge_m3.jobs import job_key
+
+    queue, worker = served
+    job = queue.store.create({"texts": ["kills workers"], "modes": ["dense"], "max_length": 64,
+                              "truncate": True})
+    limit = queue.settings.max_retries + 1
+    queue.redis.hset(job_key(job.id), mapping={"status": "running", "attempts": limit})
+    queue.celery.send_task("bge_m3.embed", kwargs={"job_id": job.id}, task_id=job.id)
+    done = queue.wait(job.id)
+    assert done.status == "failed" and done.error["code"] == "worker_lost"
+    assert done.attempts == limit + 1

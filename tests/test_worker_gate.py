@@ -9,13 +9,12 @@ import sys
 import uuid
 from pathlib import Path
 
-import pytest
-
 from bge_m3.queue import QUEUE_NAME
 from tests.support import BIN, spawn_worker, worker_env
 from tests.worker_support import Queue, settings_on_db
 
 REFUSED = 3  # worker.gate.EXIT_REFUSED
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _copy_model(tiny_model, dest: Path) -> Path:
@@ -42,33 +41,46 @@ def _remove_sparse(folder: Path) -> str:
     return "sparse_linear.pt"
 
 
-@pytest.mark.parametrize("damage, reason", [(_tamper, "HASH"), (_truncate, "SIZE"),
-                                            (_remove_sparse, "MISSING")])
-def test_bad_folder_refuses_and_job_waits_for_healthy_worker(damage, reason, tiny_model, base_settings,
-                                                            redis_server, tmp_path):
+def _start_celery_cli(settings, log_path: Path, hostname: str) -> subprocess.Popen:
+    with open(log_path, "wb") as log:
+        return subprocess.Popen([str(BIN / "celery"), "-A", "worker", "worker", "--hostname", hostname,
+                                 "--without-mingle", "--without-gossip"], env=worker_env(settings),
+                                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def test_bad_folders_refuse_and_the_job_waits_for_a_healthy_worker(tiny_model, base_settings,
+                                                                   redis_server, tmp_path):
+    """Tampered, truncated, missing sparse head: each `bge-m3 worker` exits non-zero without taking
+    the queued job; then a healthy worker (started as `celery -A worker worker`) serves it."""
     settings = settings_on_db(base_settings, redis_server, "gate")
     queue = Queue(settings)
     job_id = queue.submit(["hello world"], ("dense", "sparse"))
-    bad_dir = _copy_model(tiny_model, tmp_path / "model")
-    name = damage(bad_dir)
+    for damage, reason in ((_tamper, "HASH"), (_truncate, "SIZE"), (_remove_sparse, "MISSING")):
+        bad_dir = _copy_model(tiny_model, tmp_path / f"model-{reason}")
+        name = damage(bad_dir)
+        bad = spawn_worker(settings.replace(model_dir=bad_dir), tmp_path, wait=False)
+        assert bad.proc.wait(60) == REFUSED, bad.output()[-2000:]
+        log = bad.output()
+        assert reason in log and name in log and "Refusing to start" in log
+        assert not bad.ready()
+        assert queue.store.get(job_id).status == "queued"
+        assert queue.redis.llen(QUEUE_NAME) == 1  # the message was never taken
 
-    bad = spawn_worker(settings.replace(model_dir=bad_dir), tmp_path, wait=False)
-    assert bad.proc.wait(60) == REFUSED
-    log = bad.output()
-    assert f"{reason}" in log and name in log and "Refusing to start" in log
-    assert not bad.ready()
-    assert queue.store.get(job_id).status == "queued"
-    assert queue.redis.llen(QUEUE_NAME) == 1  # the message was never taken
-
-    good = spawn_worker(settings, tmp_path)
+    hostname = f"cli-{uuid.uuid4().hex[:8]}@localhost"
+    proc = _start_celery_cli(settings, tmp_path / "celery.log", hostname)
     try:
-        job = queue.wait(job_id, 60)
-        assert job.status == "succeeded", job.error
-        assert job.attempts == 1
+        job = queue.wait(job_id, 90)
+        assert job is not None and job.status == "succeeded", (tmp_path / "celery.log").read_text()[-3000:]
+        assert job.attempts == 1 and job.stats["forward_passes"] == 1
         assert queue.store.result(job_id)["items"][0]["sparse"]["indices"]
+        info = json.loads(queue.redis.get("bge-m3:worker:" + hostname))
+        assert info["hostname"] == hostname and info["dimension"] == 32 and info["device"] == "cpu"
     finally:
-        good.stop()
+        proc.terminate()
+        proc.wait(30)
         queue.close()
+    assert proc.returncode == 0
+    assert queue.redis.get("bge-m3:worker:" + hostname) is None  # withdrawn on shutdown
 
 
 def test_manifest_without_sparse_head_is_refused(tiny_model, base_settings, redis_server, tmp_path):
@@ -95,36 +107,10 @@ def test_celery_cli_runs_the_same_gate(tiny_model, base_settings, redis_server, 
     hostname = f"cli-{uuid.uuid4().hex[:8]}@localhost"
     proc = subprocess.run([str(BIN / "celery"), "-A", "worker", "worker", "--hostname", hostname,
                            "--loglevel", "INFO"], env=env, capture_output=True, text=True, timeout=90,
-                          cwd=Path(__file__).resolve().parent.parent)
+                          cwd=ROOT)
     output = proc.stdout + proc.stderr
     assert proc.returncode == REFUSED, output[-3000:]
     assert "HASH" in output and "model.safetensors" in output
     assert queue.store.get(job_id).status == "queued"
     assert queue.redis.llen(QUEUE_NAME) == 1
     queue.close()
-
-
-def test_celery_cli_serves_when_verified(base_settings, redis_server, tmp_path):
-    """The positive half: the same entry point with a good folder announces itself and serves."""
-    settings = settings_on_db(base_settings, redis_server, "gate")
-    queue = Queue(settings)
-    job_id = queue.submit(["served by celery -A worker worker"], ("colbert",))
-    hostname = f"cli-{uuid.uuid4().hex[:8]}@localhost"
-    log = open(tmp_path / "celery.log", "wb")
-    proc = subprocess.Popen([str(BIN / "celery"), "-A", "worker", "worker", "--hostname", hostname,
-                             "--without-mingle", "--without-gossip"], env=worker_env(settings),
-                            stdout=log, stderr=subprocess.STDOUT,
-                            cwd=Path(__file__).resolve().parent.parent)
-    try:
-        job = queue.wait(job_id, 90)
-        assert job is not None and job.status == "succeeded", (tmp_path / "celery.log").read_text()[-3000:]
-        assert job.stats["forward_passes"] == 1
-        ready = queue.redis.get("bge-m3:worker:" + hostname)
-        info = json.loads(ready)
-        assert info["hostname"] == hostname and info["dimension"] == 32 and info["device"] == "cpu"
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
-        queue.close()
-    assert queue.redis.get("bge-m3:worker:" + hostname) is None  # withdrawn on shutdown

@@ -9,6 +9,7 @@ import time
 from concurrent.futures import FIRST_EXCEPTION, wait
 from typing import Any
 
+from worker import faults
 from worker.batcher import JobTrace
 from worker.encoder import MODES, TooLong
 from worker.logs import get_logger
@@ -69,6 +70,7 @@ def execute(rt: Runtime, job_id: str) -> str:
         rt.count(failed_jobs=1)
         log.info("Job %s failed: %s", job_id, exc)
         return "failed"
+    faults.inject(texts, attempt, settings.test_faults)  # test-only; a no-op by default
     trace = JobTrace()
     tokens = sum(len(r) for r in rows)
     futures = rt.batcher.submit(rows, modes, trace)

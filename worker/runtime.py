@@ -16,7 +16,7 @@ from bge_m3 import workers
 from bge_m3.jobs import JobStore
 from bge_m3.queue import redis_client
 from bge_m3.settings import Settings
-from worker import gate
+from worker import faults, gate
 from worker.batcher import Batcher, BatchStats
 from worker.logs import get_logger
 
@@ -62,6 +62,7 @@ class Runtime:
         from worker.encoder import MODES, Encoder
 
         model_module.require_torch()
+        faults.load_delay(self.settings.test_load_delay)  # test-only; 0 by default
         self.placement = choose(self.settings.device, model_module.torch)
         manifest = self.verified.manifest
         view = model_module.verified_view(self.settings.model_dir, [f.path for f in manifest.files])

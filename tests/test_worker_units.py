@@ -1,0 +1,123 @@
+"""Batcher, truncation, params and gate logic on their own (no model, no worker process).
+
+The batcher runs its real thread; the forward pass is a stand-in function because
+these tests are about scheduling and isolation, which the real-model tests cannot steer.
+"""
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from worker.batcher import Batcher, JobTrace, Pending, plan_batches
+from worker.encoder import truncate_ids
+from worker.execution import InvalidJob, parse_params
+
+
+def _pending(length: int) -> Pending:
+    from concurrent.futures import Future
+
+    return Pending(list(range(length)), frozenset({"dense"}), Future(), JobTrace())
+
+
+def test_plan_batches_respects_padded_budget_and_sorts_by_length():
+    items = [_pending(n) for n in (5, 100, 7, 60, 3, 100, 40)]
+    batches = plan_batches(items, max_batch_tokens=200)
+    for batch in batches:
+        lengths = [len(p.ids) for p in batch]
+        assert lengths == sorted(lengths, reverse=True)
+        assert len(batch) == 1 or len(batch) * lengths[0] <= 200
+    assert sorted(len(p.ids) for b in batches for p in b) == sorted([5, 100, 7, 60, 3, 100, 40])
+    assert [len(p.ids) for p in batches[0]] == [100, 100]
+
+
+def test_a_text_longer_than_the_budget_gets_its_own_batch():
+    batches = plan_batches([_pending(10), _pending(500), _pending(10)], max_batch_tokens=64)
+    assert [[len(p.ids) for p in b] for b in batches] == [[500], [10, 10]]
+
+
+def test_truncation_keeps_head_and_eos():
+    ids = [0, 11, 12, 13, 14, 2]
+    assert truncate_ids(ids, 10) == ids
+    assert truncate_ids(ids, 4) == [0, 11, 12, 2]
+
+
+@pytest.mark.parametrize("params, fragment", [
+    ({"texts": []}, "non-empty"), ({"texts": "abc"}, "non-empty"), ({"texts": ["a", None]}, "text 1"),
+    ({"texts": ["a"] * 6}, "more than the limit"), ({"texts": ["a"], "modes": ["dense", "x"]}, "modes"),
+    ({"texts": ["a"], "max_length": 9000}, "max_length"), ({"texts": ["a"], "truncate": "no"}, "truncate"),
+])
+def test_invalid_params_are_rejected(params, fragment):
+    with pytest.raises(InvalidJob, match=fragment):
+        parse_params(params, max_texts=5, max_length=8192)
+
+
+def test_valid_params():
+    texts, modes, length, truncate = parse_params(
+        {"texts": ["", "b"], "modes": ["sparse", "colbert"], "max_length": 8192, "truncate": False}, 5, 8192)
+    assert texts == ["", "b"] and modes == {"sparse", "colbert"} and length == 8192 and truncate is False
+
+
+class _Forward:
+    """Stand-in forward pass: fails every batch holding a poisoned row, records batch sizes."""
+
+    def __init__(self):
+        self.batches: list[int] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, rows, wants):
+        self.gate.wait(10)
+        self.batches.append(len(rows))
+        if any(r and r[0] == -1 for r in rows):
+            raise RuntimeError("poisoned row")
+        return [len(r) for r in rows]
+
+
+def test_failing_text_fails_alone_and_jobs_share_passes():
+    forward = _Forward()
+    batcher = Batcher(forward, max_batch_tokens=1000, wait_ms=50)
+    batcher.start()
+    try:
+        forward.gate.clear()  # hold the first pass so every job below queues behind it
+        warm = batcher.submit([[1]], frozenset({"dense"}))
+        good_trace, bad_trace = JobTrace(), JobTrace()
+        good = batcher.submit([[1, 2, 3], [4, 5]], frozenset({"dense"}), good_trace)
+        bad = batcher.submit([[-1, 9], [7, 7, 7, 7]], frozenset({"sparse"}), bad_trace)
+        forward.gate.set()
+        assert warm[0].result(10) == 1
+        assert [f.result(10) for f in good] == [3, 2]
+        assert bad[1].result(10) == 4
+        with pytest.raises(RuntimeError, match="poisoned"):
+            bad[0].result(10)
+        assert good_trace.passes and bad_trace.passes
+        assert len(forward.batches) < 1 + 4 + 4  # shared passes, plus the halving retries
+    finally:
+        batcher.stop()
+
+
+def test_large_submission_is_split_into_budgeted_batches():
+    forward = _Forward()
+    batcher = Batcher(forward, max_batch_tokens=64, wait_ms=0)
+    batcher.start()
+    try:
+        futures = batcher.submit([[1] * 8 for _ in range(100)], frozenset({"dense"}))
+        assert [f.result(10) for f in futures] == [8] * 100
+        assert max(forward.batches) <= 8 and sum(forward.batches) == 100
+    finally:
+        batcher.stop()
+
+
+def test_gate_refuses_a_manifest_without_both_heads(tmp_path, tiny_model):
+    from bge_m3.settings import Settings
+    from worker.gate import GateRefused, check
+
+    data = json.loads(tiny_model.manifest.read_text())
+    data["files"] = [f for f in data["files"] if f["path"] != "colbert_linear.pt"]
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps(data))
+    settings = Settings.from_env({}, model_dir=tiny_model.dir, manifest=manifest, auto_download=False)
+    with pytest.raises(GateRefused, match="colbert_linear.pt"):
+        check(settings)
+    assert check(settings.replace(manifest=tiny_model.manifest)).report.ok

@@ -1,0 +1,50 @@
+"""TEST-ONLY fault injection for tests/test_faults.py. Off unless ``BGE_M3_TEST_FAULTS=1``.
+
+With the setting off (the default) nothing here does anything: ``inject`` returns at
+once and magic texts are embedded like any other text. With it on, a job whose
+texts contain one of these makes the worker misbehave on purpose:
+
+- ``BGE_M3_TEST_FAULT:exit``            the worker process dies (``os._exit``), every delivery
+- ``BGE_M3_TEST_FAULT:sleep=S``         the job's thread sleeps S seconds, every delivery
+- ``BGE_M3_TEST_FAULT:sleep-first=S``   the same, only on the job's first delivery
+
+``BGE_M3_TEST_LOAD_DELAY=S`` (``load_delay``) makes the model load S seconds slower.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Sequence
+
+from worker.logs import get_logger
+
+MAGIC_PREFIX = "BGE_M3_TEST_FAULT:"
+"""Texts starting with this trigger a fault when (and only when) test faults are on."""
+
+EXIT_FAULT = 70
+"""Exit status of a worker killed by the ``exit`` fault (a job that kills its process)."""
+
+log = get_logger()
+
+
+def inject(texts: Sequence[str], attempt: int, enabled: bool) -> None:
+    """Act on the first magic text of a job; a no-op when test faults are off."""
+    if not enabled:
+        return
+    action = next((t[len(MAGIC_PREFIX):] for t in texts if t.startswith(MAGIC_PREFIX)), None)
+    if action is None:
+        return
+    name, _, value = action.partition("=")
+    if name == "exit":
+        log.error("TEST FAULT: exiting the worker process (attempt %d)", attempt)
+        os._exit(EXIT_FAULT)
+    if name == "sleep" or (name == "sleep-first" and attempt == 1):
+        log.warning("TEST FAULT: sleeping %s s (attempt %d)", value, attempt)
+        time.sleep(float(value))
+
+
+def load_delay(seconds: float) -> None:
+    """Simulate a slow model load (a cold disk, a big model)."""
+    if seconds > 0:
+        log.warning("TEST FAULT: delaying the model load by %.1f s", seconds)
+        time.sleep(seconds)
