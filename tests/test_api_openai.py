@@ -95,3 +95,25 @@ def test_gunicorn_routes_over_http(server):
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
     r = httpx.get(base + "/nowhere", headers=headers)
     assert r.status_code == 404 and r.headers["content-type"] == "application/json"
+
+
+def test_concurrent_requests_under_gthread(server):
+    """Many threads of one gunicorn process publish and wait at once; each gets its own vectors."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    base, _ = server
+    headers = {"Authorization": f"Bearer {KEY}"}
+    words = "quick brown fox lazy dog weather sunny query document token redis python".split()
+    # the tiny tokenizer has no digits (they all map to <unk>), so vary words instead
+    texts = [f"{a} {b} today" for a in words[:6] for b in words[6:10]]
+
+    def embed(text: str) -> list[float]:
+        r = httpx.post(base + "/embed", json={"texts": [text]}, headers=headers, timeout=60)
+        assert r.status_code == 200, r.text
+        return r.json()["embeddings"][0]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        together = list(pool.map(embed, texts))
+    alone = [embed(texts[0]), embed(texts[-1])]
+    assert together[0] == alone[0] and together[-1] == alone[1]
+    assert len({tuple(v) for v in together}) == len(texts)
