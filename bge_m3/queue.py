@@ -15,12 +15,25 @@ QUEUE_NAME = "bge-m3"
 """The Redis list jobs wait in; its length is the queue depth."""
 
 
+RESTORE_INTERVAL_MAX = 10
+"""Upper bound, in seconds, on how often a worker sweeps for unacked messages of dead workers."""
+
+
+def restore_interval(visibility_timeout: int) -> int:
+    """Sweep period: a quarter of the visibility timeout, 1 to RESTORE_INTERVAL_MAX seconds."""
+    return max(1, min(RESTORE_INTERVAL_MAX, visibility_timeout // 4))
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     transport: dict[str, Any] = {
         # Unacked messages come back after this long if a worker dies; must exceed time_limit.
         "visibility_timeout": settings.visibility_timeout,
         "socket_timeout": 10,
         "socket_connect_timeout": 5,
+        # kombu sweeps for expired unacked messages every interval x throttle seconds (10 x 10
+        # by default): without these, a dead worker's job waited up to 100 s past the timeout.
+        "unacked_restore_interval": restore_interval(settings.visibility_timeout),
+        "unacked_restore_throttle": 1,
     }
     return {
         "broker_url": settings.redis_url,

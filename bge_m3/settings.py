@@ -63,6 +63,9 @@ class Settings:
     log_json: bool = False
     log_level: str = "INFO"
     embedded_redis_port: int = 6379
+    # Test-only fault injection (tests/test_faults.py); off by default, never set in production.
+    test_faults: bool = False
+    test_load_delay: float = 0.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -157,6 +160,8 @@ ENV_VARS: dict[str, str] = {
     "log_json": "BGE_M3_LOG_JSON",
     "log_level": "BGE_M3_LOG_LEVEL",
     "embedded_redis_port": "BGE_M3_EMBEDDED_REDIS_PORT",
+    "test_faults": "BGE_M3_TEST_FAULTS",
+    "test_load_delay": "BGE_M3_TEST_LOAD_DELAY",
 }
 """Settings field -> environment variable. The names are a public contract."""
 

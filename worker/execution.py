@@ -9,6 +9,7 @@ import time
 from concurrent.futures import FIRST_EXCEPTION, wait
 from typing import Any
 
+from bge_m3.jobs import TERMINAL
 from worker import faults
 from worker.batcher import JobTrace
 from worker.encoder import MODES, TooLong
@@ -16,6 +17,9 @@ from worker.logs import get_logger
 from worker.runtime import Runtime
 
 log = get_logger()
+
+LEASE_PREFIX = "bge-m3:lease:"
+"""Key (with the job id) held while one delivery of a job runs; expires after time_limit."""
 
 
 class InvalidJob(ValueError):
@@ -45,9 +49,24 @@ def parse_params(params: Any, max_texts: int, max_length: int) -> tuple[list[str
     return texts, frozenset(modes), length, truncate
 
 
+def hold_lease(rt: Runtime, job_id: str) -> None:
+    """One delivery runs a job at a time. When the broker connection drops, kombu puts the
+    unacked message back at once while its first run goes on; that second delivery waits here
+    until the first run ends the job (then start() skips it) or its lease lapses. The lease lasts
+    time_limit, below the visibility timeout, so a dead worker's lease is gone before its job
+    is redelivered."""
+    key = f"{LEASE_PREFIX}{job_id}"
+    while not rt.redis.set(key, rt.hostname, nx=True, ex=rt.settings.time_limit):
+        log.warning("Job %s is being run by another delivery; waiting for it", job_id)
+        job = rt.store.wait(job_id, max(0.1, rt.redis.pttl(key) / 1000))
+        if job is None or job.status in TERMINAL:
+            return
+
+
 def execute(rt: Runtime, job_id: str) -> str:
     """Run one delivery of a job; returns what happened (for logs and tests)."""
     settings = rt.settings
+    hold_lease(rt, job_id)
     state, attempt = rt.store.start(job_id, max_attempts=settings.max_retries + 1, worker=rt.hostname)
     if state == "exhausted":
         rt.store.fail(job_id, "worker_lost", f"the job was delivered {attempt} times without "

@@ -1,0 +1,184 @@
+"""Fault injection against the real stack: killed workers, poison jobs, time limits, rolling
+deploys, Redis crashes and outages, a tampered model, a slow model load, a broker blip.
+
+Everything is real: a private redis-server, `bge-m3 worker` subprocesses on the tiny model,
+`bge-m3 api` under gunicorn. Faults come from signals, redis commands, and the worker's
+TEST-ONLY hooks (``BGE_M3_TEST_FAULTS``, see worker/faults.py), never from mocks.
+
+The worker runs Celery's threads pool: there is no pool child, so "a pool child killed by the
+OOM killer" (scenario 1) is the whole worker process killed, with another worker alive.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+
+import pytest
+
+from bge_m3.jobs import job_key
+from bge_m3.queue import QUEUE_NAME, redis_client, restore_interval
+from bge_m3.workers import WORKER_PREFIX
+from tests.stack_support import Reference, same_item, settings_for, start_api
+from tests.support import RedisServer, wait_for
+from tests.worker_support import Queue
+
+pytestmark = pytest.mark.slow
+
+VISIBILITY = 6
+"""Shortened BGE_M3_VISIBILITY_TIMEOUT (seconds) so redelivery after a death happens in-test."""
+
+TIME_LIMIT = 3
+"""Shortened BGE_M3_TIME_LIMIT (must stay below VISIBILITY)."""
+
+SLEEP = "BGE_M3_TEST_FAULT:sleep={}"
+SLEEP_FIRST = "BGE_M3_TEST_FAULT:sleep-first={}"
+EXIT = "BGE_M3_TEST_FAULT:exit"
+EXIT_FAULT = 70  # worker.faults.EXIT_FAULT
+REFUSED = 3  # worker.gate.EXIT_REFUSED
+TEXTS = ["hello world", "今天天气真好", "the quick brown fox jumps over the lazy dog"]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model):
+    return Reference(tiny_model.dir)
+
+
+@pytest.fixture
+def faulty(base_settings, redis_server):
+    """Settings on the suite's own database, test faults on, short visibility and time limits."""
+    settings = settings_for(base_settings, redis_server, "faults", visibility_timeout=VISIBILITY,
+                            time_limit=TIME_LIMIT, test_faults=True, worker_threads=4, max_retries=1)
+    queue = Queue(settings)
+    yield settings, queue
+    queue.close()
+
+
+def running_on(queue: Queue, job_id: str, timeout: float = 60) -> str:
+    """Block until the job is running; the hostname of the worker that holds it."""
+    def holder():
+        data = queue.redis.hmget(job_key(job_id), "status", "worker")
+        return data[1] if data[0] == "running" else None
+    return wait_for(holder, timeout, what=f"job {job_id} running")
+
+
+def unacked(queue: Queue) -> int:
+    """Messages delivered to some worker and not yet acknowledged (kombu's ack emulation)."""
+    return int(queue.redis.hlen("unacked"))
+
+
+def check_result(queue: Queue, reference: Reference, job_id: str, texts, modes=("dense",)) -> None:
+    items = queue.store.result(job_id)["items"]
+    want = reference.items(texts)
+    assert len(items) == len(texts)
+    assert all(same_item(g, w, modes) for g, w in zip(items, want))
+
+
+def test_1_worker_killed_mid_job_is_redelivered_to_the_survivor(faulty, worker_factory, reference):
+    settings, queue = faulty
+    workers = {w.hostname: w for w in (worker_factory(settings), worker_factory(settings))}
+    texts = [SLEEP_FIRST.format(60), *TEXTS]
+    job_id = queue.submit(texts, ("dense", "sparse"))
+    victim = workers.pop(running_on(queue, job_id))
+    victim.proc.send_signal(signal.SIGKILL)
+    assert victim.proc.wait(10) == -signal.SIGKILL
+    job = queue.wait(job_id, VISIBILITY + 60)
+    assert job.status == "succeeded", job.error
+    assert job.attempts == 2
+    (survivor,) = workers.values()
+    assert queue.redis.hget(job_key(job_id), "worker") == survivor.hostname
+    assert queue.stats(survivor.hostname)["jobs"] == 1
+    check_result(queue, reference, job_id, texts, ("dense", "sparse"))
+    wait_for(lambda: unacked(queue) == 0, 10, what="the redelivered message acked")
+
+
+def test_3_whole_worker_killed_then_new_worker_redelivers_once(faulty, worker_factory, reference,
+                                                                record_property):
+    settings, queue = faulty
+    first = worker_factory(settings)
+    texts = [SLEEP_FIRST.format(60), *TEXTS]
+    job_id = queue.submit(texts, ("dense", "colbert"))
+    running_on(queue, job_id)
+    first_start = queue.store.get(job_id).started_at
+    killed_at = time.time()
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait(10)
+    assert unacked(queue) == 1 and queue.redis.llen(QUEUE_NAME) == 0  # held by the dead worker
+    second = worker_factory(settings)
+    job = queue.wait(job_id, VISIBILITY + 60)
+    assert job.status == "succeeded", job.error
+    assert job.attempts == 2
+    assert queue.stats(second.hostname)["jobs"] == 1
+    assert queue.stats(first.hostname).get("jobs", 0) == 0
+    check_result(queue, reference, job_id, texts, ("dense", "colbert"))
+    # Not before the visibility timeout (counted from the first delivery), and not long after it.
+    delay = job.started_at - killed_at
+    assert job.started_at - first_start >= VISIBILITY - 0.5, job.started_at - first_start
+    assert delay <= VISIBILITY + restore_interval(VISIBILITY) + 30, delay
+    record_property("redelivery_delay_s", round(delay, 2))
+    print(f"\nredelivery delay after SIGKILL: {delay:.2f} s (visibility timeout {VISIBILITY} s)")
+
+
+def test_4_job_over_the_time_limit_fails_and_is_never_run_twice(faulty, worker_factory):
+    settings, queue = faulty
+    worker = worker_factory(settings)
+    job_id = queue.submit([SLEEP.format(TIME_LIMIT + 1), "hello"])
+    other = queue.submit(["unaffected"])
+    job = queue.wait(job_id, 60)
+    assert job.status == "failed"
+    assert job.error["code"] == "timeout" and f"{TIME_LIMIT} s" in job.error["message"]
+    assert job.attempts == 1 and job.finished_at - job.started_at >= TIME_LIMIT
+    assert queue.store.result(job_id) is None
+    # The message is acknowledged: nothing left that could ever be delivered again.
+    wait_for(lambda: unacked(queue) == 0 and queue.redis.llen(QUEUE_NAME) == 0, 10, what="ack")
+    assert queue.wait(other, 30).status == "succeeded"
+    assert queue.store.get(job_id).attempts == 1
+    assert worker.proc.poll() is None
+
+
+def test_5_sigterm_mid_job_finishes_running_jobs_and_loses_none(faulty, worker_factory, reference):
+    settings, queue = faulty
+    settings = settings.replace(worker_threads=2)
+    first = worker_factory(settings)
+    slow = [queue.submit([SLEEP.format(2), f"slow {i}"]) for i in range(2)]
+    for job_id in slow:
+        running_on(queue, job_id)
+    rest = [queue.submit([f"queued {i}", *TEXTS]) for i in range(6)]
+    first.proc.send_signal(signal.SIGTERM)  # warm shutdown, as a rolling deploy sends
+    assert first.proc.wait(60) == 0, first.output()[-3000:]
+    for job_id in slow:  # the running jobs finished before the worker exited
+        job = queue.store.get(job_id)
+        assert job.status == "succeeded" and job.attempts == 1, (job.status, job.error)
+    assert not queue.redis.exists(WORKER_PREFIX + first.hostname)
+    second = worker_factory(settings)
+    jobs = [queue.wait(job_id, 60) for job_id in rest]
+    assert [j.status for j in jobs] == ["succeeded"] * len(rest), [j.error for j in jobs]
+    assert all(j.attempts == 1 for j in jobs)  # none ran twice
+    done = queue.stats(first.hostname).get("jobs", 0) + queue.stats(second.hostname).get("jobs", 0)
+    assert done == len(slow) + len(rest)
+    for job_id, i in zip(rest, range(6)):
+        check_result(queue, reference, job_id, [f"queued {i}", *TEXTS])
+
+
+def test_10_broker_blip_mid_job_no_parallel_duplicate(faulty, worker_factory, reference):
+    settings, queue = faulty
+    worker = worker_factory(settings)
+    texts = [SLEEP_FIRST.format(TIME_LIMIT / 2), *TEXTS]
+    job_id = queue.submit(texts)
+    running_on(queue, job_id)
+    killed = queue.redis.execute_command("CLIENT", "KILL", "TYPE", "normal")
+    assert killed >= 2  # the worker's broker and store connections, and ours
+    job = queue.wait(job_id, 60)
+    assert job.status == "succeeded", job.error
+    assert job.attempts == 1  # a second delivery while the first ran would have counted 2
+    check_result(queue, reference, job_id, texts)
+    # The worker reconnected and keeps serving; the blipped message is not run again.
+    after = queue.wait(queue.submit(["after the blip"]), 60)
+    assert after.status == "succeeded"
+    wait_for(lambda: unacked(queue) == 0 and queue.redis.llen(QUEUE_NAME) == 0, VISIBILITY + 15,
+             what="no message left to redeliver")
+    assert queue.store.get(job_id).attempts == 1
+    assert queue.stats(worker.hostname)["jobs"] == 2
+    assert worker.proc.poll() is None
