@@ -288,3 +288,52 @@ def test_manifest_from_hub_matches_the_files(hub, manifest, tiny_model, tmp_path
     small = [f.path for f in manifest.files if f.size < hub.lfs_threshold]
     assert small and all(hub.body_gets[p] == 1 for p in small)  # hashed: no sha256 in the API
     assert all(hub.body_gets[f.path] == 0 for f in manifest.files if f.path not in small)
+
+
+def _nested_hub(tmp_path) -> tuple[FakeHub, "Manifest"]:
+    from verify.manifest import build_manifest
+
+    src = tmp_path / "src"
+    (src / "1_Pooling").mkdir(parents=True)
+    (src / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": true}')
+    (src / "weights.bin").write_bytes(os.urandom(50_000))
+    nested = build_manifest(src, repo_id="org/nested", revision="main")
+    return FakeHub(src, nested.repo_id), nested
+
+
+def test_nested_paths_download(tmp_path):
+    hub, nested = _nested_hub(tmp_path)
+    try:
+        fetch(tmp_path / "m", nested, hub)
+        assert_verified(tmp_path / "m", nested)
+    finally:
+        hub.stop()
+
+
+def test_a_subfolder_symlinked_out_of_the_model_is_never_written(tmp_path):
+    hub, nested = _nested_hub(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "m"
+    dest.mkdir()
+    os.symlink(outside, dest / "1_Pooling")
+    try:
+        with pytest.raises(DownloadError, match="1_Pooling/config.json: its folder leads outside"):
+            fetch(dest, nested, hub)
+    finally:
+        hub.stop()
+    assert list(outside.iterdir()) == []
+    assert hub.body_gets["1_Pooling/config.json"] == 0
+    assert file_sha256(dest / "weights.bin") == nested.entry("weights.bin").sha256
+
+
+def test_unwritable_folder_is_verified_without_the_lock(manifest, tiny_model, tmp_path):
+    from verify.download import LOCK_NAME
+
+    dest = tmp_path / "ro"
+    shutil.copytree(tiny_model.dir, dest)
+    (dest / LOCK_NAME).mkdir()  # the lock file cannot be created, even by root
+    assert fetch(dest, manifest, "http://127.0.0.1:9").ok
+    (dest / "config.json").unlink()
+    with pytest.raises(DownloadError, match="cannot write there"):
+        fetch(dest, manifest, "http://127.0.0.1:9")

@@ -132,23 +132,39 @@ def ensure_model(model_dir: str | Path, manifest: Manifest, endpoints: Iterable[
     cannot end verified. ``lock_timeout`` < 0 waits for the folder lock forever.
     """
     folder = Path(model_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = _acquire(folder, lock_timeout, log)
+    except OSError as exc:
+        # A read-only volume cannot hold the lock, but may well hold a verified model.
+        report = verify_folder(folder, manifest)
+        if report.ok:
+            log(f"{folder}: not writable ({exc.strerror}); all {len(report.files)} files verified")
+            return report
+        raise DownloadError(f"{folder}: cannot write there ({exc}) and "
+                            f"{len(report.failures)} file(s) do not verify") from None
+    session = requests.Session()
+    try:
+        return _ensure_locked(folder, manifest, [Endpoint(e, session, token) for e in endpoints],
+                              policy or RetryPolicy(), log)
+    except OSError as exc:
+        raise DownloadError(f"{folder}: {exc}") from None
+    finally:
+        session.close()
+        lock.release()
+
+
+def _acquire(folder: Path, timeout: float, log: Callable[[str], None]) -> FileLock:
     lock = FileLock(str(folder / LOCK_NAME))
     try:
         lock.acquire(timeout=0)
     except Timeout:
         log(f"{folder}: another process holds the download lock; waiting")
         try:
-            lock.acquire(timeout=lock_timeout)
+            lock.acquire(timeout=timeout)
         except Timeout:
-            raise DownloadError(f"{folder}: download lock still held after {lock_timeout}s") from None
-    session = requests.Session()
-    try:
-        return _ensure_locked(folder, manifest, [Endpoint(e, session, token) for e in endpoints],
-                              policy or RetryPolicy(), log)
-    finally:
-        session.close()
-        lock.release()
+            raise DownloadError(f"{folder}: download lock still held after {timeout}s") from None
+    return lock
 
 
 def _ensure_locked(folder: Path, manifest: Manifest, endpoints: list[Endpoint],
