@@ -48,7 +48,9 @@ class Encoder:
     def __init__(self, model: Any, colbert_dtype: str = "float16"):
         self.model = model
         self.colbert_dtype = colbert_dtype
-        self._special = np.array(sorted(model.special_ids), dtype=np.int64)
+        # A lookup table over the ids beats np.isin per text (one gather instead of a sort).
+        self._special = np.zeros(max(model.special_ids) + 1, dtype=bool)
+        self._special[sorted(model.special_ids)] = True
 
     @property
     def dimension(self) -> int:
@@ -93,7 +95,10 @@ class Encoder:
     def lexical(self, ids: Sequence[int], weights: Any) -> dict[str, list]:
         """Largest positive weight per token id, special tokens dropped, ids ascending."""
         ids_arr = np.asarray(ids, dtype=np.int64)
-        keep = (weights > 0) & ~np.isin(ids_arr, self._special)
+        special = np.zeros(len(ids_arr), dtype=bool)
+        low = ids_arr < len(self._special)
+        special[low] = self._special[ids_arr[low]]
+        keep = (weights > 0) & ~special
         unique, inverse = np.unique(ids_arr[keep], return_inverse=True)
         values = np.zeros(len(unique), dtype=np.float32)
         np.maximum.at(values, inverse, weights[keep].astype(np.float32))
