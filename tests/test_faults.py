@@ -182,3 +182,163 @@ def test_10_broker_blip_mid_job_no_parallel_duplicate(faulty, worker_factory, re
     assert queue.store.get(job_id).attempts == 1
     assert queue.stats(worker.hostname)["jobs"] == 2
     assert worker.proc.poll() is None
+
+
+def test_2_poison_job_fails_after_its_retries_and_spares_the_others(faulty, worker_factory,
+                                                                     reference):
+    """max_retries=1: two deliveries kill their worker; the third ends the job as failed."""
+    settings, queue = faulty
+    poison = queue.submit([EXIT, "hello"])
+    exits = []
+    worker = worker_factory(settings, wait=False)  # it may die before it is seen ready
+    while queue.store.get(poison).status not in ("failed", "succeeded"):
+        try:  # a supervisor's loop: restart the worker when the poison kills it
+            wait_for(lambda: worker.proc.poll() is not None or
+                     queue.store.get(poison).status == "failed", VISIBILITY + 60, what="poison")
+        except TimeoutError:
+            break
+        if worker.proc.poll() is not None:
+            exits.append(worker.proc.returncode)
+            assert len(exits) <= settings.max_retries + 1, "endless redelivery"
+            worker = worker_factory(settings, wait=False)
+    job = queue.store.get(poison)
+    assert job.status == "failed" and job.error["code"] == "worker_lost"
+    assert "delivered 3 times" in job.error["message"]
+    assert exits == [EXIT_FAULT] * (settings.max_retries + 1)
+    assert job.attempts == settings.max_retries + 2
+    wait_for(lambda: unacked(queue) == 0 and queue.redis.llen(QUEUE_NAME) == 0, 10,
+             what="the poison message acknowledged")
+    others = [queue.submit([f"other {i}", *TEXTS]) for i in range(3)]
+    for i, job_id in enumerate(others):
+        assert queue.wait(job_id, 60).status == "succeeded"
+        check_result(queue, reference, job_id, [f"other {i}", *TEXTS])
+    assert worker.proc.poll() is None
+
+
+def test_6_redis_kill_9_with_aof_keeps_queued_and_finished_jobs(base_settings, worker_factory,
+                                                                tmp_path, reference):
+    redis = RedisServer(tmp_path / "aof-redis", appendonly=True)
+    try:
+        settings = base_settings.replace(redis_url=redis.url(0))
+        queue = Queue(settings)
+        worker = worker_factory(settings)
+        finished = [queue.submit([f"finished {i}", *TEXTS]) for i in range(4)]
+        assert all(queue.wait(job_id, 60).status == "succeeded" for job_id in finished)
+        before = {job_id: queue.store.result(job_id) for job_id in finished}
+        worker.stop()
+        queued = [queue.submit([f"queued {i}", *TEXTS], ("dense", "sparse")) for i in range(4)]
+        assert queue.redis.llen(QUEUE_NAME) == 4
+        redis.kill(signal.SIGKILL)
+        redis.start()  # same folder: the append-only file is replayed
+        queue.close()
+        queue = Queue(settings)
+        for job_id in finished:
+            job = queue.store.get(job_id)
+            assert job.status == "succeeded" and job.attempts == 1
+            assert queue.store.result(job_id) == before[job_id]
+        assert [queue.store.get(j).status for j in queued] == ["queued"] * 4
+        assert queue.redis.llen(QUEUE_NAME) == 4
+        worker_factory(settings)
+        for i, job_id in enumerate(queued):
+            assert queue.wait(job_id, 60).status == "succeeded"
+            check_result(queue, reference, job_id, [f"queued {i}", *TEXTS], ("dense", "sparse"))
+        queue.close()
+    finally:
+        redis.stop()
+
+
+def test_7_redis_down_at_submit_is_503_and_leaves_no_orphan(base_settings, tmp_path):
+    redis = RedisServer(tmp_path / "aof-redis", appendonly=True)
+    api = start_api(base_settings.replace(redis_url=redis.url(0)), tmp_path)
+    try:
+        with api.client() as http:
+            accepted = http.post("/v1/jobs", json={"texts": ["before the outage"]})
+            assert accepted.status_code == 202
+            redis.kill(signal.SIGKILL)
+            for _ in range(3):
+                r = http.post("/v1/jobs", json={"texts": ["during the outage"]})
+                assert r.status_code == 503, r.text
+                assert r.json()["error"]["code"] in ("redis_unavailable", "queue_unavailable")
+                assert int(r.headers["Retry-After"]) > 0
+            redis.start()
+            client = redis.client(0)
+            records = [k for k in client.scan_iter("bge-m3:job:*")]
+            assert records == [job_key(accepted.json()["id"])]  # no orphan from the outage
+            assert client.llen(QUEUE_NAME) == 1
+            again = http.post("/v1/jobs", json={"texts": ["after the outage"]})
+            assert again.status_code == 202  # the API reconnects by itself
+            assert client.llen(QUEUE_NAME) == 2
+        assert "during the outage" not in api.output()
+    finally:
+        api.stop()
+        redis.stop()
+
+
+def test_8_tampered_model_restarting_worker_refuses_running_one_serves(
+        tiny_model, base_settings, redis_server, worker_factory, tmp_path, reference):
+    model = tmp_path / "model-copy"
+    shutil.copytree(tiny_model.dir, model)  # never the session fixture's folder
+    settings = settings_for(base_settings, redis_server, "faults-api", model_dir=model)
+    queue = Queue(settings)
+    running = worker_factory(settings)
+    api = start_api(settings, tmp_path)
+    try:
+        with api.client() as http:
+            assert http.get("/readyz").json()["workers"] == 1
+            path = model / "model.safetensors"
+            data = bytearray(path.read_bytes())
+            data[-100] ^= 0xFF  # same size, different SHA-256
+            path.write_bytes(bytes(data))
+            restarted = worker_factory(settings, wait=False)
+            assert restarted.proc.wait(60) == REFUSED, restarted.output()[-2000:]
+            assert "model.safetensors" in restarted.output() and "Refusing to start" in restarted.output()
+            assert not restarted.ready()
+            r = http.get("/readyz")
+            assert r.status_code == 200 and r.json()["workers"] == 1
+            workers = http.get("/v1/models").json()["workers"]
+            assert [w["hostname"] for w in workers] == [running.hostname]
+            # The running worker serves what it verified: vectors of the untampered model.
+            job = http.post("/v1/jobs", json={"texts": TEXTS, "modes": ["dense", "sparse"]}).json()
+            done = http.get(f"/v1/jobs/{job['id']}?wait=30").json()
+            assert done["status"] == "succeeded"
+            assert queue.redis.hget(job_key(job["id"]), "worker") == running.hostname
+            check_result(queue, reference, job["id"], TEXTS, ("dense", "sparse"))
+            healthy = worker_factory(settings.replace(model_dir=tiny_model.dir))
+            assert http.get("/readyz").json()["workers"] == 2
+            running.stop()
+            healthy.stop()
+            r = http.get("/readyz")
+            assert r.status_code == 503 and r.json()["error"]["code"] == "no_ready_worker"
+    finally:
+        api.stop()
+        queue.close()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def test_9_slow_model_load_becomes_ready_once_without_respawning(faulty, worker_factory):
+    """Celery's prefork pool kills a child that takes longer than worker_proc_alive_timeout (4 s by
+    default) to come up and forks another, forever. The threads pool loads in the main process."""
+    settings, queue = faulty
+    delay = 8.0
+    worker = worker_factory(settings.replace(test_load_delay=delay), wait=False)
+    wait_for(lambda: "delaying the model load" in worker.output(), 60, what="load started")
+    assert not worker.ready()
+    wait_for(worker.ready, delay + 60, interval=0.2, what="ready after the slow load")
+    output = worker.output()
+    assert output.count("Model loaded") == 1 and output.count("Warm-up forward pass") == 1
+    assert worker.proc.poll() is None and _children(worker.proc.pid) == []
+    info = json.loads(redis_client(settings.redis_url).get(WORKER_PREFIX + worker.hostname))
+    assert info["pid"] == worker.proc.pid  # the process that loaded is the one serving
+    assert queue.wait(queue.submit(TEXTS), 60).status == "succeeded"
