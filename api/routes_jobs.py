@@ -38,7 +38,7 @@ def read(job: Job) -> dict:
 
 def wait_seconds() -> float:
     raw = request.args.get("wait")
-    if raw is None or raw == "":
+    if raw is None:  # an empty ?wait= is not a number: 400, as the schema says
         return 0.0
     try:
         seconds = float(raw)

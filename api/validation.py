@@ -86,6 +86,8 @@ def texts_field(body: dict[str, Any], name: str, settings: Settings) -> list[str
 
 def limits(body: dict[str, Any], settings: Settings) -> tuple[int, bool]:
     max_length = body.get("max_length", settings.max_length)
+    if isinstance(max_length, float) and max_length.is_integer():
+        max_length = int(max_length)  # 140.0 is an integer to JSON Schema, as to most JSON encoders
     if isinstance(max_length, bool) or not isinstance(max_length, int):
         raise bad("max_length must be an integer")
     if not 1 <= max_length <= settings.max_length:
