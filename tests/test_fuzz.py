@@ -20,11 +20,20 @@ from bge_m3.workers import STATS_PREFIX
 from tests.stack_support import settings_for, start_api
 from tests.support import BIN
 
-MAX_EXAMPLES = 25
+MAX_EXAMPLES = 15
 """Generated cases per operation and phase (bounds the run with MAX_SECONDS)."""
 
-MAX_SECONDS = 120
+MAX_SECONDS = 60
 """schemathesis' own time budget for the whole run."""
+
+
+DECIDED = ("positive_data_acceptance", "use_after_free")
+"""Checks that contradict documented decisions (README, API section), not bugs:
+- positive_data_acceptance: a schema-valid body may still be refused with 400 when the schema
+  cannot say why: ``dimensions`` other than the serving model's (known only from the workers),
+  weights whose sum overflows to infinity, strings with lone surrogates (valid JSON, not Unicode);
+- use_after_free: DELETE cancels a job, it does not erase it; the job stays readable as
+  ``cancelled``."""
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +53,7 @@ def stack(base_settings, redis_server, tmp_path_factory):
 def test_schemathesis_finds_no_5xx_and_no_schema_violation(stack, tmp_path):
     _, api, _ = stack
     cmd = [str(BIN / "st"), "run", f"{api.url}/openapi.json", "--checks", "all",
+           "--exclude-checks", ",".join(DECIDED),
            "--max-examples", str(MAX_EXAMPLES), "--max-time", str(MAX_SECONDS), "--seed", "8",
            "--phases", "examples,coverage,fuzzing,stateful", "--request-timeout", "40",
            "--report", "junit", "--report-dir", str(tmp_path), "--no-color"]
@@ -147,6 +157,16 @@ def test_million_character_text_truncated_or_refused(stack):
         done = http_.get(f"/v1/jobs/{job['id']}", params={"wait": 30}).json()
         assert done["status"] == "failed" and done["error"]["code"] == "too_long"
         assert "text 1" in done["error"]["message"] and done.get("result") is None
+
+
+def test_schema_edge_cases_found_by_schemathesis(stack):
+    _, api, _ = stack
+    with api.client() as http_:
+        job = http_.post("/v1/jobs", json={"texts": ["a"], "max_length": 16.0})
+        assert job.status_code == 202  # 16.0 is an integer to JSON Schema
+        r = http_.get(f"/v1/jobs/{job.json()['id']}?wait=")
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request"
+        assert http_.post("/v1/jobs", json={"texts": ["a"], "max_length": 16.5}).status_code == 400
 
 
 BAD_IDS = [
