@@ -47,7 +47,6 @@ class BatchStats:
     tokens: int
     padded_tokens: int
     encode_ms: float
-    postprocess_ms: float
     jobs: int
 
 
@@ -159,17 +158,18 @@ class Batcher:
             self._run(batch[half:])
             return
         t1 = time.perf_counter()
-        for item, row in zip(batch, rows):
-            item.trace.passes.add(number)
-            item.future.set_result(row)
-        t2 = time.perf_counter()
         stats = BatchStats(number, len(batch), sum(len(p.ids) for p in batch),
-                           len(batch) * len(batch[0].ids), (t1 - t0) * 1000, (t2 - t1) * 1000,
+                           len(batch) * len(batch[0].ids), (t1 - t0) * 1000,
                            len({id(p.trace) for p in batch}))
-        log.debug("Batch: %s texts, %s tokens, encode %.0f ms, postprocess %.0f ms",
-                  f"{stats.texts:,}", f"{stats.tokens:,}", stats.encode_ms, stats.postprocess_ms)
-        if self.on_batch is not None:
+        if self.on_batch is not None:  # before the futures resolve: a finished job is counted
             try:
                 self.on_batch(stats)
             except Exception as exc:  # noqa: BLE001 - statistics must never stop serving
                 log.warning("batch statistics not recorded: %s", exc)
+        t2 = time.perf_counter()
+        for item, row in zip(batch, rows):
+            item.trace.passes.add(number)
+            item.future.set_result(row)
+        log.debug("Batch: %s texts, %s tokens, encode %.0f ms, postprocess %.0f ms",
+                  f"{stats.texts:,}", f"{stats.tokens:,}", stats.encode_ms,
+                  (time.perf_counter() - t2) * 1000)

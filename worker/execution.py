@@ -114,8 +114,8 @@ def execute(rt: Runtime, job_id: str) -> str:
     result = {"model": manifest.repo_id, "revision": manifest.revision,
               "dimension": rt.encoder.dimension, "items": items}
     stats = _stats(created, started, computed, tokens, trace)
+    rt.count(jobs=1, texts=len(texts))  # before the record turns terminal: readers see both
     outcome = rt.store.succeed(job_id, result, stats)
-    rt.count(jobs=1, texts=len(texts))
     log.info("Job %s: %d texts, %s tokens, %d forward passes, %.0f ms", job_id, len(texts),
              f"{tokens:,}", len(trace.passes), stats["total_ms"])
     return "succeeded" if outcome == "ok" else outcome
