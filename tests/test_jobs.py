@@ -1,0 +1,84 @@
+"""JobStore: the Redis contract between API and workers, against a real redis-server (db 1)."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from bge_m3 import codec
+from bge_m3.jobs import JobStore, job_key, new_job_id, result_key
+
+
+def store(redis_db) -> JobStore:
+    return JobStore(redis_db, ttl=60)
+
+
+def test_ids_are_128_bit_random():
+    ids = {new_job_id() for _ in range(1000)}
+    assert len(ids) == 1000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+
+
+def test_lifecycle_and_single_finish(redis_db):
+    jobs = store(redis_db)
+    job = jobs.create({"texts": ["a"], "modes": ["dense"]}, owner="o")
+    assert jobs.get(job.id).status == "queued" and 0 < redis_db.ttl(job_key(job.id)) <= 60
+    assert jobs.start(job.id, max_attempts=2, worker="w") == ("running", 1)
+    assert jobs.succeed(job.id, {"items": [1]}, stats={"tokens": 3}) == "ok"
+    # A redelivered duplicate can neither restart nor overwrite a finished job.
+    assert jobs.start(job.id, max_attempts=2)[0] == "succeeded"
+    assert jobs.fail(job.id, "x", "y") == "succeeded"
+    done = jobs.get(job.id)
+    assert (done.status, done.stats, done.error, done.owner) == ("succeeded", {"tokens": 3}, None, "o")
+    assert jobs.result(job.id) == {"items": [1]}
+
+
+def test_cancel_only_while_queued(redis_db):
+    jobs = store(redis_db)
+    queued, running = jobs.create({}), jobs.create({})
+    jobs.start(running.id, max_attempts=1)
+    assert jobs.cancel(queued.id) == "ok" and jobs.get(queued.id).status == "cancelled"
+    assert jobs.start(queued.id, max_attempts=1)[0] == "cancelled"
+    assert jobs.cancel(running.id) == "running"
+    assert jobs.cancel("0" * 32) == "missing"
+
+
+def test_poison_job_exhausts_its_attempts(redis_db):
+    jobs = store(redis_db)
+    job = jobs.create({})
+    assert [jobs.start(job.id, max_attempts=2)[0] for _ in range(3)] == ["running", "running", "exhausted"]
+
+
+def test_delete_leaves_no_orphan(redis_db):
+    jobs = store(redis_db)
+    job = jobs.create({})
+    jobs.delete(job.id)
+    assert jobs.get(job.id) is None and redis_db.keys("*") == []
+
+
+def test_wait_wakes_on_finish(redis_db):
+    jobs = store(redis_db)
+    job = jobs.create({})
+    threading.Timer(0.3, lambda: jobs.fail(job.id, "boom", "it failed")).start()
+    started = time.monotonic()
+    done = jobs.wait(job.id, timeout=20)
+    assert done.status == "failed" and done.error == {"code": "boom", "message": "it failed"}
+    assert time.monotonic() - started < 10, "wait did not wake on the event"
+    assert jobs.wait(job.id, timeout=5).status == "failed"
+    assert jobs.wait("f" * 32, timeout=1) is None
+
+
+def test_colbert_at_rest_is_compact(redis_db):
+    """float16 ColBERT vectors cost at most 2.1 bytes a value in Redis (issue target)."""
+    jobs = store(redis_db)
+    rows, dim = 300, 1024
+    items = []
+    for _ in range(2):
+        data = os.urandom(rows * dim * 2)
+        # random bytes can spell NaN/inf in float16; the size bound does not care
+        items.append({"tokens": rows + 1, "colbert": codec.pack(data, [rows, dim], "float16")})
+    job = jobs.create({})
+    jobs.start(job.id, max_attempts=1)
+    jobs.succeed(job.id, {"items": items})
+    stored = redis_db.strlen(result_key(job.id))
+    assert stored / (2 * rows * dim) <= 2.1
+    assert jobs.result(job.id)["items"] == items
