@@ -48,6 +48,10 @@ def result_out(result: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]
             "items": [item_out(item, params) for item in result.get("items", [])]}
 
 
+TIMINGS = ("queue_ms", "compute_ms", "total_ms")
+"""The worker's job timings surfaced on ``GET /v1/jobs/<id>`` (queue wait, model time, end to end)."""
+
+
 def total_tokens(job: Job, result: dict[str, Any] | None) -> int:
     if job.stats and isinstance(job.stats.get("tokens"), int):
         return job.stats["tokens"]
@@ -64,6 +68,9 @@ def job_out(job: Job, result: dict[str, Any] | None) -> dict[str, Any]:
     if job.status == "succeeded" and result is not None:
         body["result"] = result_out(result, job.params or {})
         body["usage"] = {"tokens": total_tokens(job, result)}
+    timings = {k: job.stats[k] for k in TIMINGS if isinstance((job.stats or {}).get(k), (int, float))}
+    if timings:
+        body["timings"] = timings
     if job.error:
         body["error"] = {"code": str(job.error.get("code", "failed")),
                          "message": str(job.error.get("message", ""))}

@@ -57,6 +57,9 @@ def test_job_polled_to_completion_all_modes(client, live_worker):
     colbert = first["colbert"]
     assert isinstance(colbert["data"], str) and colbert["shape"] == [first["tokens"] - 1, 32]
     assert done["usage"]["tokens"] == sum(item["tokens"] for item in result["items"])
+    timings = done["timings"]
+    assert set(timings) == {"queue_ms", "compute_ms", "total_ms"}
+    assert 0 <= timings["queue_ms"] <= timings["total_ms"] and 0 < timings["compute_ms"] <= timings["total_ms"]
 
 
 def test_encodings_agree(client, live_worker):

@@ -147,13 +147,9 @@ def items(job: dict) -> list[dict]:
 
 
 def latency_ms(job: dict) -> tuple[float, float, float]:
-    """Queue, compute and total time as the API reports them: the worker's timings when the job
-    body carries them, else the differences of the job's timestamps."""
-    timings = job.get("timings") or job.get("stats") or {}
-    created, started, finished = job["created_at"], job["started_at"], job["finished_at"]
-    return (timings.get("queue_ms", (started - created) * 1000),
-            timings.get("compute_ms", (finished - started) * 1000),
-            timings.get("total_ms", (finished - created) * 1000))
+    """Queue, compute and total time as the API reports them (the worker's timings)."""
+    timings = job["timings"]
+    return timings["queue_ms"], timings["compute_ms"], timings["total_ms"]
 
 
 def shown_ms(text: str) -> tuple[float, float]:

@@ -22,20 +22,17 @@ const KINDS = {
 
 let state = null; // {texts, items, matrices: {kind: number[][]}, active}
 
-function pick(job, names) {
-  const places = [job, job.timings, job.stats, job.stats && job.stats.timings, job.usage, job.result && job.result.usage];
-  for (const place of places) {
-    if (!place || typeof place !== "object") continue;
-    for (const n of names) if (typeof place[n] === "number") return place[n];
-  }
-  return null;
+// The worker's own timings (GET /v1/jobs/<id> "timings"); timestamps are the fallback.
+function timing(job, name) {
+  const value = job.timings && job.timings[name];
+  return typeof value === "number" ? value : null;
 }
 
 function latency(job) {
   const created = epochMs(job.created_at), started = epochMs(job.started_at), finished = epochMs(job.finished_at);
-  let queue = pick(job, ["queue_ms"]);
-  let compute = pick(job, ["compute_ms"]);
-  let total = pick(job, ["total_ms"]);
+  let queue = timing(job, "queue_ms");
+  let compute = timing(job, "compute_ms");
+  let total = timing(job, "total_ms");
   if (queue == null && created != null && started != null) queue = started - created;
   if (compute == null && started != null && finished != null) compute = finished - started;
   if (total == null && created != null && finished != null) total = finished - created;
@@ -151,13 +148,9 @@ function renderColbert(colbert) {
   $("#colbert-table tbody").replaceChildren(...rows);
 }
 
-function totalTokens(job, colbert) {
-  const given = pick(job, ["tokens", "total_tokens", "prompt_tokens"]);
-  if (given != null) return given;
-  const perItem = state.items.map((it) => it.tokens);
-  if (perItem.every((t) => typeof t === "number")) return perItem.reduce((a, b) => a + b, 0);
-  if (colbert.every(Boolean)) return colbert.reduce((a, v) => a + v.length + 1, 0);
-  return null;
+function totalTokens(job) {
+  const tokens = job.usage && job.usage.tokens;
+  return typeof tokens === "number" ? tokens : null;
 }
 
 function renderFacts(job, dense, colbert) {
@@ -165,7 +158,7 @@ function renderFacts(job, dense, colbert) {
   const given = job.result && typeof job.result.dimension === "number" ? job.result.dimension : null;
   const dim = dense.every(Boolean) && dense.length ? dense[0].length : given != null ? given
     : colbert.every(Boolean) && colbert[0].length ? colbert[0][0].length : null;
-  const tokens = totalTokens(job, colbert);
+  const tokens = totalTokens(job);
   $("#f-texts").textContent = String(state.texts.length);
   $("#f-dim").textContent = dim == null ? "—" : String(dim);
   $("#f-tokens").textContent = tokens == null ? "—" : String(tokens);
