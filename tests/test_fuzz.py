@@ -57,7 +57,8 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(stack, tmp_path):
            "--max-examples", str(MAX_EXAMPLES), "--max-time", str(MAX_SECONDS), "--seed", "8",
            "--phases", "examples,coverage,fuzzing,stateful", "--request-timeout", "40",
            "--report", "junit", "--report-dir", str(tmp_path), "--no-color"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=MAX_SECONDS + 120)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=MAX_SECONDS + 120,
+                          cwd=tmp_path)  # its .schemathesis cache stays out of the checkout
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-6000:]
     assert "unhandled error" not in api.output() and "Traceback" not in api.output()
