@@ -13,8 +13,13 @@ MESSAGES = {400: "Malformed JSON, wrong types, empty texts, unknown mode or fiel
             422: "A text is longer than max_length and truncate is false",
             429: "More queued jobs than BGE_M3_MAX_QUEUED", 500: "The worker failed the job",
             503: "Redis down, queue unreachable, or (sync routes) no ready worker",
-            504: "The job did not finish within BGE_M3_SYNC_TIMEOUT; poll it by id"}
+            504: "The job did not finish within BGE_M3_SYNC_TIMEOUT; poll it by id",
+            414: "Request line too long (refused by the HTTP server, as JSON)",
+            431: "Headers too large (refused by the HTTP server, as JSON)"}
 """Documented meaning of each error status."""
+
+SERVER_ERRORS = (414, 431)
+"""Statuses gunicorn itself answers on any route, before the app runs (see api/server_errors.py)."""
 
 RETRY_AFTER = {"Retry-After": {"schema": {"type": "string"}, "description": "seconds"}}
 LOCATION = {"Location": {"schema": {"type": "string"}, "required": True}}
@@ -42,7 +47,7 @@ def _op(summary: str, responses: dict[int, dict], errors: tuple[int, ...], *, bo
     op: dict[str, Any] = {"summary": summary, "responses": {str(k): v for k, v in responses.items()}}
     if op_id:
         op["operationId"] = op_id
-    for status in (*errors, *((401,) if secured else ())):
+    for status in (*errors, *((401,) if secured else ()), *SERVER_ERRORS):
         op["responses"][str(status)] = _error(status, shape)
     if body:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref(body)}}}

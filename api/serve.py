@@ -16,6 +16,9 @@ DEFAULT_WORKERS = 1
 DEFAULT_THREADS = 32
 """Threads per process = requests in flight at once (each long-poll or sync call holds one)."""
 
+MAX_REQUEST_LINE = 8190
+"""Bytes of the HTTP request line gunicorn accepts (its maximum; past it: 414 JSON)."""
+
 GRACE_SECONDS = 30
 """How long in-flight requests get to finish on SIGTERM."""
 
@@ -43,6 +46,9 @@ def options(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         "timeout": int(settings.sync_timeout) + GRACE_SECONDS,
         "graceful_timeout": GRACE_SECONDS,
         "keepalive": 5,
+        # gunicorn's largest request line (its default is 4094): long ?wait= query strings and
+        # ids stay the app's to judge (JSON 400/404); beyond this gunicorn answers 414, as JSON.
+        "limit_request_line": MAX_REQUEST_LINE,
         "loglevel": settings.log_level.lower(),
         "errorlog": "-",
         # gunicorn >= 24 opens a control socket at one fixed path per user by default; several
@@ -58,8 +64,10 @@ def options(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     from gunicorn.app.base import BaseApplication
 
+    from api import server_errors
     from api.app import create_app
 
+    server_errors.install()
     args = parse(list(argv or []))
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level.upper(),

@@ -206,3 +206,18 @@ def test_dot_segments_do_not_escape_the_job_route(stack):
     assert (status, "openapi" in answer) in ((200, True), (404, False)), answer
     status, _, answer = raw(api.url, "GET", "/v1/jobs/..")
     assert status == 404 and answer["error"]["code"] == "job_not_found"
+
+
+def test_errors_from_the_http_server_itself_are_json(stack):
+    """gunicorn answers an over-long request line (414) and huge headers (431) before Flask runs;
+    those answers are JSON too, and documented in /openapi.json."""
+    _, api, _ = stack
+    long_line = raw(api.url, "GET", "/v1/jobs/" + "a" * 32 + "?wait=" + "1" * 9000)
+    big_header = raw(api.url, "GET", "/healthz", headers={"X-Filler": "x" * 9000})
+    for (status, headers, body), expected in ((long_line, 414), (big_header, 431)):
+        assert status == expected
+        assert headers["Content-Type"].startswith("application/json")
+        error = body["error"]  # raw() parses JSON: an HTML page would fail here
+        assert error["code"] in ("uri_too_long", "headers_too_large") and error["message"]
+    doc = raw(api.url, "GET", "/openapi.json")[2]
+    assert {"414", "431"} <= set(doc["paths"]["/v1/jobs/{job_id}"]["get"]["responses"])
