@@ -43,7 +43,7 @@ class Settings:
     # Worker
     max_batch_tokens: int = 16384
     max_length: int = 8192
-    batch_wait_ms: float = 2.0
+    batch_wait_ms: float = 0.0
     worker_threads: int = 32
     result_ttl: int = 24 * 3600
     colbert_dtype: str = "float16"
