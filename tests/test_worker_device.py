@@ -1,0 +1,63 @@
+"""Device choice, and the CUDA path itself.
+
+No GPU exists on this machine or in CI, so the choice logic is tested against a stand-in for
+``torch.cuda`` (the only mock: a GPU), and the real CUDA comparison is a ``gpu`` test, skipped
+only when no CUDA device exists.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from worker.device import choose
+
+
+def fake_torch(gpus: int):
+    """Stands in for a machine with ``gpus`` CUDA devices (none exist here)."""
+    cuda = SimpleNamespace(is_available=lambda: gpus > 0,
+                           get_device_name=lambda i: f"Fake GPU {i}" if i < gpus else 1 / 0)
+    return SimpleNamespace(cuda=cuda)
+
+
+def test_auto_without_cuda_is_cpu_fp32():
+    placement = choose("auto", fake_torch(0))
+    assert (placement.device, placement.dtype_name, placement.label) == ("cpu", "float32", "FP32")
+
+
+def test_auto_with_cuda_is_first_gpu_fp16():
+    placement = choose("auto", fake_torch(2))
+    assert (placement.device, placement.dtype_name) == ("cuda:0", "float16")
+    assert placement.description == "cuda:0 (Fake GPU 0)"
+
+
+def test_explicit_cpu_wins_over_a_gpu_and_explicit_index_is_kept():
+    assert choose("cpu", fake_torch(1)).device == "cpu"
+    assert choose("cuda:1", fake_torch(2)).description == "cuda:1 (Fake GPU 1)"
+
+
+def test_cuda_requested_without_cuda_refuses():
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        choose("cuda", fake_torch(0))
+
+
+@pytest.mark.gpu
+def test_cuda_fp16_matches_cpu_fp32(tiny_model):
+    import numpy as np
+    import torch
+
+    from worker.encoder import Encoder
+    from worker.model import M3Model
+
+    texts = ["今天天气真好", "the quick brown fox jumps over the lazy dog " * 20, ""]
+    want = frozenset({"dense", "sparse", "colbert"})
+    outputs = {}
+    for device in ("cpu", "cuda"):
+        model = M3Model(tiny_model.dir, choose(device, torch))
+        encoder = Encoder(model, colbert_dtype="float32")
+        rows = encoder.tokenize(texts, 512, True)
+        outputs[device] = encoder.run_batch(rows, [want] * len(rows))
+    for cpu, gpu in zip(outputs["cpu"], outputs["cuda"]):
+        assert np.allclose(cpu.dense, gpu.dense, atol=2e-2)
+        assert np.allclose(cpu.weights, gpu.weights, atol=5e-2)
+        assert np.allclose(cpu.colbert, gpu.colbert, atol=2e-2)
