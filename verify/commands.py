@@ -100,15 +100,16 @@ def download_main(argv: list[str]) -> int:
     try:
         report = ensure_model(settings.model_dir, manifest, settings.endpoints,
                               token=settings.hf_token, log=log)
-    except DownloadError as exc:
-        print(f"bge-m3 download: {exc}", file=sys.stderr)
-        return EXIT_DOWNLOAD
-    except OSError as exc:
-        print(f"bge-m3 download: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    except (DownloadError, OSError) as exc:
+        return _failed("download", exc, EXIT_DOWNLOAD if isinstance(exc, DownloadError) else EXIT_FAILED)
     print(f"verified {len(report.files)} files of {manifest.repo_id}@{manifest.revision} "
           f"in {settings.model_dir} (manifest {report.manifest_digest[:12]})")
     return EXIT_OK
+
+
+def _failed(command: str, exc: Exception, code: int) -> int:
+    print(f"bge-m3 {command}: {exc}", file=sys.stderr)
+    return code
 
 
 def manifest_main(argv: list[str]) -> int:
@@ -140,12 +141,8 @@ def manifest_main(argv: list[str]) -> int:
         else:
             manifest = build_manifest(args.dir, repo_id=args.repo_id, revision=args.revision)
         text = dump_manifest(manifest)
-    except ManifestError as exc:
-        print(f"bge-m3 manifest: {exc}", file=sys.stderr)
-        return EXIT_BAD_MANIFEST
     except VerifyError as exc:
-        print(f"bge-m3 manifest: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return _failed("manifest", exc, EXIT_BAD_MANIFEST if isinstance(exc, ManifestError) else EXIT_FAILED)
     if args.output:
         args.output.write_text(text, encoding="utf-8")
     else:
