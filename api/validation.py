@@ -157,7 +157,9 @@ def embeddings_request(body: dict[str, Any],
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad("model must be a string, e.g. \"bge-m3\"")
-    encoding = body.get("encoding_format") or "float"  # OpenAI clients may send null: the default
+    encoding = body.get("encoding_format")
+    if encoding is None:  # OpenAI clients may send null: the default
+        encoding = "float"
     if encoding not in ENCODINGS:
         raise bad("encoding_format must be float or base64")
     dimensions = body.get("dimensions")

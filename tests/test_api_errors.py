@@ -45,6 +45,8 @@ def test_bad_bodies_are_400(client, path, body, code):
 
 @pytest.mark.parametrize("body", [b"{}", b'{"input": []}', b'{"input": [1, 2]}', b'{"input": "a"}',
                                   b'{"input": "a", "model": "m", "encoding_format": "hex"}',
+                                  b'{"input": "a", "model": "m", "encoding_format": false}',
+                                  b'{"input": "a", "model": "m", "encoding_format": ""}',
                                   b'{"input": "a", "model": "m", "dimensions": 0}', b"nope"])
 def test_openai_errors_have_openai_shape(client, body):
     r = client.post("/v1/embeddings", data=body, content_type="application/json")
