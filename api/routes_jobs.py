@@ -65,7 +65,7 @@ def get_job(job_id: str):
     seconds = wait_seconds()
     job = state.backend.visible(job_id, owner())
     if seconds > 0 and job.status not in TERMINAL:
-        job = state.backend.wait(job_id, seconds)
+        job = state.backend.store.wait(job_id, seconds)
         if job is None:
             raise ApiError(404, "job_not_found", f"job {job_id} expired while waiting")
     return read(job)

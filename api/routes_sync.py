@@ -35,7 +35,7 @@ def run(params: dict[str, Any], workers: list[dict[str, Any]] | None = None) -> 
     if workers is None:
         state.backend.require_worker()
     job = state.backend.submit(params, owner())
-    done = state.backend.wait(job.id, state.settings.sync_timeout)
+    done = state.backend.store.wait(job.id, state.settings.sync_timeout)
     if done is None:
         raise ApiError(500, "job_lost", f"job {job.id} disappeared before it finished")
     if done.status in ("queued", "running"):

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from api.errors import ApiError
-from bge_m3.jobs import MAX_WAIT_SECONDS, TERMINAL, Job, JobStore, job_key
+from bge_m3.jobs import Job, JobStore, job_key
 from bge_m3.queue import QUEUE_NAME, TASK_NAME, make_celery, queue_depth, redis_client
 from bge_m3.settings import Settings
 from bge_m3.workers import ready_workers
@@ -85,17 +85,6 @@ class Backend:
         job = self.store.get(job_id) if _plausible_id(job_id) else None
         if job is None or job.owner != owner:
             raise ApiError(404, "job_not_found", f"no job {job_id} (unknown, expired or not yours)")
-        return job
-
-    def wait(self, job_id: str, seconds: float) -> Job | None:
-        """Block until the job is terminal or ``seconds`` pass (chunks of MAX_WAIT_SECONDS)."""
-        deadline = time.monotonic() + seconds
-        job = self.store.get(job_id)
-        while job is not None and job.status not in TERMINAL:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            job = self.store.wait(job_id, min(left, MAX_WAIT_SECONDS))
         return job
 
     def first_observation(self, job: Job) -> bool:

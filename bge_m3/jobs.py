@@ -182,8 +182,9 @@ class JobStore:
         return self._cancel(keys=[job_key(job_id), events_key(job_id)], args=[repr(time.time())])
 
     def wait(self, job_id: str, timeout: float) -> Job | None:
-        """Block until the job is terminal or ``timeout`` passes; event-driven via pub/sub."""
-        timeout = max(0.0, min(timeout, MAX_WAIT_SECONDS))
+        """Block until the job is terminal or ``timeout`` passes; event-driven via pub/sub.
+        Callers bound ``timeout`` (the API caps a long-poll at MAX_WAIT_SECONDS)."""
+        timeout = max(0.0, timeout)
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(events_key(job_id))  # subscribe first, then read: no lost wake-up

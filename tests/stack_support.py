@@ -13,17 +13,6 @@ from bge_m3 import codec
 from bge_m3.settings import Settings
 from tests.support import BGE_M3, free_port, wait_for, worker_env
 
-FAULT_DBS = {"faults": 5, "load": 6, "fuzz": 7, "security": 8, "faults-api": 9}
-"""Private Redis databases of these suites (0-4 and 10-13 belong to the API and worker tests)."""
-
-
-def settings_for(base: Settings, redis_server: Any, name: str, **changes: Any) -> Settings:
-    """``base`` moved to this suite's own (flushed) database."""
-    db = FAULT_DBS[name]
-    redis_server.client(db).flushdb()
-    return base.replace(redis_url=redis_server.url(db), **changes)
-
-
 @dataclass
 class ApiServer:
     proc: subprocess.Popen

@@ -107,6 +107,19 @@ class WorkerProcess:
         return self.proc.returncode
 
 
+SUITE_DBS = {"faults": 5, "load": 6, "fuzz": 7, "security": 8, "faults-api": 9,
+             "parity": 10, "gate": 11, "batching": 12, "kill": 13}
+"""Private Redis databases of suites that run their own workers (0 is the shared live worker's,
+1 the flushed unit-test database, 2-4 the API tests')."""
+
+
+def settings_on_db(base: Settings, redis_server: RedisServer, name: str, **changes) -> Settings:
+    """``base`` moved to the suite's own database (flushed), so no other worker takes its jobs."""
+    db = SUITE_DBS[name]
+    redis_server.client(db).flushdb()
+    return base.replace(redis_url=redis_server.url(db), **changes)
+
+
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BGE_M3_")}
     env.update(settings.env())

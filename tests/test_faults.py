@@ -21,8 +21,8 @@ import pytest
 from bge_m3.jobs import job_key
 from bge_m3.queue import QUEUE_NAME, redis_client, restore_interval
 from bge_m3.workers import WORKER_PREFIX
-from tests.stack_support import Reference, same_item, settings_for, start_api
-from tests.support import RedisServer, wait_for
+from tests.stack_support import Reference, same_item, start_api
+from tests.support import RedisServer, settings_on_db, wait_for
 from tests.worker_support import Queue
 
 pytestmark = pytest.mark.slow
@@ -49,7 +49,7 @@ def reference(tiny_model):
 @pytest.fixture
 def faulty(base_settings, redis_server):
     """Settings on the suite's own database, test faults on, short visibility and time limits."""
-    settings = settings_for(base_settings, redis_server, "faults", visibility_timeout=VISIBILITY,
+    settings = settings_on_db(base_settings, redis_server, "faults", visibility_timeout=VISIBILITY,
                             time_limit=TIME_LIMIT, test_faults=True, worker_threads=4, max_retries=1)
     queue = Queue(settings)
     yield settings, queue
@@ -278,7 +278,7 @@ def test_8_tampered_model_restarting_worker_refuses_running_one_serves(
         tiny_model, base_settings, redis_server, worker_factory, tmp_path, reference):
     model = tmp_path / "model-copy"
     shutil.copytree(tiny_model.dir, model)  # never the session fixture's folder
-    settings = settings_for(base_settings, redis_server, "faults-api", model_dir=model)
+    settings = settings_on_db(base_settings, redis_server, "faults-api", model_dir=model)
     queue = Queue(settings)
     running = worker_factory(settings)
     api = start_api(settings, tmp_path)

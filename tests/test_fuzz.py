@@ -17,8 +17,8 @@ import pytest
 from bge_m3.jobs import PREFIX
 from bge_m3.queue import QUEUE_NAME, redis_client
 from bge_m3.workers import STATS_PREFIX
-from tests.stack_support import settings_for, start_api
-from tests.support import BIN, wait_for
+from tests.stack_support import start_api
+from tests.support import BIN, settings_on_db, wait_for
 
 MAX_EXAMPLES = 15
 """Generated cases per operation and phase (bounds the run with MAX_SECONDS)."""
@@ -41,7 +41,7 @@ def stack(base_settings, redis_server, tmp_path_factory):
     from tests.support import spawn_worker
 
     folder = tmp_path_factory.mktemp("fuzz")
-    settings = settings_for(base_settings, redis_server, "fuzz", sync_timeout=20.0)
+    settings = settings_on_db(base_settings, redis_server, "fuzz", sync_timeout=20.0)
     worker = spawn_worker(settings, folder)
     api = start_api(settings, folder)
     yield settings, api, worker

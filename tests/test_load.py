@@ -10,7 +10,8 @@ import pytest
 
 from bench.load_bench import check, job_specs, report, run_load, text_pool
 from bge_m3.jobs import PREFIX
-from tests.stack_support import Reference, settings_for, start_api
+from tests.stack_support import Reference, start_api
+from tests.support import settings_on_db
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +31,7 @@ def workload(tiny_model):
 def test_load_every_job_once_and_correct(workers, workload, base_settings, redis_server,
                                          worker_factory, tmp_path):
     pool, reference, specs = workload
-    settings = settings_for(base_settings, redis_server, "load", max_queued=JOBS + 1)
+    settings = settings_on_db(base_settings, redis_server, "load", max_queued=JOBS + 1)
     started = [worker_factory(settings) for _ in range(workers)]
     api = start_api(settings, tmp_path, threads=CLIENTS + 8)
     try:

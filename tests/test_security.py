@@ -13,8 +13,8 @@ from api import create_app
 from bge_m3.jobs import JobStore
 from bge_m3.queue import QUEUE_NAME, TASK_NAME, celery_config, make_celery, redis_client
 from bge_m3.settings import Settings, redact_url
-from tests.stack_support import settings_for, start_api
-from tests.support import RedisServer
+from tests.stack_support import start_api
+from tests.support import RedisServer, settings_on_db
 from tests.worker_support import Queue
 
 KEYS = ("key-alpha-0123456789", "key-bravo-9876543210")
@@ -35,7 +35,7 @@ def concrete(rule) -> str:
 
 
 def test_no_route_but_the_probes_answers_without_a_key(base_settings, redis_server):
-    settings = settings_for(base_settings, redis_server, "security", api_keys=KEYS)
+    settings = settings_on_db(base_settings, redis_server, "security", api_keys=KEYS)
     app = create_app(settings)
     client = app.test_client()
     opened, checked = set(), 0
@@ -63,7 +63,7 @@ def test_no_route_but_the_probes_answers_without_a_key(base_settings, redis_serv
 
 def test_one_key_cannot_read_cancel_or_list_another_keys_jobs(base_settings, redis_server,
                                                               worker_factory, tmp_path):
-    settings = settings_for(base_settings, redis_server, "security", api_keys=KEYS)
+    settings = settings_on_db(base_settings, redis_server, "security", api_keys=KEYS)
     worker_factory(settings)
     api = start_api(settings, tmp_path, access_log=True)
     a = {"Authorization": f"Bearer {KEYS[0]}"}
@@ -85,7 +85,7 @@ def test_one_key_cannot_read_cancel_or_list_another_keys_jobs(base_settings, red
 
 
 def test_cancel_by_another_key_is_404_and_the_job_stays_queued(base_settings, redis_server, tmp_path):
-    settings = settings_for(base_settings, redis_server, "security", api_keys=KEYS)  # no worker here
+    settings = settings_on_db(base_settings, redis_server, "security", api_keys=KEYS)  # no worker here
     api = start_api(settings, tmp_path)
     a = {"Authorization": f"Bearer {KEYS[0]}"}
     b = {"Authorization": f"Bearer {KEYS[1]}"}
@@ -165,7 +165,7 @@ class Tripwire:
 
 def test_pickled_message_is_refused_and_never_executed(base_settings, redis_server, worker_factory,
                                                        tmp_path):
-    settings = settings_for(base_settings, redis_server, "security")
+    settings = settings_on_db(base_settings, redis_server, "security")
     worker = worker_factory(settings)
     queue = Queue(settings)
     marker = tmp_path / "pwned"

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.support import spawn_worker
-from tests.worker_support import Queue, dense, settings_on_db
+from tests.support import settings_on_db, spawn_worker
+from tests.worker_support import Queue, dense
 
 BATCH_TOKENS = 2048
 

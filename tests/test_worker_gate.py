@@ -10,8 +10,8 @@ import uuid
 from pathlib import Path
 
 from bge_m3.queue import QUEUE_NAME
-from tests.support import BIN, spawn_worker, worker_env
-from tests.worker_support import Queue, settings_on_db
+from tests.support import BIN, settings_on_db, spawn_worker, worker_env
+from tests.worker_support import Queue
 
 REFUSED = 3  # worker.gate.EXIT_REFUSED
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.worker_support import Queue, colbert, dense, settings_on_db
+from tests.support import settings_on_db
+from tests.worker_support import Queue, colbert, dense
 
 MAX_LENGTH = 48
 TEXTS = [

@@ -7,8 +7,8 @@ import signal
 
 import numpy as np
 
-from tests.support import spawn_worker, wait_for
-from tests.worker_support import Queue, settings_on_db
+from tests.support import settings_on_db, spawn_worker, wait_for
+from tests.worker_support import Queue
 
 VISIBILITY = 8
 """Seconds before the dead worker's message is restored (the worker sweeps every 2 s then)."""

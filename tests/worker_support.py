@@ -8,17 +8,6 @@ from bge_m3.jobs import JobStore
 from bge_m3.queue import TASK_NAME, make_celery, redis_client
 from bge_m3.settings import Settings
 
-WORKER_DBS = {"parity": 10, "gate": 11, "batching": 12, "kill": 13}
-"""Private Redis databases of the worker tests, apart from the shared live worker's database 0."""
-
-
-def settings_on_db(base: Settings, redis_server: Any, name: str, **changes: Any) -> Settings:
-    """``base`` moved to this test's own database (flushed), so no other worker takes its jobs."""
-    db = WORKER_DBS[name]
-    redis_server.client(db).flushdb()
-    return base.replace(redis_url=redis_server.url(db), **changes)
-
-
 class Queue:
     """Create job records and send their messages exactly as the API does."""
 
@@ -36,16 +25,8 @@ class Queue:
         return job.id
 
     def wait(self, job_id: str, timeout: float = 60.0):
-        """Block (pub/sub, in long-poll slices) until the job is terminal."""
-        import time
-
-        deadline = time.monotonic() + timeout
-        while True:
-            job = self.store.wait(job_id, max(0.0, deadline - time.monotonic()))
-            if job is None or job.status in {"succeeded", "failed", "cancelled"}:
-                return job
-            if time.monotonic() >= deadline:
-                return job
+        """Block (pub/sub) until the job is terminal or ``timeout`` passes."""
+        return self.store.wait(job_id, timeout)
 
     def stats(self, hostname: str) -> dict[str, int]:
         from bge_m3.workers import STATS_PREFIX
