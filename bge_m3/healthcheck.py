@@ -17,9 +17,9 @@ TIMEOUT = 5.0
 """Seconds one check may take (compose's own healthcheck timeout should be above it)."""
 
 
-def http_ok(url: str) -> bool:
+def http_ok(url: str, timeout: float = TIMEOUT) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.status == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Callable
 
+from bge_m3.healthcheck import http_ok
 from bge_m3.queue import redis_client
 from bge_m3.workers import WORKER_PREFIX
 
@@ -37,16 +36,6 @@ def probe_host(host: str) -> str:
     if host in ("::", "[::]"):
         return "[::1]"
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
-
-
-def readyz_status(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT) as response:
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except (OSError, ValueError):
-        return None
 
 
 def _tail(path: Path, lines: int = 5) -> str:
@@ -81,7 +70,7 @@ def wait_until_ready(supervisor, redis_url: str, hostnames: list[str], readyz_ur
                 waiting_for = f"{len(missing)} worker(s) to verify, load and warm up the model"
             else:
                 waiting_for = "GET /readyz to answer 200"
-                if readyz_status(readyz_url) == 200:
+                if http_ok(readyz_url, HTTP_TIMEOUT):
                     return True
             if time.monotonic() > deadline:
                 raise StartProblem(f"not ready after {timeout:.0f}s, still waiting for "
