@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/worker_bench.py                     # tiny model, built in a temp folder
     .venv/bin/python bench/worker_bench.py --full /tmp/full    # plus a `bge-m3 tiny-model --full` folder
+    python bench/worker_bench.py --skip-tiny --full /tmp/full --device cuda --mfu   # on a GPU
 
 For each model: a private redis-server and a real `bge-m3 worker` subprocess serve
   1. one bulk job (dense + sparse + ColBERT): tokens/s from submit to stored result,
@@ -9,6 +10,9 @@ For each model: a private redis-server and a real `bge-m3 worker` subprocess ser
      forward over the same token-budget batches (no heads, no postprocess, no Redis);
   2. 64 concurrent one-text jobs, against one BGEM3FlagModel.encode call per job.
 Baselines run in this process while the worker idles, so they never share the CPU.
+With ``--device cuda`` the worker and both baselines run on the GPU (fp16, FlagEmbedding's
+own ``use_fp16``); ``--mfu`` adds 512-token inputs: tokens/s and MFU (``bench/flops.py``)
+for dense-only and all-three-output jobs, against a bare forward at the same shapes.
 """
 from __future__ import annotations
 
@@ -28,6 +32,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from bge_m3.settings import Settings  # noqa: E402
 from tests.support import RedisServer, spawn_worker  # noqa: E402
 from tests.worker_support import Queue  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from flops import flops_per_token, mfu, peak_tflops  # noqa: E402
 
 MODES = ("dense", "sparse", "colbert")
 WORDS = ("embedding vector search retrieval model dense sparse colbert hybrid score query document "
@@ -54,25 +61,58 @@ def timed(fn, repeat: int) -> float:
     return best
 
 
+def sync(device: str) -> None:
+    if device != "cpu":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def bare_forward(backbone, pad_id: int, rows: list[list[int]], budget: int, device: str):
+    """A callable running the bare transformer over exactly the batches the worker builds."""
+    import torch
+
+    from worker.batcher import JobTrace, Pending, plan_batches
+
+    tensors = []
+    for batch in plan_batches([Pending(r, frozenset(), None, JobTrace()) for r in rows], budget):
+        width = len(batch[0].ids)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, p in enumerate(batch):
+            ids[i, :len(p.ids)] = torch.tensor(p.ids)
+            mask[i, :len(p.ids)] = 1
+        tensors.append((ids.to(device), mask.to(device)))
+
+    def run():
+        with torch.inference_mode():
+            for ids, mask in tensors:
+                backbone(input_ids=ids, attention_mask=mask)
+        sync(device)
+    return run
+
+
 def bench_model(name: str, model_dir: Path, manifest: Path, args, work: Path) -> dict:
     import torch
     from FlagEmbedding import BGEM3FlagModel
 
-    from worker.batcher import JobTrace, Pending, plan_batches
-
     redis = RedisServer(work / f"redis-{name}")
+    overrides = {"max_batch_tokens": args.max_batch_tokens} if args.max_batch_tokens else {}
     settings = Settings.from_env({}, redis_url=redis.url(0), model_dir=model_dir, manifest=manifest,
-                                 device="cpu", auto_download=False, max_texts=100_000,
-                                 endpoints=("http://127.0.0.1:9",))
+                                 device=args.device, auto_download=False, max_texts=100_000,
+                                 log_level=args.log_level, endpoints=("http://127.0.0.1:9",),
+                                 **overrides)
     worker = spawn_worker(settings, work, timeout=600)
     queue = Queue(settings)
     texts = make_texts(args.texts, args.min_words, args.max_words)
     singles = make_texts(64, 8, 24, seed=1)
+    long_texts = make_texts(args.mfu_texts, 700, 800, seed=2) if args.mfu else []
+    service: dict[str, float] = {}
     try:
-        def service_bulk():
-            job = queue.wait(queue.submit(texts, MODES, max_length=args.max_length), 3600)
+        def bulk(batch: list[str], modes: tuple[str, ...], key: str) -> None:
+            job = queue.wait(queue.submit(batch, modes, max_length=args.max_length), 3600)
             assert job.status == "succeeded", job.error
-            service_bulk.tokens = job.stats["tokens"]
+            service[key] = job.stats["tokens"]
 
         def service_small():
             ids = [queue.submit([t], MODES, max_length=args.max_length) for t in singles]
@@ -80,46 +120,41 @@ def bench_model(name: str, model_dir: Path, manifest: Path, args, work: Path) ->
                 assert queue.wait(job_id, 600).status == "succeeded"
 
         before = queue.stats(worker.hostname)
-        t_service = timed(service_bulk, args.repeat)
+        t_service = timed(lambda: bulk(texts, MODES, "bulk"), args.repeat)
         t_small = timed(service_small, args.repeat)
         after = queue.stats(worker.hostname)
         passes = after["forward_passes"] - before.get("forward_passes", 0)
+        if args.mfu:  # 512-token inputs: the MFU figure, with and without the big ColBERT output
+            t_mfu = {key: timed(lambda m=modes, k=key, n=count: bulk(long_texts[:n], m, k), args.repeat)
+                     for key, modes, count in (("dense", ("dense",), len(long_texts)),
+                                               ("all", MODES, args.mfu_colbert_texts))}
     finally:
         queue.close()
         worker.stop()
+        if args.keep_logs:
+            args.keep_logs.mkdir(parents=True, exist_ok=True)
+            (args.keep_logs / f"worker-{name.split()[0]}.log").write_text(worker.output())
         redis.stop()
 
-    ref = BGEM3FlagModel(str(model_dir), use_fp16=False, devices="cpu")
+    cuda = args.device != "cpu"
+    ref = BGEM3FlagModel(str(model_dir), use_fp16=cuda, devices="cuda:0" if args.device == "cuda"
+                         else args.device)
     encode = lambda batch: ref.encode(batch, return_dense=True, return_sparse=True,  # noqa: E731
                                       return_colbert_vecs=True, max_length=args.max_length)
-    t_flag = timed(lambda: encode(texts), args.repeat)
+    t_flag = timed(lambda: (encode(texts), sync(args.device)), args.repeat)
     t_flag_small = timed(lambda: [encode([t]) for t in singles], args.repeat)
 
-    # The bare forward over exactly the batches the worker builds (same budget, same sorting).
     tok = ref.tokenizer
-    rows = [tok(t, truncation=True, max_length=args.max_length)["input_ids"] for t in texts]
-    batches = plan_batches([Pending(r, frozenset(), None, JobTrace()) for r in rows],
-                           settings.max_batch_tokens)
     backbone = ref.model.model.eval()
-    tensors = []
-    for batch in batches:
-        width = len(batch[0].ids)
-        ids = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, p in enumerate(batch):
-            ids[i, :len(p.ids)] = torch.tensor(p.ids)
-            mask[i, :len(p.ids)] = 1
-        tensors.append((ids, mask))
-
-    def raw():
-        with torch.inference_mode():
-            for ids, mask in tensors:
-                backbone(input_ids=ids, attention_mask=mask)
-
-    t_raw = timed(raw, args.repeat)
-    tokens = service_bulk.tokens
-    return {
-        "model": name, "texts": len(texts), "tokens": tokens, "max_length": args.max_length,
+    device = str(next(backbone.parameters()).device)
+    tokenize = lambda batch: [tok(t, truncation=True, max_length=args.max_length)["input_ids"]  # noqa: E731
+                              for t in batch]
+    t_raw = timed(bare_forward(backbone, tok.pad_token_id, tokenize(texts), settings.max_batch_tokens,
+                               device), args.repeat)
+    tokens = service["bulk"]
+    row = {
+        "model": name, "device": args.device, "device_name": device_name(args.device),
+        "texts": len(texts), "tokens": tokens, "max_length": args.max_length,
         "max_batch_tokens": settings.max_batch_tokens, "torch_threads": torch.get_num_threads(),
         "service_tokens_per_s": tokens / t_service, "flag_tokens_per_s": tokens / t_flag,
         "raw_forward_tokens_per_s": tokens / t_raw,
@@ -128,6 +163,31 @@ def bench_model(name: str, model_dir: Path, manifest: Path, args, work: Path) ->
         "small_jobs_vs_flag": t_flag_small / t_small,
         "forward_passes_per_run": passes / (args.repeat + 1) if passes else None,
     }
+    if args.mfu:
+        rows = tokenize(long_texts)
+        t_raw_long = timed(bare_forward(backbone, tok.pad_token_id, rows, settings.max_batch_tokens,
+                                        device), args.repeat)
+        cfg = backbone.config
+        per_token = flops_per_token(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size,
+                                    max(len(r) for r in rows))
+        peak = args.peak_tflops or peak_tflops(row["device_name"]) or float("nan")
+        raw_rate = sum(len(r) for r in rows) / t_raw_long
+        row["mfu"] = {"seq_len": max(len(r) for r in rows), "gflop_per_token": per_token / 1e9,
+                      "peak_tflops": peak, "raw_forward_tokens_per_s": raw_rate,
+                      "raw_forward_mfu": mfu(raw_rate, per_token, peak)}
+        for key, seconds in t_mfu.items():
+            rate = service[key] / seconds
+            row["mfu"][key] = {"texts": len(long_texts) if key == "dense" else args.mfu_colbert_texts,
+                               "tokens_per_s": rate, "mfu": mfu(rate, per_token, peak)}
+    return row
+
+
+def device_name(device: str) -> str:
+    if device == "cpu":
+        return "cpu"
+    import torch
+
+    return torch.cuda.get_device_name(torch.device(device))
 
 
 def report(row: dict) -> str:
@@ -141,7 +201,21 @@ def report(row: dict) -> str:
         f"64 one-text jobs  service {row['small_jobs_service_s'] * 1000:,.0f} ms | one encode per job "
         f"{row['small_jobs_flag_s'] * 1000:,.0f} ms",
         f"  ratio one-encode-per-job / service      {row['small_jobs_vs_flag']:.2f}   (target >= 4)",
+        *mfu_report(row.get("mfu")),
     ])
+
+
+def mfu_report(m: dict | None) -> list[str]:
+    if not m:
+        return []
+    lines = [f"{m['seq_len']}-token inputs, {m['gflop_per_token']:.3f} GFLOP/token, "
+             f"peak {m['peak_tflops']:.1f} TFLOP/s (bf16 dense)",
+             f"  bare forward             {m['raw_forward_tokens_per_s']:>12,.0f} tok/s   "
+             f"MFU {m['raw_forward_mfu']:.1%}"]
+    for key, label in (("dense", "service, dense only"), ("all", "service, all three")):
+        lines.append(f"  {label:<24} {m[key]['tokens_per_s']:>12,.0f} tok/s   MFU {m[key]['mfu']:.1%}"
+                     f"   ({m[key]['texts']} texts)")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,6 +228,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-words", type=int, default=120)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--full-repeat", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (worker and baselines)")
+    parser.add_argument("--max-batch-tokens", type=int, help="worker token budget (default: the setting's)")
+    parser.add_argument("--mfu", action="store_true", help="add 512-token inputs: tokens/s and MFU")
+    parser.add_argument("--mfu-texts", type=int, default=512, help="texts of the dense-only MFU job")
+    parser.add_argument("--mfu-colbert-texts", type=int, default=128,
+                        help="texts of the all-outputs MFU job (ColBERT is ~1 MB a 512-token text)")
+    parser.add_argument("--peak-tflops", type=float, help="override the card's bf16 peak")
+    parser.add_argument("--log-level", default="INFO", help="the worker's log level")
+    parser.add_argument("--keep-logs", type=Path, help="copy the worker logs into this folder")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     rows = []
@@ -166,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(bench_model("tiny", work / "tiny", manifest, args, work))
             print(report(rows[-1]), flush=True)
         if args.full:
-            full_args = argparse.Namespace(**{**vars(args), "texts": args.full_texts, "repeat": 1})
+            full_args = argparse.Namespace(**{**vars(args), "texts": args.full_texts,
+                                                  "repeat": args.full_repeat})
             manifest = args.full.parent / f"{args.full.name}.manifest.json"
             rows.append(bench_model("full (24x1024)", args.full, manifest, full_args, work))
             print(report(rows[-1]), flush=True)

@@ -61,3 +61,44 @@ def test_cuda_fp16_matches_cpu_fp32(tiny_model):
         assert np.allclose(cpu.dense, gpu.dense, atol=2e-2)
         assert np.allclose(cpu.weights, gpu.weights, atol=5e-2)
         assert np.allclose(cpu.colbert, gpu.colbert, atol=2e-2)
+
+
+@pytest.mark.gpu
+def test_cuda_worker_serves_fp16_and_matches_flagembedding(base_settings, redis_server, tiny_model,
+                                                           tmp_path):
+    """A real `bge-m3 worker` on CUDA: it logs the device and precision, announces them, and its
+    all-three-outputs result matches FlagEmbedding's own fp16 GPU encode."""
+    import json
+
+    import numpy as np
+    from FlagEmbedding import BGEM3FlagModel
+
+    from bge_m3.workers import WORKER_PREFIX
+    from tests.support import settings_on_db, spawn_worker
+    from tests.worker_support import Queue, colbert, dense
+
+    texts = ["今天天气真好", "阳光明媚", "the quick brown fox jumps over the lazy dog " * 30, ""]
+    settings = settings_on_db(base_settings, redis_server, "gpu", device="cuda",
+                              colbert_dtype="float32")
+    worker = spawn_worker(settings, tmp_path)
+    queue = Queue(settings)
+    try:
+        job = queue.wait(queue.submit(texts, ("dense", "sparse", "colbert"), 512), 120)
+        assert job.status == "succeeded", job.error
+        result = queue.store.result(job.id)
+        info = json.loads(queue.redis.get(WORKER_PREFIX + worker.hostname))
+    finally:
+        queue.close()
+        worker.stop()
+    log = worker.output()
+    assert "Device: cuda:0 (" in log and "(FP16, 32-dim)" in log, log[-2000:]
+    assert info["device"].startswith("cuda:0 (") and info["dtype"] == "float16", info
+    ref = BGEM3FlagModel(str(tiny_model.dir), use_fp16=True, devices="cuda:0").encode(
+        texts, return_dense=True, return_sparse=True, return_colbert_vecs=True, max_length=512)
+    for i, item in enumerate(result["items"]):
+        assert np.allclose(dense(item), ref["dense_vecs"][i], atol=2e-2)
+        assert np.allclose(colbert(item), ref["colbert_vecs"][i], atol=2e-2)
+        weights = dict(zip(item["sparse"]["indices"], item["sparse"]["values"]))
+        assert set(weights) == {int(k) for k in ref["lexical_weights"][i]}
+        for key, value in ref["lexical_weights"][i].items():
+            assert abs(weights[int(key)] - float(value)) < 5e-2

@@ -44,10 +44,10 @@ def require_torch() -> None:
 
 @dataclass
 class BatchOutput:
-    """Host (numpy, float32) outputs of one forward pass; absent outputs are None."""
+    """Host (numpy) outputs of one forward pass; absent outputs are None."""
     dense: Any = None     # [B, d]
     weights: Any = None   # [B, L] token weights (relu of the sparse head)
-    colbert: Any = None   # [B, L-1, d], CLS dropped, padding rows zero
+    colbert: Any = None   # [B, L-1, d], CLS dropped, padding rows zero (float16 from an fp16 model)
 
 
 def verified_view(model_dir: Path, paths: Sequence[str]) -> Path:
@@ -125,12 +125,16 @@ class M3Model:
                 out.weights = _host(torch.relu(self.sparse(hidden)).squeeze(-1))
             if colbert:
                 vecs = self.colbert(hidden[:, 1:]) * attention[:, 1:, None].to(hidden.dtype)
-                out.colbert = _host(F.normalize(vecs, dim=-1))
+                out.colbert = _host(F.normalize(vecs, dim=-1), keep_half=True)
         return out
 
 
-def _host(tensor: Any) -> Any:
-    return tensor.float().cpu().numpy()
+def _host(tensor: Any, keep_half: bool = False) -> Any:
+    """To numpy float32; with ``keep_half`` an fp16 tensor crosses to the host as fp16 (ColBERT is
+    stored as float16 by default, so widening it on the GPU would only double the copy)."""
+    if not (keep_half and tensor.dtype == torch.float16):
+        tensor = tensor.float()
+    return tensor.cpu().numpy()
 
 
 def torch_threads() -> int:

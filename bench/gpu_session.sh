@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The GPU checks in one pass, for a lent CUDA machine that has python3 with torch but no network.
+#
+# What it needs beside the checkout (prepared on a networked machine, see README "GPU checks"):
+#   .whl/  the pure-Python and manylinux wheels the image lacks or has at other versions
+#          (transformers<5, FlagEmbedding, Celery, redis-py, ...), installed into /tmp/site;
+#   .deb/  Debian's redis-server and its two libraries, unpacked into /tmp/redisroot.
+# It runs the `gpu`-marked tests (CUDA path, real worker on cuda:0), builds the full-size
+# random model, and runs bench/worker_bench.py on it with --device cuda --mfu.
+# Results go to $OUT (default /tmp/gpu-out): gpu-tests.log, bench.log, bench.json, worker logs.
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+step() { echo "== $(date +%T) $*"; }
+
+step "machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
+PY=$(command -v python3)
+"$PY" -c 'import torch, sys; print(sys.version.split()[0], "torch", torch.__version__, torch.cuda.get_device_name(0))'
+
+step "install wheels and redis-server"
+"$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH="$PWD:/tmp/site"
+mkdir -p /tmp/redisroot
+for f in .deb/*.deb; do dpkg -x "$f" /tmp/redisroot; done
+export PATH="/tmp/redisroot/usr/bin:$PATH" LD_LIBRARY_PATH="/tmp/redisroot/usr/lib/x86_64-linux-gnu"
+redis-server --version || exit 1
+# tests/support.py starts workers as `<python's bin>/bge-m3`, the console script of an install.
+cat >"$(dirname "$PY")/bge-m3" <<EOF
+#!$PY
+import sys
+from bge_m3.cli import main
+sys.exit(main())
+EOF
+chmod +x "$(dirname "$PY")/bge-m3"
+"$PY" -c 'import transformers, FlagEmbedding, celery; print("transformers", transformers.__version__, "celery", celery.__version__)' || exit 1
+
+step "build the full-size model (background) and run the gpu tests"
+(timeout 300 "$PY" -m bge_m3.cli tiny-model /tmp/full --full >"$OUT/build.log" 2>&1; echo "build rc=$?" >>"$OUT/build.log") &
+build=$!
+timeout 200 "$PY" -m pytest -m gpu tests/test_worker_device.py -p no:cacheprovider -q -rA 2>&1 | tee "$OUT/gpu-tests.log" | tail -25
+wait "$build"
+tail -2 "$OUT/build.log"
+
+step "worker bench on the full model, cuda"
+timeout "${BENCH_TIMEOUT:-330}" "$PY" bench/worker_bench.py --skip-tiny --full /tmp/full --device cuda --mfu \
+  --full-texts "${FULL_TEXTS:-2000}" --mfu-texts "${MFU_TEXTS:-512}" --mfu-colbert-texts "${MFU_COLBERT_TEXTS:-128}" \
+  --log-level DEBUG --keep-logs "$OUT" --json "$OUT/bench.json" ${BENCH_ARGS:-} 2>&1 \
+  | grep -v -E "XLMRobertaTokenizerFast|^\s*$" | tee "$OUT/bench.log"
+step "done"
