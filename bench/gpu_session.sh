@@ -12,7 +12,7 @@ set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 step() { echo "== $(date +%T) $*"; }
 
 step "machine"
@@ -44,9 +44,11 @@ timeout 200 "$PY" -m pytest -m gpu tests/test_worker_device.py -p no:cacheprovid
 wait "$build"
 tail -2 "$OUT/build.log"
 
-step "worker bench on the full model, cuda"
-timeout "${BENCH_TIMEOUT:-330}" "$PY" bench/worker_bench.py --skip-tiny --full /tmp/full --device cuda --mfu \
-  --full-texts "${FULL_TEXTS:-2000}" --mfu-texts "${MFU_TEXTS:-512}" --mfu-colbert-texts "${MFU_COLBERT_TEXTS:-128}" \
-  --log-level DEBUG --keep-logs "$OUT" --json "$OUT/bench.json" ${BENCH_ARGS:-} 2>&1 \
-  | grep -v -E "XLMRobertaTokenizerFast|^\s*$" | tee "$OUT/bench.log"
+for budget in ${BUDGETS:-16384 65536}; do
+  step "worker bench on the full model, cuda, $budget-token batches"
+  timeout "${BENCH_TIMEOUT:-240}" "$PY" bench/worker_bench.py --skip-tiny --full /tmp/full --device cuda --mfu \
+    --max-batch-tokens "$budget" --full-texts "${FULL_TEXTS:-2000}" --mfu-texts "${MFU_TEXTS:-512}" \
+    --mfu-colbert-texts "${MFU_COLBERT_TEXTS:-128}" --log-level DEBUG --keep-logs "$OUT" \
+    --json "$OUT/bench-$budget.json" 2>&1 | grep -v -E "XLMRobertaTokenizerFast|it/s\]|^\s*$" | tee "$OUT/bench-$budget.log"
+done
 step "done"

@@ -27,7 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tokenizer threads on, as in production (the tests turn them off; nothing here forks after use).
+os.environ["TOKENIZERS_PARALLELISM"] = "true"
 
 from bge_m3.settings import Settings  # noqa: E402
 from tests.support import RedisServer, spawn_worker  # noqa: E402
@@ -102,7 +103,7 @@ def bench_model(name: str, model_dir: Path, manifest: Path, args, work: Path) ->
                                  device=args.device, auto_download=False, max_texts=100_000,
                                  log_level=args.log_level, endpoints=("http://127.0.0.1:9",),
                                  **overrides)
-    worker = spawn_worker(settings, work, timeout=600)
+    worker = spawn_worker(settings, work, timeout=600, TOKENIZERS_PARALLELISM="true")
     queue = Queue(settings)
     texts = make_texts(args.texts, args.min_words, args.max_words)
     singles = make_texts(64, 8, 24, seed=1)
@@ -133,7 +134,8 @@ def bench_model(name: str, model_dir: Path, manifest: Path, args, work: Path) ->
         worker.stop()
         if args.keep_logs:
             args.keep_logs.mkdir(parents=True, exist_ok=True)
-            (args.keep_logs / f"worker-{name.split()[0]}.log").write_text(worker.output())
+            tag = f"{name.split()[0]}-{settings.max_batch_tokens}"
+            (args.keep_logs / f"worker-{tag}.log").write_text(worker.output())
         redis.stop()
 
     cuda = args.device != "cpu"

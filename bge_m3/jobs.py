@@ -7,7 +7,8 @@ never race a start. Only JSON goes in; nothing here imports torch.
 
 Keys (``{id}`` is 32 hex chars, 128 random bits):
 - ``bge-m3:job:{id}``     hash: status, timestamps, owner, params, attempts, error
-- ``bge-m3:result:{id}``  JSON result, written only on success
+- ``bge-m3:result:{id}``  the JSON result, written only on success: a list of compressed
+                          chunks whose concatenation is the JSON text (``bge_m3.payload``)
 - ``bge-m3:events:{id}``  pub/sub channel; the new status is published on every terminal change
 """
 from __future__ import annotations
@@ -16,20 +17,17 @@ import hashlib
 import json
 import secrets
 import time
-import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
+
+from bge_m3 import payload
 
 PREFIX = "bge-m3"
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
-def compress(data: bytes) -> bytes:
-    """Results at rest: Huffman-only deflate. Coding base64's 64-letter alphabet takes it back to
-    ~6 bits a letter, so float16 ColBERT costs ~1.95 bytes a value in Redis instead of 2.67;
-    skipping LZ77 matching (useless on float bits) makes it ~3x faster than level 1."""
-    packer = zlib.compressobj(1, zlib.DEFLATED, 15, 8, zlib.Z_HUFFMAN_ONLY)
-    return packer.compress(data) + packer.flush()
+PUSH_BATCH_BYTES = 64 * 1024 * 1024
+"""Compressed result bytes sent to Redis per pipeline round trip, bounding its query buffer."""
 
 MAX_WAIT_SECONDS = 30.0
 """Upper bound on one long-poll (``GET /v1/jobs/<id>?wait=``), so a client cannot pin a connection."""
@@ -70,10 +68,15 @@ return {'running', n}
 
 _FINISH = """
 local s = redis.call('HGET', KEYS[1], 'status')
-if not s then return 'missing' end
-if s == 'succeeded' or s == 'failed' or s == 'cancelled' then return s end
+if not s or s == 'succeeded' or s == 'failed' or s == 'cancelled' then
+  if ARGV[4] == '1' then redis.call('DEL', KEYS[4]) end
+  return s or 'missing'
+end
 local ttl = tonumber(ARGV[3])
-if ARGV[4] ~= '' then redis.call('SET', KEYS[2], ARGV[4], 'EX', ttl) end
+if ARGV[4] == '1' then
+  redis.call('RENAME', KEYS[4], KEYS[2])
+  redis.call('EXPIRE', KEYS[2], ttl)
+end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2])
 for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[1], ttl)
@@ -149,9 +152,14 @@ class JobStore:
         return Job.from_hash(data) if data else None
 
     def result(self, job_id: str) -> Any:
-        # NEVER_DECODE: the value is zlib bytes even on a decode_responses client.
-        raw = self.redis.execute_command("GET", result_key(job_id), NEVER_DECODE=True)
-        return json.loads(zlib.decompress(raw)) if raw else None
+        # NEVER_DECODE: the chunks are zlib bytes even on a decode_responses client.
+        chunks = self.redis.execute_command("LRANGE", result_key(job_id), 0, -1, NEVER_DECODE=True)
+        return payload.decode(chunks) if chunks else None
+
+    def result_bytes(self, job_id: str) -> int:
+        """What the stored result costs in Redis (compressed chunk bytes)."""
+        chunks = self.redis.execute_command("LRANGE", result_key(job_id), 0, -1, NEVER_DECODE=True)
+        return sum(len(c) for c in chunks or ())
 
     def start(self, job_id: str, max_attempts: int, worker: str = "") -> tuple[str, int]:
         """Mark running. Returns (state, attempt): 'running' to go ahead; 'exhausted' when this
@@ -161,21 +169,40 @@ class JobStore:
         return state, int(attempts)
 
     def succeed(self, job_id: str, result: Any, stats: dict[str, Any] | None = None) -> str:
-        payload = compress(json.dumps(result, separators=(",", ":")).encode())
-        return self._end(job_id, "succeeded", payload, stats=stats)
+        """Store the JSON-able ``result`` and mark the job succeeded."""
+        return self.succeed_chunks(job_id, payload.encode(result), stats)
+
+    def succeed_chunks(self, job_id: str, chunks: Sequence[bytes], stats: dict[str, Any] | None = None) -> str:
+        """Store a result already in its stored form (``bge_m3.payload``) and mark the job
+        succeeded. The chunks go to a private key first; the finish script renames it into place
+        only if the job is not already terminal, so a redelivered duplicate never overwrites."""
+        staging = f"{PREFIX}:staging:{job_id}:{secrets.token_hex(8)}"
+        pipe = self.redis.pipeline(transaction=False)
+        sent = 0
+        for chunk in chunks:
+            pipe.rpush(staging, chunk)
+            sent += len(chunk)
+            if sent >= PUSH_BATCH_BYTES:
+                pipe.expire(staging, self.ttl)
+                pipe.execute()
+                sent = 0
+        pipe.expire(staging, self.ttl)
+        pipe.execute()
+        return self._end(job_id, "succeeded", staging, stats=stats)
 
     def fail(self, job_id: str, code: str, message: str, stats: dict[str, Any] | None = None) -> str:
-        return self._end(job_id, "failed", "", error={"code": code, "message": message}, stats=stats)
+        return self._end(job_id, "failed", None, error={"code": code, "message": message}, stats=stats)
 
-    def _end(self, job_id: str, status: str, result: bytes | str, *, error: dict | None = None,
+    def _end(self, job_id: str, status: str, staging: str | None, *, error: dict | None = None,
              stats: dict | None = None) -> str:
         extra: list[str] = []
         if error is not None:
             extra += ["error", json.dumps(error)]
         if stats is not None:
             extra += ["stats", json.dumps(stats)]
-        return self._finish(keys=[job_key(job_id), result_key(job_id), events_key(job_id)],
-                            args=[status, repr(time.time()), self.ttl, result, *extra])
+        return self._finish(keys=[job_key(job_id), result_key(job_id), events_key(job_id),
+                                  staging or f"{PREFIX}:staging:none"],
+                            args=[status, repr(time.time()), self.ttl, "1" if staging else "0", *extra])
 
     def cancel(self, job_id: str) -> str:
         """'ok' when a queued job was cancelled, else the status that prevented it (or 'missing')."""

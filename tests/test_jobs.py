@@ -5,6 +5,8 @@ import os
 import threading
 import time
 
+import pytest
+
 from bge_m3 import codec
 from bge_m3.jobs import JobStore, job_key, new_job_id, result_key
 
@@ -68,7 +70,12 @@ def test_wait_wakes_on_finish(redis_db):
 
 
 def test_colbert_at_rest_is_compact(redis_db):
-    """float16 ColBERT vectors cost at most 2.1 bytes a value in Redis (issue target)."""
+    """float16 ColBERT vectors cost at most 2.1 bytes a value in Redis (issue target), stored
+    the way a worker stores them (one compressed chunk per item)."""
+    import json
+
+    from bge_m3.payload import ItemsResult
+
     jobs = store(redis_db)
     rows, dim = 300, 1024
     items = []
@@ -76,9 +83,42 @@ def test_colbert_at_rest_is_compact(redis_db):
         data = os.urandom(rows * dim * 2)
         # random bytes can spell NaN/inf in float16; the size bound does not care
         items.append({"tokens": rows + 1, "colbert": codec.pack(data, [rows, dim], "float16")})
+    built = ItemsResult({"model": "m"}, len(items))
+    for i, item in enumerate(items):
+        built.add(i, json.dumps(item).encode())
     job = jobs.create({})
     jobs.start(job.id, max_attempts=1)
-    jobs.succeed(job.id, {"items": items})
-    stored = redis_db.strlen(result_key(job.id))
-    assert stored / (2 * rows * dim) <= 2.1
+    jobs.succeed_chunks(job.id, built.chunks())
+    stored = jobs.result_bytes(job.id)
+    assert 0 < stored / (2 * rows * dim * len(items)) <= 2.1
     assert jobs.result(job.id)["items"] == items
+
+
+def test_items_result_out_of_order_and_a_duplicate_finish_leaves_nothing_behind(redis_db):
+    import json
+
+    from bge_m3.payload import ItemsResult
+
+    jobs = store(redis_db)
+    items = [{"tokens": i, "colbert": codec.pack(os.urandom(600), [300], "float16")} for i in range(20)]
+    built = ItemsResult({"model": "m", "dimension": 2}, len(items))
+    with pytest.raises(ValueError):
+        built.chunks()
+    for i in reversed(range(len(items))):  # batches finish in length order, not job order
+        built.add(i, json.dumps(items[i]).encode())
+    job = jobs.create({})
+    jobs.start(job.id, max_attempts=1)
+    assert jobs.succeed_chunks(job.id, built.chunks()) == "ok"
+    assert redis_db.llen(result_key(job.id)) == len(items) + 2
+    assert jobs.result(job.id) == {"model": "m", "dimension": 2, "items": items}
+    # A redelivered duplicate's result is dropped with its staging key; the first one stays.
+    assert jobs.succeed(job.id, {"items": []}) == "succeeded"
+    assert jobs.result(job.id)["items"] == items
+    assert redis_db.keys("bge-m3:staging:*") == []
+    assert 0 < redis_db.ttl(result_key(job.id)) <= 60
+
+
+def test_empty_items_result_is_valid_json(redis_db):
+    from bge_m3.payload import ItemsResult, decode
+
+    assert decode(ItemsResult({"model": "m"}, 0).chunks()) == {"model": "m", "items": []}

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import json
+
 import numpy as np
 
 from bge_m3 import codec
@@ -79,18 +81,24 @@ class Encoder:
         return result
 
     def item(self, ids: Sequence[int], row: Row) -> dict[str, Any]:
-        """The stored JSON form of one text's outputs."""
-        out: dict[str, Any] = {"tokens": len(ids)}
+        """The stored JSON form of one text's outputs, as an object (tests and references)."""
+        return json.loads(self.item_json(ids, row))
+
+    def item_json(self, ids: Sequence[int], row: Row) -> bytes:
+        """The stored JSON text of one text's outputs: what the worker writes."""
+        parts = [b'{"tokens":%d' % len(ids)]
         if row.dense is not None:
-            out["dense"] = codec.pack(np.ascontiguousarray(row.dense, dtype="<f4").tobytes(),
-                                      [int(row.dense.shape[0])], "float32")
+            parts += [b',"dense":', codec.pack_json(np.ascontiguousarray(row.dense, dtype="<f4").tobytes(),
+                                                    [int(row.dense.shape[0])], "float32")]
         if row.weights is not None:
-            out["sparse"] = self.lexical(ids, row.weights)
+            parts += [b',"sparse":', json.dumps(self.lexical(ids, row.weights),
+                                                separators=(",", ":")).encode()]
         if row.colbert is not None:
             code = "<f2" if self.colbert_dtype == "float16" else "<f4"
             vecs = np.ascontiguousarray(row.colbert, dtype=code)
-            out["colbert"] = codec.pack(vecs.tobytes(), list(vecs.shape), self.colbert_dtype)
-        return out
+            parts += [b',"colbert":', codec.pack_json(vecs.tobytes(), list(vecs.shape), self.colbert_dtype)]
+        parts.append(b"}")
+        return b"".join(parts)
 
     def lexical(self, ids: Sequence[int], weights: Any) -> dict[str, list]:
         """Largest positive weight per token id, special tokens dropped, ids ascending."""

@@ -6,10 +6,12 @@ code and a message, never with an exception that Celery would retry.
 from __future__ import annotations
 
 import time
-from concurrent.futures import FIRST_EXCEPTION, wait
+from concurrent.futures import TimeoutError as FuturesTimeout
+from concurrent.futures import as_completed
 from typing import Any
 
 from bge_m3.jobs import TERMINAL
+from bge_m3.payload import ItemsResult
 from worker import faults
 from worker.batcher import JobTrace
 from worker.encoder import MODES, TooLong
@@ -94,31 +96,43 @@ def execute(rt: Runtime, job_id: str) -> str:
     tokens = sum(len(r) for r in rows)
     futures = rt.batcher.submit(rows, modes, trace)
     budget = max(0.0, settings.time_limit - (time.time() - started))
-    done, pending = wait(futures, timeout=budget, return_when=FIRST_EXCEPTION)
-    computed = time.time()
-    failed = next((f for f in done if f.exception() is not None), None)
-    if failed is not None or pending:
-        for future in pending:
-            future.cancel()
-        if failed is not None:
-            index = futures.index(failed)
-            code, message = "encode_failed", f"text {index} could not be encoded: {failed.exception()}"
-        else:
-            code, message = "timeout", f"the job did not finish within {settings.time_limit} s"
-        rt.store.fail(job_id, code, message, stats=_stats(created, started, computed, tokens, trace))
-        rt.count(failed_jobs=1)
-        log.warning("Job %s failed: %s", job_id, message)
-        return "failed"
-    items = [rt.encoder.item(ids, f.result()) for ids, f in zip(rows, futures)]
     manifest = rt.verified.manifest
-    result = {"model": manifest.repo_id, "revision": manifest.revision,
-              "dimension": rt.encoder.dimension, "items": items}
+    result = ItemsResult({"model": manifest.repo_id, "revision": manifest.revision,
+                          "dimension": rt.encoder.dimension}, len(rows))
+    error = _collect(rt, rows, futures, result, budget)
+    computed = time.time()
+    if error is not None:
+        for future in futures:
+            future.cancel()
+        result.cancel()
+        rt.store.fail(job_id, *error, stats=_stats(created, started, computed, tokens, trace))
+        rt.count(failed_jobs=1)
+        log.warning("Job %s failed: %s", job_id, error[1])
+        return "failed"
     stats = _stats(created, started, computed, tokens, trace)
     rt.count(jobs=1, texts=len(texts))  # before the record turns terminal: readers see both
-    outcome = rt.store.succeed(job_id, result, stats)
+    outcome = rt.store.succeed_chunks(job_id, result.chunks(), stats)
     log.info("Job %s: %d texts, %s tokens, %d forward passes, %.0f ms", job_id, len(texts),
              f"{tokens:,}", len(trace.passes), stats["total_ms"])
     return "succeeded" if outcome == "ok" else outcome
+
+
+def _collect(rt: Runtime, rows: list[list[int]], futures: list, result: ItemsResult,
+             budget: float) -> tuple[str, str] | None:
+    """Serialise each text's item as soon as its batch is done (it then compresses on the pool),
+    so this work overlaps the forward passes still running. Stops at the first failed text or
+    when ``budget`` is spent, returning (code, message)."""
+    index = {future: i for i, future in enumerate(futures)}
+    try:
+        for future in as_completed(futures, timeout=budget):
+            i = index[future]
+            exc = future.exception()
+            if exc is not None:
+                return "encode_failed", f"text {i} could not be encoded: {exc}"
+            result.add(i, rt.encoder.item_json(rows[i], future.result()))
+    except FuturesTimeout:
+        return "timeout", f"the job did not finish within {rt.settings.time_limit} s"
+    return None
 
 
 def _stats(created: float, started: float, computed: float, tokens: int, trace: JobTrace) -> dict:
