@@ -61,7 +61,9 @@ def test_openai_client_both_encodings(server):
         assert [list(d.embedding) for d in response.data] == expected
         assert response.model == "bge-m3" and response.usage.total_tokens > len(TEXTS)
     single = client.embeddings.create(model="bge-m3", input=TEXTS[0], dimensions=32)
-    assert list(single.data[0].embedding) == expected[0]
+    # Alone in its batch the text is padded differently: equal within float noise, not bit for bit.
+    assert len(single.data[0].embedding) == len(expected[0])
+    assert max(abs(a - b) for a, b in zip(single.data[0].embedding, expected[0])) < 1e-5
     assert KEY not in log.read_text()  # the access log saw every request, never the key
 
 
@@ -115,5 +117,7 @@ def test_concurrent_requests_under_gthread(server):
     with ThreadPoolExecutor(max_workers=8) as pool:
         together = list(pool.map(embed, texts))
     alone = [embed(texts[0]), embed(texts[-1])]
-    assert together[0] == alone[0] and together[-1] == alone[1]
+    # Each text got its own vector back (co-batched texts are padded differently: float noise).
+    for got, want in ((together[0], alone[0]), (together[-1], alone[1])):
+        assert max(abs(a - b) for a, b in zip(got, want)) < 1e-5
     assert len({tuple(v) for v in together}) == len(texts)
