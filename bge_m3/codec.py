@@ -23,13 +23,19 @@ def pack(data: bytes, shape: Sequence[int], dtype: str) -> dict[str, Any]:
 
 
 def pack_json(data: bytes, shape: Sequence[int], dtype: str) -> bytes:
-    """``pack``'s object as compact JSON text, written directly: base64 needs no escaping, and
-    ``json.dumps`` over megabytes of it costs more than the model on a GPU."""
+    """``pack``'s object as compact JSON text."""
+    return b"".join(pack_json_parts(data, shape, dtype))
+
+
+def pack_json_parts(data: Any, shape: Sequence[int], dtype: str) -> list[bytes]:
+    """``pack_json`` in pieces, written directly: base64 needs no escaping, and ``json.dumps``
+    over megabytes of it costs more than the model on a GPU. ``data`` is any contiguous
+    little-endian buffer (a numpy array is encoded without a copy)."""
     if dtype not in DTYPE_CODES:
         raise ValueError(f"unsupported dtype {dtype}")
     dims = ",".join(str(int(n)) for n in shape)
-    return b"".join([f'{{"shape":[{dims}],"dtype":"{dtype}","data":"'.encode(),
-                     base64.b64encode(data), b'"}'])
+    return [f'{{"shape":[{dims}],"dtype":"{dtype}","data":"'.encode(),
+            base64.b64encode(memoryview(data).cast("B")), b'"}']
 
 
 def unpack_floats(obj: dict[str, Any]) -> list[float]:

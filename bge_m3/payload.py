@@ -51,7 +51,7 @@ def _get_pool() -> ThreadPoolExecutor:
 class ItemsResult:
     """``{**header, "items": [...]}`` built from items serialised in any order.
 
-    ``add(i, text)`` takes item ``i``'s JSON text and compresses it on the pool at once;
+    ``add(i, parts)`` takes item ``i``'s JSON text in pieces and compresses it on the pool at once;
     ``chunks()`` waits for them and returns the stored form in job order.
     """
 
@@ -60,8 +60,8 @@ class ItemsResult:
         self._head = head[:-1] + b',"items":['
         self._items: list[Future | None] = [None] * count
 
-    def add(self, index: int, text: bytes) -> None:
-        self._items[index] = _get_pool().submit(compress, b"," if index else b"", text)
+    def add(self, index: int, parts: Sequence[bytes]) -> None:
+        self._items[index] = _get_pool().submit(compress, b"," if index else b"", *parts)
 
     def cancel(self) -> None:
         for future in self._items:

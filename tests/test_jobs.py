@@ -85,7 +85,7 @@ def test_colbert_at_rest_is_compact(redis_db):
         items.append({"tokens": rows + 1, "colbert": codec.pack(data, [rows, dim], "float16")})
     built = ItemsResult({"model": "m"}, len(items))
     for i, item in enumerate(items):
-        built.add(i, json.dumps(item).encode())
+        built.add(i, [json.dumps(item).encode()])
     job = jobs.create({})
     jobs.start(job.id, max_attempts=1)
     jobs.succeed_chunks(job.id, built.chunks())
@@ -105,7 +105,7 @@ def test_items_result_out_of_order_and_a_duplicate_finish_leaves_nothing_behind(
     with pytest.raises(ValueError):
         built.chunks()
     for i in reversed(range(len(items))):  # batches finish in length order, not job order
-        built.add(i, json.dumps(items[i]).encode())
+        built.add(i, [json.dumps(items[i]).encode()])
     job = jobs.create({})
     jobs.start(job.id, max_attempts=1)
     assert jobs.succeed_chunks(job.id, built.chunks()) == "ok"

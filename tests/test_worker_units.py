@@ -121,3 +121,19 @@ def test_gate_refuses_a_manifest_without_both_heads(tmp_path, tiny_model):
     with pytest.raises(GateRefused, match="colbert_linear.pt"):
         check(settings)
     assert check(settings.replace(manifest=tiny_model.manifest)).report.ok
+
+
+def test_pack_json_encodes_an_array_as_the_at_rest_object():
+    import base64
+    import json
+
+    import numpy as np
+
+    from bge_m3 import codec
+
+    arr = np.arange(12, dtype="<f2").reshape(3, 4) / 8
+    obj = json.loads(codec.pack_json(arr, [3, 4], "float16"))
+    assert obj == {"shape": [3, 4], "dtype": "float16", "data": base64.b64encode(arr.tobytes()).decode()}
+    assert codec.unpack_rows(obj) == arr.astype(float).tolist()
+    with pytest.raises(ValueError):
+        codec.pack_json(arr, [3, 4], "int8")

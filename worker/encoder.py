@@ -82,23 +82,24 @@ class Encoder:
 
     def item(self, ids: Sequence[int], row: Row) -> dict[str, Any]:
         """The stored JSON form of one text's outputs, as an object (tests and references)."""
-        return json.loads(self.item_json(ids, row))
+        return json.loads(b"".join(self.item_json(ids, row)))
 
-    def item_json(self, ids: Sequence[int], row: Row) -> bytes:
-        """The stored JSON text of one text's outputs: what the worker writes."""
+    def item_json(self, ids: Sequence[int], row: Row) -> list[bytes]:
+        """The stored JSON text of one text's outputs, in pieces (what the worker writes): the
+        ColBERT megabytes are base64-encoded straight from the array and never joined here."""
         parts = [b'{"tokens":%d' % len(ids)]
         if row.dense is not None:
-            parts += [b',"dense":', codec.pack_json(np.ascontiguousarray(row.dense, dtype="<f4").tobytes(),
-                                                    [int(row.dense.shape[0])], "float32")]
+            dense = np.ascontiguousarray(row.dense, dtype="<f4")
+            parts += [b',"dense":', *codec.pack_json_parts(dense, [int(dense.shape[0])], "float32")]
         if row.weights is not None:
             parts += [b',"sparse":', json.dumps(self.lexical(ids, row.weights),
                                                 separators=(",", ":")).encode()]
         if row.colbert is not None:
             code = "<f2" if self.colbert_dtype == "float16" else "<f4"
             vecs = np.ascontiguousarray(row.colbert, dtype=code)
-            parts += [b',"colbert":', codec.pack_json(vecs.tobytes(), list(vecs.shape), self.colbert_dtype)]
+            parts += [b',"colbert":', *codec.pack_json_parts(vecs, list(vecs.shape), self.colbert_dtype)]
         parts.append(b"}")
-        return b"".join(parts)
+        return parts
 
     def lexical(self, ids: Sequence[int], weights: Any) -> dict[str, list]:
         """Largest positive weight per token id, special tokens dropped, ids ascending."""
