@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--batch-wait-ms", type=float, default=Settings.batch_wait_ms,
                         help="the worker's batching window (BGE_M3_BATCH_WAIT_MS)")
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="the worker's BGE_M3_TORCH_THREADS; 1 matches the direct baseline (a "
+                             "two-text batch of the tiny model only loses to thread wake-ups)")
     args = parser.parse_args(argv)
     from bge_m3.tinymodel import build
 
@@ -93,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env({}, redis_url=redis.url(0), model_dir=root / "model", manifest=manifest,
                                  device="cpu", auto_download=False, log_dir=root / "logs",
                                  data_dir=root / "data", host="127.0.0.1", port=free_port(),
-                                 batch_wait_ms=args.batch_wait_ms)
+                                 batch_wait_ms=args.batch_wait_ms, torch_threads=args.torch_threads)
     worker = spawn_worker(settings, root)
     api = subprocess.Popen([BGE_M3, "api", "--workers", "1", "--threads", "8"], env=worker_env(settings),
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -125,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     api_side = [latency - job["stats"]["total_ms"] for latency, job in zip(embed, jobs)]
     over50, over99 = pct(embed, 50) - pct(direct, 50), pct(embed, 99) - pct(direct, 99)
     print(f"tiny model, {args.requests} sequential requests after {WARMUP} warm-up, gunicorn gthread "
-          f"1x8, {os.cpu_count()} CPUs, BGE_M3_BATCH_WAIT_MS={args.batch_wait_ms:g}")
+          f"1x8, {os.cpu_count()} CPUs, BGE_M3_BATCH_WAIT_MS={args.batch_wait_ms:g}, "
+          f"BGE_M3_TORCH_THREADS={args.torch_threads}")
     print(line("direct encode (tokenize+forward)", direct))
     print(line("POST /embed (end to end)", embed))
     print(line("GET /healthz (HTTP floor)", health))

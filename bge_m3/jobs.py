@@ -20,11 +20,18 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from redis.exceptions import NoScriptError
+
 from bge_m3 import payload
 
 PREFIX = "bge-m3"
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+INLINE_RESULT_BYTES = 1024 * 1024
+INLINE_RESULT_CHUNKS = 64
+"""A stored result at most this big (bytes, chunks) travels inside the finish script: one round
+trip. A bigger one is staged first, so no script call carries hundreds of megabytes."""
 
 PUSH_BATCH_BYTES = 64 * 1024 * 1024
 """Compressed result bytes sent to Redis per pipeline round trip, bounding its query buffer."""
@@ -60,25 +67,32 @@ _START = """
 local s = redis.call('HGET', KEYS[1], 'status')
 if not s then return {'missing', 0} end
 if s ~= 'queued' and s ~= 'running' then return {s, 0} end
+if ARGV[4] ~= '' and not redis.call('SET', KEYS[2], ARGV[3], 'NX', 'EX', ARGV[4]) then
+  return {'leased', 0}
+end
 local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 if tonumber(n) > tonumber(ARGV[2]) then return {'exhausted', n} end
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1], 'worker', ARGV[3])
-return {'running', n}
+return {'running', n, redis.call('HGET', KEYS[1], 'params') or '', redis.call('HGET', KEYS[1], 'created_at')}
 """
 
 _FINISH = """
 local s = redis.call('HGET', KEYS[1], 'status')
 if not s or s == 'succeeded' or s == 'failed' or s == 'cancelled' then
-  if ARGV[4] == '1' then redis.call('DEL', KEYS[4]) end
+  if ARGV[4] == 'staged' then redis.call('DEL', KEYS[4]) end
   return s or 'missing'
 end
 local ttl = tonumber(ARGV[3])
-if ARGV[4] == '1' then
+local inline = tonumber(ARGV[5])
+if ARGV[4] == 'staged' then
   redis.call('RENAME', KEYS[4], KEYS[2])
+  redis.call('EXPIRE', KEYS[2], ttl)
+elseif inline > 0 then
+  redis.call('RPUSH', KEYS[2], unpack(ARGV, 6, 5 + inline))
   redis.call('EXPIRE', KEYS[2], ttl)
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2])
-for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 6 + inline, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('PUBLISH', KEYS[3], ARGV[1])
 return 'ok'
@@ -92,6 +106,15 @@ redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
 redis.call('PUBLISH', KEYS[2], 'cancelled')
 return 'ok'
 """
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What ``JobStore.claim`` found: the state, the attempt, and for 'running' the job's input."""
+    state: str
+    attempt: int
+    params: dict[str, Any] | None = None
+    created_at: float | None = None
 
 
 @dataclass
@@ -164,20 +187,35 @@ class JobStore:
     def start(self, job_id: str, max_attempts: int, worker: str = "") -> tuple[str, int]:
         """Mark running. Returns (state, attempt): 'running' to go ahead; 'exhausted' when this
         delivery is one too many (a poison job); otherwise the terminal or missing state to skip."""
-        state, attempts = self._start(keys=[job_key(job_id)],
-                                      args=[repr(time.time()), max_attempts, worker])
-        return state, int(attempts)
+        claim = self.claim(job_id, max_attempts, worker)
+        return claim.state, claim.attempt
+
+    def claim(self, job_id: str, max_attempts: int, worker: str = "", lease: str = "",
+              lease_ttl: int = 0) -> "Claim":
+        """``start`` plus, in the same round trip, the ``lease`` key (set only if free, for
+        ``lease_ttl`` seconds; state 'leased' when another delivery holds it) and the job's
+        params and creation time."""
+        out = self._start(keys=[job_key(job_id), lease or f"{PREFIX}:lease:none"],
+                          args=[repr(time.time()), max_attempts, worker, lease_ttl if lease else ""])
+        if out[0] != "running":
+            return Claim(out[0], int(out[1]))
+        return Claim("running", int(out[1]), json.loads(out[2]) if out[2] else None, float(out[3]))
 
     def succeed(self, job_id: str, result: Any, stats: dict[str, Any] | None = None) -> str:
         """Store the JSON-able ``result`` and mark the job succeeded."""
         return self.succeed_chunks(job_id, payload.encode(result), stats)
 
-    def succeed_chunks(self, job_id: str, chunks: Sequence[bytes], stats: dict[str, Any] | None = None) -> str:
+    def succeed_chunks(self, job_id: str, chunks: Sequence[bytes], stats: dict[str, Any] | None = None,
+                       pipe: Any = None) -> str:
         """Store a result already in its stored form (``bge_m3.payload``) and mark the job
-        succeeded. The chunks go to a private key first; the finish script renames it into place
-        only if the job is not already terminal, so a redelivered duplicate never overwrites."""
+        succeeded; commands already queued on ``pipe`` (a non-transactional pipeline) run first,
+        in the same round trip. A small result rides inside the finish script; a big one goes to
+        a private key first, which the script renames into place. Either way it lands only if the
+        job is not already terminal, so a redelivered duplicate never overwrites a result."""
+        pipe = pipe if pipe is not None else self.redis.pipeline(transaction=False)
+        if sum(len(c) for c in chunks) <= INLINE_RESULT_BYTES and len(chunks) <= INLINE_RESULT_CHUNKS:
+            return self._end(pipe, job_id, "succeeded", inline=chunks, stats=stats)
         staging = f"{PREFIX}:staging:{job_id}:{secrets.token_hex(8)}"
-        pipe = self.redis.pipeline(transaction=False)
         sent = 0
         for chunk in chunks:
             pipe.rpush(staging, chunk)
@@ -187,22 +225,31 @@ class JobStore:
                 pipe.execute()
                 sent = 0
         pipe.expire(staging, self.ttl)
-        pipe.execute()
-        return self._end(job_id, "succeeded", staging, stats=stats)
+        return self._end(pipe, job_id, "succeeded", staging=staging, stats=stats)
 
-    def fail(self, job_id: str, code: str, message: str, stats: dict[str, Any] | None = None) -> str:
-        return self._end(job_id, "failed", None, error={"code": code, "message": message}, stats=stats)
+    def fail(self, job_id: str, code: str, message: str, stats: dict[str, Any] | None = None,
+             pipe: Any = None) -> str:
+        pipe = pipe if pipe is not None else self.redis.pipeline(transaction=False)
+        return self._end(pipe, job_id, "failed", error={"code": code, "message": message}, stats=stats)
 
-    def _end(self, job_id: str, status: str, staging: str | None, *, error: dict | None = None,
-             stats: dict | None = None) -> str:
+    def _end(self, pipe: Any, job_id: str, status: str, *, staging: str | None = None,
+             inline: Sequence[bytes] = (), error: dict | None = None, stats: dict | None = None) -> str:
         extra: list[str] = []
         if error is not None:
             extra += ["error", json.dumps(error)]
         if stats is not None:
             extra += ["stats", json.dumps(stats)]
-        return self._finish(keys=[job_key(job_id), result_key(job_id), events_key(job_id),
-                                  staging or f"{PREFIX}:staging:none"],
-                            args=[status, repr(time.time()), self.ttl, "1" if staging else "0", *extra])
+        keys = [job_key(job_id), result_key(job_id), events_key(job_id),
+                staging or f"{PREFIX}:staging:none"]
+        args = [status, repr(time.time()), self.ttl, "staged" if staging else "inline",
+                len(inline), *inline, *extra]
+        # EVALSHA queued by hand: a Script handed to a pipeline adds a SCRIPT EXISTS round trip
+        # to every execute. Only after a Redis restart (NOSCRIPT) is the script loaded again.
+        pipe.evalsha(self._finish.sha, len(keys), *keys, *args)
+        try:
+            return pipe.execute()[-1]
+        except NoScriptError:
+            return self._finish(keys=keys, args=args)
 
     def cancel(self, job_id: str) -> str:
         """'ok' when a queued job was cancelled, else the status that prevented it (or 'missing')."""

@@ -16,6 +16,10 @@ import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Sequence
 
+INLINE_COMPRESS_BYTES = 64 * 1024
+"""An item this small is compressed by the thread that serialised it: a pool hand-off would
+cost more than the compression (the common one-short-text job)."""
+
 COMPRESS_THREADS = min(16, os.cpu_count() or 1)
 """Threads of the process-wide compression pool (created on first use, never at import)."""
 
@@ -57,11 +61,17 @@ class ItemsResult:
 
     def __init__(self, header: dict[str, Any], count: int):
         head = json.dumps(header, separators=(",", ":")).encode()
-        self._head = head[:-1] + b',"items":['
+        self._head = head[:-1] + (b"," if header else b"") + b'"items":['
         self._items: list[Future | None] = [None] * count
 
     def add(self, index: int, parts: Sequence[bytes]) -> None:
-        self._items[index] = _get_pool().submit(compress, b"," if index else b"", *parts)
+        comma = b"," if index else b""
+        if sum(len(p) for p in parts) <= INLINE_COMPRESS_BYTES:
+            done: Future = Future()
+            done.set_result(compress(comma, *parts))
+            self._items[index] = done
+        else:
+            self._items[index] = _get_pool().submit(compress, comma, *parts)
 
     def cancel(self) -> None:
         for future in self._items:

@@ -45,6 +45,7 @@ class Settings:
     max_length: int = 8192
     batch_wait_ms: float = 0.0
     worker_threads: int = 32
+    torch_threads: int = 0
     result_ttl: int = 24 * 3600
     colbert_dtype: str = "float16"
     time_limit: int = 600
@@ -95,6 +96,8 @@ class Settings:
             raise ValueError(f"BGE_M3_DEVICE must be auto, cuda or cpu, not {self.device!r}")
         if self.colbert_dtype not in {"float16", "float32"}:
             raise ValueError("BGE_M3_COLBERT_DTYPE must be float16 or float32")
+        if self.torch_threads < 0:
+            raise ValueError("BGE_M3_TORCH_THREADS must be 0 (torch's default) or more")
         if not 1 <= self.max_length <= 8192:
             raise ValueError("BGE_M3_MAX_LENGTH must be between 1 and 8192")
         if self.time_limit >= self.visibility_timeout:
@@ -144,6 +147,7 @@ ENV_VARS: dict[str, str] = {
     "max_length": "BGE_M3_MAX_LENGTH",
     "batch_wait_ms": "BGE_M3_BATCH_WAIT_MS",
     "worker_threads": "BGE_M3_WORKER_THREADS",
+    "torch_threads": "BGE_M3_TORCH_THREADS",
     "result_ttl": "BGE_M3_RESULT_TTL",
     "colbert_dtype": "BGE_M3_COLBERT_DTYPE",
     "time_limit": "BGE_M3_TIME_LIMIT",

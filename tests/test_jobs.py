@@ -122,3 +122,45 @@ def test_empty_items_result_is_valid_json(redis_db):
     from bge_m3.payload import ItemsResult, decode
 
     assert decode(ItemsResult({"model": "m"}, 0).chunks()) == {"model": "m", "items": []}
+
+
+def test_finish_survives_a_script_flush_and_big_results_are_staged(redis_db, monkeypatch):
+    """After a Redis restart the finish script is gone (NOSCRIPT): it is loaded again. A result
+    over the inline bound goes through a staging key and lands the same."""
+    import json
+
+    from bge_m3 import jobs as jobs_module
+    from bge_m3.payload import ItemsResult
+
+    jobs = store(redis_db)
+    job = jobs.create({})
+    jobs.start(job.id, max_attempts=1)
+    redis_db.script_flush()
+    pipe = redis_db.pipeline(transaction=False)
+    pipe.hincrby("counter", "jobs", 1)
+    assert jobs.succeed_chunks(job.id, ItemsResult({}, 0).chunks(), pipe=pipe) == "ok"
+    assert jobs.result(job.id) == {"items": []} and redis_db.hget("counter", "jobs") == "1"
+
+    monkeypatch.setattr(jobs_module, "INLINE_RESULT_BYTES", 10)
+    big = jobs.create({})
+    jobs.start(big.id, max_attempts=1)
+    items = [{"tokens": i} for i in range(5)]
+    built = ItemsResult({"model": "m"}, len(items))
+    for i, item in enumerate(items):
+        built.add(i, [json.dumps(item).encode()])
+    assert jobs.succeed_chunks(big.id, built.chunks()) == "ok"
+    assert jobs.result(big.id) == {"model": "m", "items": items}
+    assert redis_db.keys("bge-m3:staging:*") == []
+
+
+def test_claim_takes_the_lease_and_returns_the_input(redis_db):
+    jobs = store(redis_db)
+    job = jobs.create({"texts": ["a"]})
+    first = jobs.claim(job.id, max_attempts=3, worker="w1", lease="lease:x", lease_ttl=30)
+    assert (first.state, first.attempt, first.params) == ("running", 1, {"texts": ["a"]})
+    assert first.created_at == job.created_at and 0 < redis_db.ttl("lease:x") <= 30
+    # A second delivery while the lease is held neither starts nor counts an attempt.
+    assert jobs.claim(job.id, max_attempts=3, worker="w2", lease="lease:x", lease_ttl=30).state == "leased"
+    assert jobs.get(job.id).attempts == 1
+    jobs.fail(job.id, "x", "y")
+    assert jobs.claim(job.id, max_attempts=3, lease="lease:x", lease_ttl=30).state == "failed"

@@ -10,7 +10,7 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from concurrent.futures import as_completed
 from typing import Any
 
-from bge_m3.jobs import TERMINAL
+from bge_m3.jobs import Claim
 from bge_m3.payload import ItemsResult
 from worker import faults
 from worker.batcher import JobTrace
@@ -51,47 +51,48 @@ def parse_params(params: Any, max_texts: int, max_length: int) -> tuple[list[str
     return texts, frozenset(modes), length, truncate
 
 
-def hold_lease(rt: Runtime, job_id: str) -> None:
-    """One delivery runs a job at a time. When the broker connection drops, kombu puts the
-    unacked message back at once while its first run goes on; that second delivery waits here
-    until the first run ends the job (then start() skips it) or its lease lapses. The lease lasts
+def claim(rt: Runtime, job_id: str) -> Claim:
+    """Mark the job running and take its lease, in one round trip. One delivery runs a job at a
+    time: when the broker connection drops, kombu puts the unacked message back at once while
+    its first run goes on; that second delivery waits here until the first run ends the job
+    (the claim then finds it terminal and skips it) or its lease lapses. The lease lasts
     time_limit, below the visibility timeout, so a dead worker's lease is gone before its job
     is redelivered."""
     key = f"{LEASE_PREFIX}{job_id}"
-    while not rt.redis.set(key, rt.hostname, nx=True, ex=rt.settings.time_limit):
+    while True:
+        claimed = rt.store.claim(job_id, max_attempts=rt.settings.max_retries + 1, worker=rt.hostname,
+                                 lease=key, lease_ttl=rt.settings.time_limit)
+        if claimed.state != "leased":
+            return claimed
         log.warning("Job %s is being run by another delivery; waiting for it", job_id)
-        job = rt.store.wait(job_id, max(0.1, rt.redis.pttl(key) / 1000))
-        if job is None or job.status in TERMINAL:
-            return
+        rt.store.wait(job_id, max(0.1, rt.redis.pttl(key) / 1000))
 
 
 def execute(rt: Runtime, job_id: str) -> str:
     """Run one delivery of a job; returns what happened (for logs and tests)."""
     settings = rt.settings
-    hold_lease(rt, job_id)
-    state, attempt = rt.store.start(job_id, max_attempts=settings.max_retries + 1, worker=rt.hostname)
-    if state == "exhausted":
-        rt.store.fail(job_id, "worker_lost", f"the job was delivered {attempt} times without "
+    claimed = claim(rt, job_id)
+    if claimed.state == "exhausted":
+        rt.store.fail(job_id, "worker_lost", f"the job was delivered {claimed.attempt} times without "
                       "finishing (a worker died each time); giving up")
-        log.error("Job %s failed: delivered %d times (poison job)", job_id, attempt)
+        log.error("Job %s failed: delivered %d times (poison job)", job_id, claimed.attempt)
         return "exhausted"
-    if state != "running":
-        log.info("Job %s skipped: %s", job_id, state)
-        return state
+    if claimed.state != "running":
+        log.info("Job %s skipped: %s", job_id, claimed.state)
+        return claimed.state
     started = time.time()
-    job = rt.store.get(job_id)
-    created = job.created_at if job else started
+    created = claimed.created_at or started
     try:
-        texts, modes, max_length, truncate = parse_params(job.params if job else None,
-                                                          settings.max_texts, settings.max_length)
+        texts, modes, max_length, truncate = parse_params(claimed.params, settings.max_texts,
+                                                          settings.max_length)
         rows = rt.encoder.tokenize(texts, max_length, truncate)
     except (InvalidJob, TooLong) as exc:
         code = "too_long" if isinstance(exc, TooLong) else "invalid_request"
-        rt.store.fail(job_id, code, str(exc), stats=_stats(created, started, started, 0, JobTrace()))
-        rt.count(failed_jobs=1)
+        rt.store.fail(job_id, code, str(exc), stats=_stats(created, started, started, 0, JobTrace()),
+                      pipe=rt.count(failed_jobs=1))
         log.info("Job %s failed: %s", job_id, exc)
         return "failed"
-    faults.inject(texts, attempt, settings.test_faults)  # test-only; a no-op by default
+    faults.inject(texts, claimed.attempt, settings.test_faults)  # test-only; a no-op by default
     trace = JobTrace()
     tokens = sum(len(r) for r in rows)
     futures = rt.batcher.submit(rows, modes, trace)
@@ -105,13 +106,14 @@ def execute(rt: Runtime, job_id: str) -> str:
         for future in futures:
             future.cancel()
         result.cancel()
-        rt.store.fail(job_id, *error, stats=_stats(created, started, computed, tokens, trace))
-        rt.count(failed_jobs=1)
+        rt.store.fail(job_id, *error, stats=_stats(created, started, computed, tokens, trace),
+                      pipe=rt.count(failed_jobs=1))
         log.warning("Job %s failed: %s", job_id, error[1])
         return "failed"
     stats = _stats(created, started, computed, tokens, trace)
-    rt.count(jobs=1, texts=len(texts))  # before the record turns terminal: readers see both
-    outcome = rt.store.succeed_chunks(job_id, result.chunks(), stats)
+    # Counted in the same round trip as, and before, the terminal write: readers see both.
+    outcome = rt.store.succeed_chunks(job_id, result.chunks(), stats,
+                                      pipe=rt.count(jobs=1, texts=len(texts)))
     log.info("Job %s: %d texts, %s tokens, %d forward passes, %.0f ms", job_id, len(texts),
              f"{tokens:,}", len(trace.passes), stats["total_ms"])
     return "succeeded" if outcome == "ok" else outcome

@@ -137,6 +137,9 @@ def _host(tensor: Any, keep_half: bool = False) -> Any:
     return tensor.cpu().numpy()
 
 
-def torch_threads() -> int:
+def torch_threads(wanted: int = 0) -> int:
+    """Set torch's CPU threads when ``wanted`` > 0; return the count in force."""
     require_torch()
+    if wanted > 0:
+        torch.set_num_threads(wanted)
     return torch.get_num_threads()

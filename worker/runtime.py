@@ -7,6 +7,7 @@ Celery ``worker_init`` handler, never at import.
 """
 from __future__ import annotations
 
+import collections
 import os
 import sys
 import threading
@@ -54,6 +55,8 @@ class Runtime:
         self.batcher: Batcher | None = None
         self.verified: gate.Verified | None = None
         self.placement: Any = None
+        self._counts: collections.Counter[str] = collections.Counter()
+        self._counts_lock = threading.Lock()
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
 
@@ -67,7 +70,7 @@ class Runtime:
         from worker.device import choose
         from worker.encoder import MODES, Encoder
 
-        model_module.require_torch()
+        threads = model_module.torch_threads(self.settings.torch_threads)
         faults.load_delay(self.settings.test_load_delay)  # test-only; 0 by default
         self.placement = choose(self.settings.device, model_module.torch)
         manifest = self.verified.manifest
@@ -78,6 +81,7 @@ class Runtime:
         log.info("Model loaded: %s@%s (%s, %d-dim) in %.1f s", manifest.repo_id, manifest.revision[:7],
                  self.placement.label, m3.hidden, time.perf_counter() - t0)
         log.info("Device: %s", self.placement.description)
+        log.debug("torch CPU threads: %d", threads)
         self.batcher = Batcher(self.encoder.run_batch, self.settings.max_batch_tokens,
                                self.settings.batch_wait_ms, on_batch=self._count_batch)
         t0 = time.perf_counter()
@@ -114,6 +118,7 @@ class Runtime:
         while not self._stop.wait(workers.HEARTBEAT_INTERVAL):
             try:
                 workers.announce(self.redis, self.hostname, self.info())
+                self.count().execute()  # batches of jobs that ended without a terminal write
             except Exception as exc:  # noqa: BLE001 - keep beating through a Redis blip
                 log.warning("heartbeat failed: %s", exc)
 
@@ -126,16 +131,25 @@ class Runtime:
         if self.batcher is not None:
             self.batcher.stop()
 
-    def count(self, **fields: int) -> None:
+    def count(self, **fields: int) -> Any:
+        """A pipeline (not yet executed) adding ``fields`` and the batch counters gathered since
+        the last flush to this worker's statistics; the caller executes it, usually together
+        with the job's terminal write (``JobStore.succeed_chunks``/``fail``)."""
+        with self._counts_lock:
+            pending, self._counts = self._counts, collections.Counter()
+        pending.update(fields)
         pipe = self.redis.pipeline(transaction=False)
-        for name, value in fields.items():
+        for name, value in pending.items():
             pipe.hincrby(self.stats_key, name, int(value))
         pipe.expire(self.stats_key, STATS_TTL)
-        pipe.execute()
+        return pipe
 
     def _count_batch(self, stats: BatchStats) -> None:
-        self.count(forward_passes=1, batches=1, batch_texts=stats.texts, tokens=stats.tokens,
-                   padded_tokens=stats.padded_tokens)
+        # In memory only: a Redis round trip here would sit between every forward pass and its
+        # results. The job that the batch served flushes it before turning terminal.
+        with self._counts_lock:
+            self._counts.update(forward_passes=1, batches=1, batch_texts=stats.texts,
+                                tokens=stats.tokens, padded_tokens=stats.padded_tokens)
 
 
 def _set_current(runtime: Runtime) -> None:
