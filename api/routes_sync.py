@@ -18,7 +18,7 @@ from flask import Blueprint
 from api.auth import owner
 from api.errors import ApiError
 from api.results import item_out, total_tokens
-from api.routes_jobs import backend, job_url, observe
+from api.routes_jobs import backend, job_url
 from api.scoring import scores
 from api.validation import embed_request, embeddings_request, json_body, score_request
 from bge_m3.jobs import Job
@@ -34,26 +34,25 @@ def run(params: dict[str, Any], workers: list[dict[str, Any]] | None = None) -> 
     state = backend()
     if workers is None:
         state.backend.require_worker()
-    job = state.backend.submit(params, owner())
-    done = state.backend.store.wait(job.id, state.settings.sync_timeout)
+    done, result, first = state.backend.run(params, owner(), state.settings.sync_timeout)
     if done is None:
-        raise ApiError(500, "job_lost", f"job {job.id} disappeared before it finished")
+        raise ApiError(500, "job_lost", "the job disappeared before it finished")
     if done.status in ("queued", "running"):
         raise ApiError(504, "timeout",
-                       f"job {job.id} did not finish within {state.settings.sync_timeout:g} s; "
-                       f"poll {job_url(job.id)}",
-                       headers={"Location": job_url(job.id)}, extra={"job_id": job.id})
-    observe(done)
+                       f"job {done.id} did not finish within {state.settings.sync_timeout:g} s; "
+                       f"poll {job_url(done.id)}",
+                       headers={"Location": job_url(done.id)}, extra={"job_id": done.id})
+    if first:
+        state.metrics.observe_job(done)
     if done.status == "cancelled":
-        raise ApiError(409, "job_cancelled", f"job {job.id} was cancelled", extra={"job_id": job.id})
+        raise ApiError(409, "job_cancelled", f"job {done.id} was cancelled", extra={"job_id": done.id})
     if done.status == "failed":
         error = done.error or {}
         code = str(error.get("code", "failed"))
         raise ApiError(FAILURE_STATUS.get(code, 500), code, str(error.get("message", "job failed")),
-                       extra={"job_id": job.id})
-    result = state.backend.store.result(job.id)
+                       extra={"job_id": done.id})
     if result is None:
-        raise ApiError(500, "job_lost", f"the result of job {job.id} has expired")
+        raise ApiError(500, "job_lost", f"the result of job {done.id} has expired")
     return done, result
 
 

@@ -1,8 +1,10 @@
-"""The API's one link to Redis and Celery: submit a job, read it, wait for it.
+"""The API's one link to Redis: submit a job, read it, wait for it.
 
-Order of writes: the job record (with its TTL) goes to Redis first, then the
-message is published by task name; if publishing fails the record is deleted,
-so a client never sees a job id that no worker will ever receive.
+Submitting is one atomic script: the capacity check, the Celery message (by task name,
+``bge_m3.queue.task_message``) and the job record with its TTL. Either both are written
+or neither, so a client never sees a job id that no worker will ever receive, and a worker
+never receives a message without its job. Waiting rides the process's one shared
+subscription (``bge_m3.events``).
 """
 from __future__ import annotations
 
@@ -10,16 +12,16 @@ import logging
 import time
 from typing import Any
 
+import redis as redis_lib
+
 from api.errors import ApiError
-from bge_m3.jobs import Job, JobStore, job_key
-from bge_m3.queue import QUEUE_NAME, TASK_NAME, make_celery, queue_depth, redis_client
+from bge_m3.events import JobEvents
+from bge_m3.jobs import TERMINAL, Job, JobStore, QueueFull, events_key, new_job_id
+from bge_m3.queue import QUEUE_NAME, redis_client, task_message
 from bge_m3.settings import Settings
 from bge_m3.workers import ready_workers
 
 log = logging.getLogger("bge_m3.api")
-
-PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
-"""Bounds how long a publish retries against a broken broker before the API answers 503."""
 
 RETRY_AFTER_SECONDS = 5
 """``Retry-After`` sent with 429 (queue full) and 503 (nothing to serve)."""
@@ -28,32 +30,16 @@ READY_CACHE_SECONDS = 1.0
 """How long sync routes reuse one read of the readiness records (a SCAN per request otherwise);
 small next to READY_TTL, the time a dead worker's record lingers anyway."""
 
-OBSERVED_FIELD = "observed"
-"""Job-hash field set once by the first API process to record a finished job's latency."""
-
-_OBSERVE_ONCE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-return redis.call('HSETNX', KEYS[1], ARGV[1], '1')
-"""
-
 
 class Backend:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.redis = redis_client(settings.redis_url)
-        self.store = JobStore(self.redis, settings.result_ttl)
-        self.celery = make_celery(settings, name="bge_m3_api")
-        self._observe_once = self.redis.register_script(_OBSERVE_ONCE)
+        self.events = JobEvents(self.redis, events_key("*"), events_key(""))
+        self.store = JobStore(self.redis, settings.result_ttl, events=self.events)
         self._ready: tuple[float, list[dict[str, Any]]] = (0.0, [])
 
     # -- submit -------------------------------------------------------------------------------
-    def check_capacity(self) -> None:
-        depth = queue_depth(self.redis)
-        if depth >= self.settings.max_queued:
-            raise ApiError(429, "queue_full",
-                           f"{depth} jobs are queued (BGE_M3_MAX_QUEUED={self.settings.max_queued})",
-                           headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
-
     def require_worker(self) -> list[dict[str, Any]]:
         read_at, workers = self._ready
         if not workers or time.monotonic() - read_at > READY_CACHE_SECONDS:
@@ -64,21 +50,37 @@ class Backend:
                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         return workers
 
-    def submit(self, params: dict[str, Any], owner: str) -> Job:
-        self.check_capacity()
-        job = self.store.create(params, owner=owner)
+    def submit(self, params: dict[str, Any], owner: str, job_id: str | None = None) -> Job:
+        """Record and enqueue a job atomically, or answer 429 (queue full) / 503 (unusable)."""
+        job_id = job_id or new_job_id()
         try:
-            self.celery.send_task(TASK_NAME, kwargs={"job_id": job.id}, task_id=job.id,
-                                  queue=QUEUE_NAME, retry=True, retry_policy=PUBLISH_RETRY)
-        except Exception as exc:  # kombu raises many kinds; all mean "not published"
-            log.warning("publish of job %s failed: %s", job.id, type(exc).__name__)
-            try:
-                self.store.delete(job.id)
-            except Exception:  # Redis gone too: the record's TTL still bounds its life
-                log.warning("could not delete unpublished job %s", job.id)
-            raise ApiError(503, "queue_unavailable", "the job queue is not reachable; try again",
+            return self.store.create(params, owner=owner, job_id=job_id, message=task_message(job_id),
+                                     queue=QUEUE_NAME, max_queued=self.settings.max_queued)
+        except QueueFull as full:
+            raise ApiError(429, "queue_full",
+                           f"{full.depth} jobs are queued (BGE_M3_MAX_QUEUED={self.settings.max_queued})",
                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
-        return job
+        except redis_lib.exceptions.ResponseError as exc:  # e.g. the queue key is not a list
+            log.warning("enqueue failed: %s", exc)
+            raise ApiError(503, "queue_unavailable", "the job queue is not usable; try again",
+                           headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
+
+    def run(self, params: dict[str, Any], owner: str, timeout: float) -> tuple[Job | None, Any, bool]:
+        """Submit and wait for the job: (the job as last read, None if it vanished; its result if
+        it succeeded; whether this read is the first to see it finished). The watch is
+        registered before the job exists, and the finished job, its result and that flag come
+        back in one round trip."""
+        job_id = new_job_id()
+        with self.events.watch(job_id) as woke:
+            self.submit(params, owner, job_id)
+            deadline = time.monotonic() + timeout
+            while True:
+                left = deadline - time.monotonic()
+                woke.wait(max(0.0, left))
+                woke.clear()
+                done, result, first = self.store.read(job_id, observe=True)
+                if done is None or done.status in TERMINAL or left <= 0:
+                    return done, result, first
 
     # -- read ---------------------------------------------------------------------------------
     def visible(self, job_id: str, owner: str) -> Job:
@@ -89,7 +91,7 @@ class Backend:
 
     def first_observation(self, job: Job) -> bool:
         """True exactly once per finished job, across API processes (for latency histograms)."""
-        return bool(self._observe_once(keys=[job_key(job.id)], args=[OBSERVED_FIELD]))
+        return self.store.observe(job.id)
 
 
 def _plausible_id(job_id: str) -> bool:

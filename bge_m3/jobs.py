@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from redis.exceptions import NoScriptError
 
-from bge_m3 import payload
+from bge_m3 import payload, scripts
 
 PREFIX = "bge-m3"
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -35,6 +35,9 @@ trip. A bigger one is staged first, so no script call carries hundreds of megaby
 
 PUSH_BATCH_BYTES = 64 * 1024 * 1024
 """Compressed result bytes sent to Redis per pipeline round trip, bounding its query buffer."""
+
+OBSERVED_FIELD = "observed"
+"""Job-hash field set once by the first reader that records a finished job's latency."""
 
 MAX_WAIT_SECONDS = 30.0
 """Upper bound on one long-poll (``GET /v1/jobs/<id>?wait=``), so a client cannot pin a connection."""
@@ -63,49 +66,12 @@ def events_key(job_id: str) -> str:
     return f"{PREFIX}:events:{job_id}"
 
 
-_START = """
-local s = redis.call('HGET', KEYS[1], 'status')
-if not s then return {'missing', 0} end
-if s ~= 'queued' and s ~= 'running' then return {s, 0} end
-if ARGV[4] ~= '' and not redis.call('SET', KEYS[2], ARGV[3], 'NX', 'EX', ARGV[4]) then
-  return {'leased', 0}
-end
-local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-if tonumber(n) > tonumber(ARGV[2]) then return {'exhausted', n} end
-redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1], 'worker', ARGV[3])
-return {'running', n, redis.call('HGET', KEYS[1], 'params') or '', redis.call('HGET', KEYS[1], 'created_at')}
-"""
+class QueueFull(Exception):
+    """The queue already holds the most jobs it may."""
 
-_FINISH = """
-local s = redis.call('HGET', KEYS[1], 'status')
-if not s or s == 'succeeded' or s == 'failed' or s == 'cancelled' then
-  if ARGV[4] == 'staged' then redis.call('DEL', KEYS[4]) end
-  return s or 'missing'
-end
-local ttl = tonumber(ARGV[3])
-local inline = tonumber(ARGV[5])
-if ARGV[4] == 'staged' then
-  redis.call('RENAME', KEYS[4], KEYS[2])
-  redis.call('EXPIRE', KEYS[2], ttl)
-elseif inline > 0 then
-  redis.call('RPUSH', KEYS[2], unpack(ARGV, 6, 5 + inline))
-  redis.call('EXPIRE', KEYS[2], ttl)
-end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2])
-for i = 6 + inline, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('EXPIRE', KEYS[1], ttl)
-redis.call('PUBLISH', KEYS[3], ARGV[1])
-return 'ok'
-"""
-
-_CANCEL = """
-local s = redis.call('HGET', KEYS[1], 'status')
-if not s then return 'missing' end
-if s ~= 'queued' then return s end
-redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
-redis.call('PUBLISH', KEYS[2], 'cancelled')
-return 'ok'
-"""
+    def __init__(self, depth: int):
+        super().__init__(f"{depth} jobs are queued")
+        self.depth = depth
 
 
 @dataclass(frozen=True)
@@ -148,22 +114,28 @@ class Job:
 class JobStore:
     """All reads and writes of job state. ``redis`` is a ``redis.Redis`` with ``decode_responses=True``."""
 
-    def __init__(self, redis: Any, ttl: int):
+    def __init__(self, redis: Any, ttl: int, events: Any = None):
         self.redis = redis
         self.ttl = ttl
-        self._start = redis.register_script(_START)
-        self._finish = redis.register_script(_FINISH)
-        self._cancel = redis.register_script(_CANCEL)
+        self.events = events  # a bge_m3.events.JobEvents shared by the process, or None
+        self._create = redis.register_script(scripts.CREATE)
+        self._start = redis.register_script(scripts.START)
+        self._finish = redis.register_script(scripts.FINISH)
+        self._cancel = redis.register_script(scripts.CANCEL)
+        self._observe = redis.register_script(scripts.OBSERVE)
 
-    def create(self, params: dict[str, Any], owner: str = "", job_id: str | None = None) -> Job:
+    def create(self, params: dict[str, Any], owner: str = "", job_id: str | None = None, *,
+               message: str = "", queue: str = "", max_queued: int = 0) -> Job:
+        """Write the job record (with its TTL) and, when ``message`` is given, push it onto
+        ``queue`` in the same atomic script: a job is never seen without its message, nor a
+        message without its job. Raises ``QueueFull`` when ``queue`` holds ``max_queued``."""
         job = Job(id=job_id or new_job_id(), status="queued", created_at=time.time(), owner=owner,
                   params=params)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(job_key(job.id), mapping={
-            "id": job.id, "status": job.status, "created_at": repr(job.created_at),
-            "owner": owner, "params": json.dumps(params), "attempts": 0})
-        pipe.expire(job_key(job.id), self.ttl)
-        pipe.execute()
+        depth = self._create(keys=[job_key(job.id), queue or f"{PREFIX}:queue:none"],
+                             args=[job.id, repr(job.created_at), owner, message,
+                                   max_queued if message else 0, json.dumps(params), self.ttl])
+        if int(depth) >= 0:
+            raise QueueFull(int(depth))
         return job
 
     def delete(self, job_id: str) -> None:
@@ -256,13 +228,24 @@ class JobStore:
         return self._cancel(keys=[job_key(job_id), events_key(job_id)], args=[repr(time.time())])
 
     def wait(self, job_id: str, timeout: float) -> Job | None:
-        """Block until the job is terminal or ``timeout`` passes; event-driven via pub/sub.
-        Callers bound ``timeout`` (the API caps a long-poll at MAX_WAIT_SECONDS)."""
+        """Block until the job is terminal or ``timeout`` passes; event-driven via pub/sub, on
+        the process's shared subscription when one is attached (``events``, the API), else on a
+        subscription of its own. Callers bound ``timeout`` (a long-poll is capped at
+        MAX_WAIT_SECONDS)."""
         timeout = max(0.0, timeout)
+        deadline = time.monotonic() + timeout
+        if self.events is not None:
+            with self.events.watch(job_id) as woke:
+                while True:
+                    woke.clear()  # before the read: a finish after it sets the event again
+                    job = self.get(job_id)
+                    left = deadline - time.monotonic()
+                    if job is None or job.status in TERMINAL or left <= 0:
+                        return job
+                    woke.wait(left)
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(events_key(job_id))  # subscribe first, then read: no lost wake-up
-            deadline = time.monotonic() + timeout
             while True:
                 job = self.get(job_id)
                 left = deadline - time.monotonic()
@@ -271,3 +254,25 @@ class JobStore:
                 pubsub.get_message(timeout=left)
         finally:
             pubsub.close()
+
+    def read(self, job_id: str, observe: bool = False) -> tuple[Job | None, Any, bool]:
+        """The job, its result if it succeeded, and (with ``observe``) whether this is the first
+        read to see it finished (``observe``'s flag): all in one round trip."""
+        while True:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hgetall(job_key(job_id))
+            pipe.execute_command("LRANGE", result_key(job_id), 0, -1, NEVER_DECODE=True)
+            if observe:  # EVALSHA by hand, as in _end
+                pipe.evalsha(self._observe.sha, 1, job_key(job_id), OBSERVED_FIELD)
+            try:
+                data, chunks, *first = pipe.execute()
+                break
+            except NoScriptError:
+                self.redis.script_load(scripts.OBSERVE)
+        job = Job.from_hash(data) if data else None
+        result = payload.decode(chunks) if job and job.status == "succeeded" and chunks else None
+        return job, result, bool(first and first[0])
+
+    def observe(self, job_id: str) -> bool:
+        """True exactly once per finished job (for latency histograms read by any API process)."""
+        return bool(self._observe(keys=[job_key(job_id)], args=[OBSERVED_FIELD]))

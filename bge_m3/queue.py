@@ -4,6 +4,11 @@ Tasks are sent by name so the API never imports worker code.
 """
 from __future__ import annotations
 
+import base64
+import json
+import os
+import socket
+import uuid
 from typing import Any
 
 from bge_m3.settings import Settings
@@ -61,6 +66,33 @@ def make_celery(settings: Settings, name: str = "bge_m3"):
     app = Celery(name)
     app.conf.update(celery_config(settings))
     return app
+
+
+def task_message(job_id: str) -> str:
+    """What ``send_task(TASK_NAME, kwargs={"job_id": job_id}, task_id=job_id)`` puts on the Redis
+    list: Celery's task protocol 2 inside kombu's Redis envelope. Written here so the API can push
+    it in the same atomic script as the job record (``JobStore.create``), instead of a second
+    round trip through kombu; tests/test_queue.py holds it equal to Celery's own message for the
+    installed versions, so an upgrade that changes the format fails there, not in production."""
+    body = json.dumps([[], {"job_id": job_id},
+                       {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
+    return json.dumps({
+        "body": base64.b64encode(body.encode()).decode("ascii"),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {
+            "lang": "py", "task": TASK_NAME, "id": job_id, "shadow": None, "eta": None,
+            "expires": None, "group": None, "group_index": None, "retries": 0,
+            "timelimit": [None, None], "root_id": job_id, "parent_id": None, "argsrepr": "()",
+            "kwargsrepr": repr({"job_id": job_id}), "origin": f"gen{os.getpid()}@{socket.gethostname()}",
+            "ignore_result": None, "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {},
+        },
+        "properties": {
+            "correlation_id": job_id, "reply_to": None, "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": QUEUE_NAME}, "priority": 0,
+            "body_encoding": "base64", "delivery_tag": str(uuid.uuid4()),
+        },
+    })
 
 
 def redis_client(url: str, **kwargs: Any):

@@ -112,15 +112,13 @@ def test_redis_down_is_503_and_no_orphan(base_settings, tmp_path):
     server.stop()
 
 
-def test_publish_failure_leaves_no_orphan(base_settings, redis_server, tmp_path):
-    """Redis answers but the broker does not: the record written first is deleted again."""
-    from bge_m3.queue import make_celery
-
+def test_enqueue_failure_leaves_no_orphan(base_settings, redis_server, tmp_path):
+    """Redis answers but the queue cannot take the message (its key holds a string): the
+    record and the message are one atomic script, so neither is written."""
     db = redis_server.client(4)
     db.flushdb()
+    db.set(QUEUE_NAME, "not a list")
     app = create_app(base_settings.replace(redis_url=redis_server.url(4)))
-    dead = base_settings.replace(redis_url=f"redis+socket://{tmp_path / 'nothing.sock'}")
-    app.extensions["bge_m3"].backend.celery = make_celery(dead)  # a real broker connection that fails
     r = app.test_client().post("/v1/jobs", json={"texts": ["a"]})
     assert r.status_code == 503 and r.get_json()["error"]["code"] == "queue_unavailable"
     assert list(db.scan_iter("bge-m3:*")) == []

@@ -1,0 +1,79 @@
+"""The Lua scripts behind every job state change (``bge_m3.jobs``): each runs atomically in Redis.
+
+KEYS and ARGV are documented above each script; a script that may write several keys does its
+only fallible write first, because Redis does not roll a script back when a command fails.
+"""
+from __future__ import annotations
+
+CREATE = """
+if tonumber(ARGV[5]) > 0 then
+  local depth = redis.call('LLEN', KEYS[2])
+  if depth >= tonumber(ARGV[5]) then return depth end
+end
+if ARGV[4] ~= '' then redis.call('LPUSH', KEYS[2], ARGV[4]) end
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'status', 'queued', 'created_at', ARGV[2], 'owner', ARGV[3],
+           'params', ARGV[6], 'attempts', 0)
+redis.call('EXPIRE', KEYS[1], ARGV[7])
+return -1
+"""
+"""KEYS: job hash, queue list. ARGV: id, created_at, owner, message ('' = none), max queued
+(0 = no bound), params JSON, ttl. Returns -1 when created, else the queue depth that refused it.
+The message goes first: if the queue key is unusable nothing at all is written."""
+
+START = """
+local s = redis.call('HGET', KEYS[1], 'status')
+if not s then return {'missing', 0} end
+if s ~= 'queued' and s ~= 'running' then return {s, 0} end
+if ARGV[4] ~= '' and not redis.call('SET', KEYS[2], ARGV[3], 'NX', 'EX', ARGV[4]) then
+  return {'leased', 0}
+end
+local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+if tonumber(n) > tonumber(ARGV[2]) then return {'exhausted', n} end
+redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1], 'worker', ARGV[3])
+return {'running', n, redis.call('HGET', KEYS[1], 'params') or '', redis.call('HGET', KEYS[1], 'created_at')}
+"""
+"""KEYS: job hash, lease key. ARGV: started_at, max attempts, worker, lease ttl ('' = no lease).
+Returns {state, attempt[, params, created_at]}: 'running', 'leased', 'exhausted', or the
+terminal or 'missing' state that means skip."""
+
+FINISH = """
+local s = redis.call('HGET', KEYS[1], 'status')
+if not s or s == 'succeeded' or s == 'failed' or s == 'cancelled' then
+  if ARGV[4] == 'staged' then redis.call('DEL', KEYS[4]) end
+  return s or 'missing'
+end
+local ttl = tonumber(ARGV[3])
+local inline = tonumber(ARGV[5])
+if ARGV[4] == 'staged' then
+  redis.call('RENAME', KEYS[4], KEYS[2])
+  redis.call('EXPIRE', KEYS[2], ttl)
+elseif inline > 0 then
+  redis.call('RPUSH', KEYS[2], unpack(ARGV, 6, 5 + inline))
+  redis.call('EXPIRE', KEYS[2], ttl)
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2])
+for i = 6 + inline, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('PUBLISH', KEYS[3], ARGV[1])
+return 'ok'
+"""
+"""KEYS: job hash, result list, events channel, staging list. ARGV: status, finished_at, ttl,
+'staged' or 'inline', N inline result chunks, the N chunks, then field/value pairs (error,
+stats). Returns 'ok', or the terminal/'missing' state that made it a no-op."""
+
+CANCEL = """
+local s = redis.call('HGET', KEYS[1], 'status')
+if not s then return 'missing' end
+if s ~= 'queued' then return s end
+redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
+redis.call('PUBLISH', KEYS[2], 'cancelled')
+return 'ok'
+"""
+"""KEYS: job hash, events channel. ARGV: finished_at. Cancels only a queued job."""
+
+OBSERVE = """
+local s = redis.call('HGET', KEYS[1], 'status')
+if s ~= 'succeeded' and s ~= 'failed' and s ~= 'cancelled' then return 0 end
+return redis.call('HSETNX', KEYS[1], ARGV[1], '1')
+"""
+"""KEYS: job hash. ARGV: the flag field. 1 for the first caller to see the job finished, else 0."""
