@@ -95,12 +95,15 @@ def execute(rt: Runtime, job_id: str) -> str:
     faults.inject(texts, claimed.attempt, settings.test_faults)  # test-only; a no-op by default
     trace = JobTrace()
     tokens = sum(len(r) for r in rows)
-    futures = rt.batcher.submit(rows, modes, trace)
-    budget = max(0.0, settings.time_limit - (time.time() - started))
     manifest = rt.verified.manifest
     result = ItemsResult({"model": manifest.repo_id, "revision": manifest.revision,
                           "dimension": rt.encoder.dimension}, len(rows))
-    error = _collect(rt, rows, futures, result, budget)
+    budget = settings.time_limit - (time.time() - started)
+    if budget > 0:
+        futures = rt.batcher.submit(rows, modes, trace)  # may run at once, in this thread
+        error = _collect(rt, rows, futures, result, max(0.0, settings.time_limit - (time.time() - started)))
+    else:  # already over the limit before any forward pass
+        futures, error = [], _timeout(settings.time_limit)
     computed = time.time()
     if error is not None:
         for future in futures:
@@ -125,6 +128,7 @@ def _collect(rt: Runtime, rows: list[list[int]], futures: list, result: ItemsRes
     so this work overlaps the forward passes still running. Stops at the first failed text or
     when ``budget`` is spent, returning (code, message)."""
     index = {future: i for i, future in enumerate(futures)}
+    deadline = time.monotonic() + budget
     try:
         for future in as_completed(futures, timeout=budget):
             i = index[future]
@@ -133,8 +137,14 @@ def _collect(rt: Runtime, rows: list[list[int]], futures: list, result: ItemsRes
                 return "encode_failed", f"text {i} could not be encoded: {exc}"
             result.add(i, rt.encoder.item_json(rows[i], future.result()))
     except FuturesTimeout:
-        return "timeout", f"the job did not finish within {rt.settings.time_limit} s"
+        return _timeout(rt.settings.time_limit)
+    if time.monotonic() > deadline:  # a pass run in this thread cannot be interrupted: judge it after
+        return _timeout(rt.settings.time_limit)
     return None
+
+
+def _timeout(limit: float) -> tuple[str, str]:
+    return "timeout", f"the job did not finish within {limit} s"
 
 
 def _stats(created: float, started: float, computed: float, tokens: int, trace: JobTrace) -> dict:
