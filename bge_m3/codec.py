@@ -31,11 +31,15 @@ def pack_json_parts(data: Any, shape: Sequence[int], dtype: str) -> list[bytes]:
     """``pack_json`` in pieces, written directly: base64 needs no escaping, and ``json.dumps``
     over megabytes of it costs more than the model on a GPU. ``data`` is any contiguous
     little-endian buffer (a numpy array is encoded without a copy)."""
+    return encoded_json_parts(base64.b64encode(memoryview(data).cast("B")), shape, dtype)
+
+
+def encoded_json_parts(encoded: bytes, shape: Sequence[int], dtype: str) -> list[bytes]:
+    """``pack_json_parts`` for data already base64-encoded (on a GPU, say)."""
     if dtype not in DTYPE_CODES:
         raise ValueError(f"unsupported dtype {dtype}")
     dims = ",".join(str(int(n)) for n in shape)
-    return [f'{{"shape":[{dims}],"dtype":"{dtype}","data":"'.encode(),
-            base64.b64encode(memoryview(data).cast("B")), b'"}']
+    return [f'{{"shape":[{dims}],"dtype":"{dtype}","data":"'.encode(), encoded, b'"}']
 
 
 def unpack_floats(obj: dict[str, Any]) -> list[float]:

@@ -137,3 +137,42 @@ def test_pack_json_encodes_an_array_as_the_at_rest_object():
     assert codec.unpack_rows(obj) == arr.astype(float).tolist()
     with pytest.raises(ValueError):
         codec.pack_json(arr, [3, 4], "int8")
+
+
+def test_device_base64_rows_match_the_standard_library():
+    import base64
+
+    import numpy as np
+    import torch
+
+    from worker.model import base64_rows
+
+    rng = np.random.default_rng(0)
+    for width in (1, 2, 3, 4, 5, 6, 2047, 2048, 4096):
+        data = rng.integers(0, 256, size=(3, width), dtype=np.uint8)
+        encoded = base64_rows(torch.from_numpy(data)).numpy()
+        for row, enc in zip(data, encoded):
+            whole = width // 3 * 3
+            assert enc[:whole // 3 * 4].tobytes() == base64.b64encode(row[:whole].tobytes())
+
+
+@pytest.mark.parametrize("colbert_dtype", ["float16", "float32"])
+def test_colbert_encoded_on_the_device_is_byte_identical(tiny_model, colbert_dtype):
+    """The GPU path (base64 in the model's forward) forced on the CPU: every stored item is the
+    same bytes as the host encoder's, for texts whose ColBERT bytes end in 0, 1 or 2 spare bytes."""
+    import torch
+
+    from worker.device import choose
+    from worker.encoder import Encoder
+    from worker.model import M3Model
+
+    model = M3Model(tiny_model.dir, choose("cpu", torch))
+    host = Encoder(model, colbert_dtype, device_base64=False)
+    device = Encoder(model, colbert_dtype, device_base64=True)
+    texts = ["", "a", "hello world", "今天天气真好阳光明媚", "the quick brown fox jumps over the lazy dog " * 3]
+    rows = host.tokenize(texts, 64, True)
+    assert len({(len(r) - 1) * 32 * (2 if colbert_dtype == "float16" else 4) % 3 for r in rows}) == 3
+    want = [frozenset({"dense", "sparse", "colbert"})] * len(rows)
+    for ids, a, b in zip(rows, host.run_batch(rows, want), device.run_batch(rows, want)):
+        assert b.colbert_b64 is not None and a.colbert_b64 is None
+        assert b"".join(host.item_json(ids, a)) == b"".join(device.item_json(ids, b))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import base64
 import json
 
 import numpy as np
@@ -35,6 +36,13 @@ class Row:
     dense: Any = None
     weights: Any = None
     colbert: Any = None
+    colbert_b64: bytes | None = None  # base64 of its whole 3-byte groups, when encoded on the device
+
+
+def _whole_groups(encoded_row: Any, nbytes: int) -> bytes:
+    """The base64 of a row's first ``nbytes // 3 * 3`` bytes, cut from the base64 of the whole
+    row (whole 3-byte groups encode alike in both); ``Encoder.item_json`` adds the last 0-2 bytes."""
+    return encoded_row[:nbytes // 3 * 4].tobytes()
 
 
 def truncate_ids(ids: list[int], max_length: int) -> list[int]:
@@ -47,9 +55,12 @@ def truncate_ids(ids: list[int], max_length: int) -> list[int]:
 
 
 class Encoder:
-    def __init__(self, model: Any, colbert_dtype: str = "float16"):
+    def __init__(self, model: Any, colbert_dtype: str = "float16", device_base64: bool | None = None):
         self.model = model
         self.colbert_dtype = colbert_dtype
+        # On a GPU the ColBERT base64 is computed there (see M3Model.forward); on a CPU the
+        # host's encoder is as fast and needs no second copy of the vectors.
+        self.device_base64 = (model.placement.device != "cpu") if device_base64 is None else device_base64
         # A lookup table over the ids beats np.isin per text (one gather instead of a sort).
         self._special = np.zeros(max(model.special_ids) + 1, dtype=bool)
         self._special[sorted(model.special_ids)] = True
@@ -70,14 +81,18 @@ class Encoder:
     def run_batch(self, rows: Sequence[Sequence[int]], wants: Sequence[frozenset[str]]) -> list[Row]:
         """One forward pass for every row; each row gets only the outputs it asked for."""
         need = frozenset().union(*wants)
-        out = self.model.forward(rows, "dense" in need, "sparse" in need, "colbert" in need)
+        b64 = self.colbert_dtype if self.device_base64 and "colbert" in need else None
+        out = self.model.forward(rows, "dense" in need, "sparse" in need, "colbert" in need, b64)
+        size = self.model.hidden * (2 if self.colbert_dtype == "float16" else 4)
         result = []
         for i, (ids, want) in enumerate(zip(rows, wants)):
             n = len(ids)
             result.append(Row(
                 dense=out.dense[i] if "dense" in want else None,
                 weights=out.weights[i, :n] if "sparse" in want else None,
-                colbert=out.colbert[i, :n - 1] if "colbert" in want else None))
+                colbert=out.colbert[i, :n - 1] if "colbert" in want else None,
+                colbert_b64=_whole_groups(out.colbert_b64[i], (n - 1) * size)
+                if b64 and "colbert" in want else None))
         return result
 
     def item(self, ids: Sequence[int], row: Row) -> dict[str, Any]:
@@ -96,8 +111,15 @@ class Encoder:
                                                 separators=(",", ":")).encode()]
         if row.colbert is not None:
             code = "<f2" if self.colbert_dtype == "float16" else "<f4"
-            vecs = np.ascontiguousarray(row.colbert, dtype=code)
-            parts += [b',"colbert":', *codec.pack_json_parts(vecs, list(vecs.shape), self.colbert_dtype)]
+            shape = [int(n) for n in row.colbert.shape]
+            if row.colbert_b64 is not None:  # encoded on the device, but for the last 0-2 bytes
+                rest = row.colbert.size * np.dtype(code).itemsize % 3
+                tail = np.ascontiguousarray(row.colbert[-1:], dtype=code).tobytes()[-rest:] if rest else b""
+                encoded = row.colbert_b64 + base64.b64encode(tail)
+                parts += [b',"colbert":', *codec.encoded_json_parts(encoded, shape, self.colbert_dtype)]
+            else:
+                vecs = np.ascontiguousarray(row.colbert, dtype=code)
+                parts += [b',"colbert":', *codec.pack_json_parts(vecs, shape, self.colbert_dtype)]
         parts.append(b"}")
         return parts
 
