@@ -31,7 +31,9 @@ def pack_json_parts(data: Any, shape: Sequence[int], dtype: str) -> list[bytes]:
     """``pack_json`` in pieces, written directly: base64 needs no escaping, and ``json.dumps``
     over megabytes of it costs more than the model on a GPU. ``data`` is any contiguous
     little-endian buffer (a numpy array is encoded without a copy)."""
-    return encoded_json_parts(base64.b64encode(memoryview(data).cast("B")), shape, dtype)
+    view = memoryview(data)
+    encoded = base64.b64encode(view.cast("B")) if view.nbytes else b""  # cast refuses a 0 in the shape
+    return encoded_json_parts(encoded, shape, dtype)
 
 
 def encoded_json_parts(encoded: bytes, shape: Sequence[int], dtype: str) -> list[bytes]:

@@ -137,6 +137,8 @@ def test_pack_json_encodes_an_array_as_the_at_rest_object():
     assert codec.unpack_rows(obj) == arr.astype(float).tolist()
     with pytest.raises(ValueError):
         codec.pack_json(arr, [3, 4], "int8")
+    empty = np.zeros((0, 4), dtype="<f2")  # ColBERT of a text cut to max_length 1
+    assert json.loads(codec.pack_json(empty, [0, 4], "float16"))["data"] == ""
 
 
 def test_device_base64_rows_match_the_standard_library():
@@ -170,7 +172,7 @@ def test_colbert_encoded_on_the_device_is_byte_identical(tiny_model, colbert_dty
     host = Encoder(model, colbert_dtype, device_base64=False)
     device = Encoder(model, colbert_dtype, device_base64=True)
     texts = ["", "a", "hello world", "今天天气真好阳光明媚", "the quick brown fox jumps over the lazy dog " * 3]
-    rows = host.tokenize(texts, 64, True)
+    rows = host.tokenize(texts, 64, True) + host.tokenize(["cut to one token"], 1, True)
     assert len({(len(r) - 1) * 32 * (2 if colbert_dtype == "float16" else 4) % 3 for r in rows}) == 3
     want = [frozenset({"dense", "sparse", "colbert"})] * len(rows)
     for ids, a, b in zip(rows, host.run_batch(rows, want), device.run_batch(rows, want)):
