@@ -138,10 +138,6 @@ class JobStore:
             raise QueueFull(int(depth))
         return job
 
-    def delete(self, job_id: str) -> None:
-        """Remove a record whose message could not be published (no orphans)."""
-        self.redis.delete(job_key(job_id), result_key(job_id))
-
     def get(self, job_id: str) -> Job | None:
         data = self.redis.hgetall(job_key(job_id))
         return Job.from_hash(data) if data else None

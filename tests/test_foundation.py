@@ -74,6 +74,9 @@ def test_settings_layering():
     assert Settings.from_env(s.env()) == s
     with pytest.raises(ValueError):
         Settings.from_env({"BGE_M3_DEVICE": "tpu"})
+    assert defaults.torch_threads == 0 and Settings.from_env({"BGE_M3_TORCH_THREADS": "1"}).torch_threads == 1
+    with pytest.raises(ValueError):
+        Settings.from_env({"BGE_M3_TORCH_THREADS": "-1"})
 
 
 def test_redact_url():

@@ -50,11 +50,20 @@ def test_poison_job_exhausts_its_attempts(redis_db):
     assert [jobs.start(job.id, max_attempts=2)[0] for _ in range(3)] == ["running", "running", "exhausted"]
 
 
-def test_delete_leaves_no_orphan(redis_db):
+def test_create_pushes_the_message_with_the_record_or_nothing(redis_db):
+    from bge_m3.jobs import QueueFull
+
     jobs = store(redis_db)
-    job = jobs.create({})
-    jobs.delete(job.id)
-    assert jobs.get(job.id) is None and redis_db.keys("*") == []
+    job = jobs.create({"texts": ["a"]}, message="m1", queue="q", max_queued=2)
+    assert redis_db.lrange("q", 0, -1) == ["m1"] and jobs.get(job.id).params == {"texts": ["a"]}
+    jobs.create({}, message="m2", queue="q", max_queued=2)
+    with pytest.raises(QueueFull) as full:  # at the bound: neither a record nor a message
+        jobs.create({}, job_id="f" * 32, message="m3", queue="q", max_queued=2)
+    assert full.value.depth == 2 and jobs.get("f" * 32) is None and redis_db.llen("q") == 2
+    redis_db.set("bad", "not a list")
+    with pytest.raises(Exception, match="WRONGTYPE"):  # the push fails first: nothing written
+        jobs.create({}, job_id="e" * 32, message="m4", queue="bad")
+    assert jobs.get("e" * 32) is None
 
 
 def test_wait_wakes_on_finish(redis_db):
