@@ -5,8 +5,9 @@ request). Here one thread holds a PSUBSCRIBE to every job's channel and sets the
 whoever registered for that job. A watcher registers *before* it looks at the job (or before
 the job even exists), so a finish published in between is never missed.
 
-When the connection breaks, every watcher is woken at once and again after the subscription
-is back, so each re-reads its job: a finish published during the gap is found that way.
+When the connection breaks, watchers keep waiting (a Redis restart need not fail a request);
+once the subscription is back every watcher is woken to re-read its job, so a finish
+published during the gap is found that way.
 The thread starts on first use, never at import, so it lives in the process that waits
 (a gunicorn worker, not the master that forked it).
 """
@@ -103,7 +104,6 @@ class JobEvents:
                                 type(exc).__name__, RECONNECT_DELAY)
                 self._lost = True
                 self._ready.clear()
-                self._wake_all()
                 self._closed.wait(RECONNECT_DELAY)
             finally:
                 try:

@@ -178,3 +178,13 @@ def test_colbert_encoded_on_the_device_is_byte_identical(tiny_model, colbert_dty
     for ids, a, b in zip(rows, host.run_batch(rows, want), device.run_batch(rows, want)):
         assert b.colbert_b64 is not None and a.colbert_b64 is None
         assert b"".join(host.item_json(ids, a)) == b"".join(device.item_json(ids, b))
+
+
+def test_torch_threads_setting_is_applied():
+    from worker.model import torch_threads
+
+    before = torch_threads()
+    try:
+        assert torch_threads(1) == 1 and torch_threads() == 1
+    finally:
+        torch_threads(before)
