@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks in one pass, for a lent CUDA machine that has python3 with torch but no network.
 #
-# What it needs beside the checkout (prepared on a networked machine, see README "GPU checks"):
+# What it needs beside the checkout (bench/gpu_prepare.sh fetches both on a networked machine):
 #   .whl/  the pure-Python and manylinux wheels the image lacks or has at other versions
 #          (transformers<5, FlagEmbedding, Celery, redis-py, ...), installed into /tmp/site;
 #   .deb/  Debian's redis-server and its two libraries, unpacked into /tmp/redisroot.
