@@ -143,14 +143,12 @@ class JobStore:
         return Job.from_hash(data) if data else None
 
     def result(self, job_id: str) -> Any:
-        # NEVER_DECODE: the chunks are zlib bytes even on a decode_responses client.
-        chunks = self.redis.execute_command("LRANGE", result_key(job_id), 0, -1, NEVER_DECODE=True)
+        chunks = _result_chunks(self.redis, job_id)
         return payload.decode(chunks) if chunks else None
 
     def result_bytes(self, job_id: str) -> int:
         """What the stored result costs in Redis (compressed chunk bytes)."""
-        chunks = self.redis.execute_command("LRANGE", result_key(job_id), 0, -1, NEVER_DECODE=True)
-        return sum(len(c) for c in chunks or ())
+        return sum(len(c) for c in _result_chunks(self.redis, job_id) or ())
 
     def start(self, job_id: str, max_attempts: int, worker: str = "") -> tuple[str, int]:
         """Mark running. Returns (state, attempt): 'running' to go ahead; 'exhausted' when this
@@ -257,7 +255,7 @@ class JobStore:
         while True:
             pipe = self.redis.pipeline(transaction=False)
             pipe.hgetall(job_key(job_id))
-            pipe.execute_command("LRANGE", result_key(job_id), 0, -1, NEVER_DECODE=True)
+            _result_chunks(pipe, job_id)
             if observe:  # EVALSHA by hand, as in _end
                 pipe.evalsha(self._observe.sha, 1, job_key(job_id), OBSERVED_FIELD)
             try:
@@ -272,3 +270,9 @@ class JobStore:
     def observe(self, job_id: str) -> bool:
         """True exactly once per finished job (for latency histograms read by any API process)."""
         return bool(self._observe(keys=[job_key(job_id)], args=[OBSERVED_FIELD]))
+
+
+def _result_chunks(client: Any, job_id: str) -> Any:
+    """LRANGE of the stored chunks (on a client or queued on a pipeline). NEVER_DECODE: they are
+    zlib bytes even on a decode_responses client."""
+    return client.execute_command("LRANGE", result_key(job_id), 0, -1, NEVER_DECODE=True)
