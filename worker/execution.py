@@ -98,10 +98,10 @@ def execute(rt: Runtime, job_id: str) -> str:
     manifest = rt.verified.manifest
     result = ItemsResult({"model": manifest.repo_id, "revision": manifest.revision,
                           "dimension": rt.encoder.dimension}, len(rows))
-    budget = settings.time_limit - (time.time() - started)
-    if budget > 0:
+    deadline = time.monotonic() + settings.time_limit - (time.time() - started)
+    if deadline > time.monotonic():
         futures = rt.batcher.submit(rows, modes, trace)  # may run at once, in this thread
-        error = _collect(rt, rows, futures, result, max(0.0, settings.time_limit - (time.time() - started)))
+        error = _collect(rt, rows, futures, result, deadline)
     else:  # already over the limit before any forward pass
         futures, error = [], _timeout(settings.time_limit)
     computed = time.time()
@@ -123,14 +123,13 @@ def execute(rt: Runtime, job_id: str) -> str:
 
 
 def _collect(rt: Runtime, rows: list[list[int]], futures: list, result: ItemsResult,
-             budget: float) -> tuple[str, str] | None:
+             deadline: float) -> tuple[str, str] | None:
     """Serialise each text's item as soon as its batch is done (it then compresses on the pool),
     so this work overlaps the forward passes still running. Stops at the first failed text or
-    when ``budget`` is spent, returning (code, message)."""
+    at ``deadline`` (``time.monotonic``), returning (code, message)."""
     index = {future: i for i, future in enumerate(futures)}
-    deadline = time.monotonic() + budget
     try:
-        for future in as_completed(futures, timeout=budget):
+        for future in as_completed(futures, timeout=max(0.0, deadline - time.monotonic())):
             i = index[future]
             exc = future.exception()
             if exc is not None:
