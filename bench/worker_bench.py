@@ -169,12 +169,11 @@ def bench_model(name: str, model_dir: Path, manifest: Path, args, work: Path) ->
         rows = tokenize(long_texts)
         t_raw_long = timed(bare_forward(backbone, tok.pad_token_id, rows, settings.max_batch_tokens,
                                         device), args.repeat)
-        cfg = backbone.config
-        per_token = flops_per_token(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size,
-                                    max(len(r) for r in rows))
+        cfg, seq_len = backbone.config, max(len(r) for r in rows)
+        per_token = flops_per_token(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, seq_len)
         peak = args.peak_tflops or peak_tflops(row["device_name"]) or float("nan")
         raw_rate = sum(len(r) for r in rows) / t_raw_long
-        row["mfu"] = {"seq_len": max(len(r) for r in rows), "gflop_per_token": per_token / 1e9,
+        row["mfu"] = {"seq_len": seq_len, "gflop_per_token": per_token / 1e9,
                       "peak_tflops": peak, "raw_forward_tokens_per_s": raw_rate,
                       "raw_forward_mfu": mfu(raw_rate, per_token, peak)}
         for key, seconds in t_mfu.items():

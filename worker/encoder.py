@@ -58,6 +58,7 @@ class Encoder:
     def __init__(self, model: Any, colbert_dtype: str = "float16", device_base64: bool | None = None):
         self.model = model
         self.colbert_dtype = colbert_dtype
+        self._colbert_code = np.dtype("<f2" if colbert_dtype == "float16" else "<f4")
         # On a GPU the ColBERT base64 is computed there (see M3Model.forward); on a CPU the
         # host's encoder is as fast and needs no second copy of the vectors.
         self.device_base64 = (model.placement.device != "cpu") if device_base64 is None else device_base64
@@ -83,7 +84,7 @@ class Encoder:
         need = frozenset().union(*wants)
         b64 = self.colbert_dtype if self.device_base64 and "colbert" in need else None
         out = self.model.forward(rows, "dense" in need, "sparse" in need, "colbert" in need, b64)
-        size = self.model.hidden * (2 if self.colbert_dtype == "float16" else 4)
+        size = self.model.hidden * self._colbert_code.itemsize
         result = []
         for i, (ids, want) in enumerate(zip(rows, wants)):
             n = len(ids)
@@ -110,10 +111,10 @@ class Encoder:
             parts += [b',"sparse":', json.dumps(self.lexical(ids, row.weights),
                                                 separators=(",", ":")).encode()]
         if row.colbert is not None:
-            code = "<f2" if self.colbert_dtype == "float16" else "<f4"
+            code = self._colbert_code
             shape = [int(n) for n in row.colbert.shape]
             if row.colbert_b64 is not None:  # encoded on the device, but for the last 0-2 bytes
-                rest = row.colbert.size * np.dtype(code).itemsize % 3
+                rest = row.colbert.size * code.itemsize % 3
                 tail = np.ascontiguousarray(row.colbert[-1:], dtype=code).tobytes()[-rest:] if rest else b""
                 encoded = row.colbert_b64 + base64.b64encode(tail)
                 parts += [b',"colbert":', *codec.encoded_json_parts(encoded, shape, self.colbert_dtype)]

@@ -9,6 +9,7 @@ picked up by ``from_pretrained``.
 """
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from dataclasses import dataclass
@@ -142,16 +143,22 @@ _ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
 def base64_rows(data: Any) -> Any:
     """Standard base64 of each row of a uint8 tensor [B, N], on the tensor's device: [B, 4 * ceil(N / 3)]
-    uint8. A row's last group is encoded from zero fill, without '=' padding; the caller that
-    cuts a shorter prefix out of a row writes the padding (``worker.encoder.Encoder``)."""
+    uint8. Only whole 3-byte groups are exact (a last partial group is encoded from zero fill,
+    without '=' padding): the caller keeps the whole groups of each text's prefix and encodes
+    its last 0-2 bytes on the host (``worker.encoder.Encoder.item_json``)."""
     rows, size = data.shape
     if size % 3:
         data = F.pad(data, (0, 3 - size % 3))
     groups = data.view(rows, -1, 3).to(torch.int32)
     word = (groups[..., 0] << 16) | (groups[..., 1] << 8) | groups[..., 2]
     index = torch.stack([word >> 18, (word >> 12) & 63, (word >> 6) & 63, word & 63], dim=-1)
-    alphabet = torch.frombuffer(bytearray(_ALPHABET), dtype=torch.uint8).to(data.device)
-    return alphabet[index.long()].view(rows, -1)
+    return _alphabet(data.device)[index.long()].view(rows, -1)
+
+
+@functools.lru_cache(maxsize=None)
+def _alphabet(device: Any) -> Any:
+    """The base64 alphabet as a uint8 tensor on ``device``, copied there once, not per batch."""
+    return torch.frombuffer(bytearray(_ALPHABET), dtype=torch.uint8).to(device)
 
 
 def _host(tensor: Any, keep_half: bool = False) -> Any:

@@ -61,7 +61,6 @@ class Runtime:
         self._heartbeat: threading.Thread | None = None
 
     def boot(self) -> "Runtime":
-        global _current
         self.verified = gate.check(self.settings)
         # Only the verified folder is read, and never the network.
         os.environ["HF_HUB_OFFLINE"] = "1"
