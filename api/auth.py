@@ -10,7 +10,7 @@ import hmac
 from flask import Flask, g, request
 
 from api.errors import ApiError
-from bge_m3.jobs import owner_of
+from bge_m3.records import owner_of
 
 OPEN_ENDPOINTS = frozenset({"ops.healthz", "ops.readyz", "ops.metrics", "static"})
 """Endpoints that answer without a key: probes, the scrape target, static files."""

@@ -13,7 +13,7 @@ from flask import Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from bge_m3.jobs import Job
+from bge_m3.records import Job
 from bge_m3.queue import queue_depth
 from bge_m3.workers import ready_workers
 

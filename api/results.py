@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from bge_m3.codec import float32_base64, unpack_floats, unpack_rows
-from bge_m3.jobs import Job
+from bge_m3.records import Job
 
 
 def dense_out(packed: dict[str, Any], encoding: str) -> list[float] | str:

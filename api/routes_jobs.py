@@ -9,7 +9,8 @@ from api.auth import owner
 from api.errors import ApiError
 from api.results import job_out
 from api.validation import job_request, json_body
-from bge_m3.jobs import MAX_WAIT_SECONDS, TERMINAL, Job
+from bge_m3.jobs import MAX_WAIT_SECONDS
+from bge_m3.records import TERMINAL, Job
 
 bp = Blueprint("jobs", __name__)
 

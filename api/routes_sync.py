@@ -21,7 +21,7 @@ from api.results import item_out, total_tokens
 from api.routes_jobs import backend, job_url
 from api.scoring import scores
 from api.validation import embed_request, embeddings_request, json_body, score_request
-from bge_m3.jobs import Job
+from bge_m3.records import Job
 
 bp = Blueprint("sync", __name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from api.validation import EMBED_MODES, ENCODINGS, MODES
-from bge_m3.jobs import STATUSES
+from bge_m3.records import STATUSES
 from bge_m3.settings import Settings
 
 NUM = {"type": "number"}

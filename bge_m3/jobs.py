@@ -1,32 +1,23 @@
-"""Job records in Redis: the contract between the API and the workers.
+"""The job store: every read and write of job state in Redis, the API's and the workers'.
 
 Celery answers PENDING for any id it has never heard of, so the job's truth lives
 here, not in Celery's result backend. Every state change is one atomic Lua
-script, so a redelivered message can never finish a job twice and a cancel can
-never race a start. Only JSON goes in; nothing here imports torch.
-
-Keys (``{id}`` is 32 hex chars, 128 random bits):
-- ``bge-m3:job:{id}``     hash: status, timestamps, owner, params, attempts, error
-- ``bge-m3:result:{id}``  the JSON result, written only on success: a list of compressed
-                          chunks whose concatenation is the JSON text (``bge_m3.payload``)
-- ``bge-m3:events:{id}``  pub/sub channel; the new status is published on every terminal change
+script (``bge_m3.scripts``), so a redelivered message can never finish a job twice
+and a cancel can never race a start. Only JSON goes in; nothing here imports torch.
+The keys and the record are described in ``bge_m3.records``.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
 import time
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 from redis.exceptions import NoScriptError
 
 from bge_m3 import payload, scripts
-
-PREFIX = "bge-m3"
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+from bge_m3.records import (PREFIX, TERMINAL, Claim, Job, QueueFull, done_key, events_key, job_key,
+                            new_job_id, result_key)
 
 INLINE_RESULT_BYTES = 1024 * 1024
 INLINE_RESULT_CHUNKS = 64
@@ -39,76 +30,13 @@ PUSH_BATCH_BYTES = 64 * 1024 * 1024
 OBSERVED_FIELD = "observed"
 """Job-hash field set once by the first reader that records a finished job's latency."""
 
+BLOCK_SLICE_SECONDS = 5.0
+"""Longest single BLPOP of ``await_end``: below the client's socket timeout, so a long wait is
+several blocking reads and a silent connection is noticed."""
+
 MAX_WAIT_SECONDS = 30.0
 """Upper bound on one long-poll (``GET /v1/jobs/<id>?wait=``), so a client cannot pin a connection."""
 
-
-def new_job_id() -> str:
-    return secrets.token_hex(16)
-
-
-def owner_of(api_key: str | None) -> str:
-    """A non-reversible tag for the key that created a job; the key itself is never stored."""
-    if not api_key:
-        return ""
-    return hashlib.sha256(api_key.encode()).hexdigest()[:32]
-
-
-def job_key(job_id: str) -> str:
-    return f"{PREFIX}:job:{job_id}"
-
-
-def result_key(job_id: str) -> str:
-    return f"{PREFIX}:result:{job_id}"
-
-
-def events_key(job_id: str) -> str:
-    return f"{PREFIX}:events:{job_id}"
-
-
-class QueueFull(Exception):
-    """The queue already holds the most jobs it may."""
-
-    def __init__(self, depth: int):
-        super().__init__(f"{depth} jobs are queued")
-        self.depth = depth
-
-
-@dataclass(frozen=True)
-class Claim:
-    """What ``JobStore.claim`` found: the state, the attempt, and for 'running' the job's input."""
-    state: str
-    attempt: int
-    params: dict[str, Any] | None = None
-    created_at: float | None = None
-
-
-@dataclass
-class Job:
-    id: str
-    status: str
-    created_at: float
-    owner: str = ""
-    started_at: float | None = None
-    finished_at: float | None = None
-    attempts: int = 0
-    params: dict[str, Any] | None = None
-    error: dict[str, str] | None = None
-    stats: dict[str, Any] | None = None
-
-    @classmethod
-    def from_hash(cls, data: dict[str, str]) -> "Job":
-        def num(key: str) -> float | None:
-            return float(data[key]) if data.get(key) else None
-
-        return cls(
-            id=data["id"], status=data["status"], created_at=float(data["created_at"]),
-            owner=data.get("owner", ""), started_at=num("started_at"), finished_at=num("finished_at"),
-            attempts=int(data.get("attempts") or 0),
-            params=json.loads(data["params"]) if data.get("params") else None,
-            error=json.loads(data["error"]) if data.get("error") else None,
-            stats=json.loads(data["stats"]) if data.get("stats") else None,
-        )
 
 
 class JobStore:
@@ -125,18 +53,31 @@ class JobStore:
         self._observe = redis.register_script(scripts.OBSERVE)
 
     def create(self, params: dict[str, Any], owner: str = "", job_id: str | None = None, *,
-               message: str = "", queue: str = "", max_queued: int = 0) -> Job:
+               message: str = "", queue: str = "", max_queued: int = 0, notify: bool = False) -> Job:
         """Write the job record (with its TTL) and, when ``message`` is given, push it onto
         ``queue`` in the same atomic script: a job is never seen without its message, nor a
-        message without its job. Raises ``QueueFull`` when ``queue`` holds ``max_queued``."""
+        message without its job. Raises ``QueueFull`` when ``queue`` holds ``max_queued``.
+        With ``notify`` its end is also pushed onto its done list, for ``await_end``."""
+        job, keys, args = self._new(params, owner, job_id, message, queue, max_queued, notify)
+        _created(self._create(keys=keys, args=args))
+        return job
+
+    def create_and_await(self, params: dict[str, Any], owner: str, timeout: float, *, job_id: str,
+                         message: str, queue: str, max_queued: int = 0) -> tuple[Job | None, Any, bool]:
+        """``create`` with notify, then ``await_end``, in one round trip: what a synchronous
+        route needs from Redis when its job finishes within the first wait. A refused job
+        pushes its own done entry, so the BLPOP behind it returns at once."""
+        job, keys, args = self._new(params, owner, job_id, message, queue, max_queued, True)
+        return self._read(job.id, True, _block(timeout), create=(keys, args))
+
+    def _new(self, params: dict[str, Any], owner: str, job_id: str | None, message: str, queue: str,
+             max_queued: int, notify: bool) -> tuple[Job, list[str], list[Any]]:
         job = Job(id=job_id or new_job_id(), status="queued", created_at=time.time(), owner=owner,
                   params=params)
-        depth = self._create(keys=[job_key(job.id), queue or f"{PREFIX}:queue:none"],
-                             args=[job.id, repr(job.created_at), owner, message,
-                                   max_queued if message else 0, json.dumps(params), self.ttl])
-        if int(depth) >= 0:
-            raise QueueFull(int(depth))
-        return job
+        keys = [job_key(job.id), queue or f"{PREFIX}:queue:none", done_key(job.id)]
+        args = [job.id, repr(job.created_at), owner, message, max_queued if message else 0,
+                json.dumps(params), self.ttl, "1" if notify else ""]
+        return job, keys, args
 
     def get(self, job_id: str) -> Job | None:
         data = self.redis.hgetall(job_key(job_id))
@@ -206,7 +147,7 @@ class JobStore:
         if stats is not None:
             extra += ["stats", json.dumps(stats)]
         keys = [job_key(job_id), result_key(job_id), events_key(job_id),
-                staging or f"{PREFIX}:staging:none"]
+                staging or f"{PREFIX}:staging:none", done_key(job_id)]
         args = [status, repr(time.time()), self.ttl, "staged" if staging else "inline",
                 len(inline), *inline, *extra]
         # EVALSHA queued by hand: a Script handed to a pipeline adds a SCRIPT EXISTS round trip
@@ -219,7 +160,8 @@ class JobStore:
 
     def cancel(self, job_id: str) -> str:
         """'ok' when a queued job was cancelled, else the status that prevented it (or 'missing')."""
-        return self._cancel(keys=[job_key(job_id), events_key(job_id)], args=[repr(time.time())])
+        return self._cancel(keys=[job_key(job_id), events_key(job_id), done_key(job_id)],
+                            args=[repr(time.time())])
 
     def wait(self, job_id: str, timeout: float) -> Job | None:
         """Block until the job is terminal or ``timeout`` passes; event-driven via pub/sub, on
@@ -252,24 +194,60 @@ class JobStore:
     def read(self, job_id: str, observe: bool = False) -> tuple[Job | None, Any, bool]:
         """The job, its result if it succeeded, and (with ``observe``) whether this is the first
         read to see it finished (``observe``'s flag): all in one round trip."""
+        return self._read(job_id, observe, 0.0)
+
+    def await_end(self, job_id: str, timeout: float) -> tuple[Job | None, Any, bool]:
+        """For a job created with ``notify``: block until it ends or ``timeout`` (at most
+        BLOCK_SLICE_SECONDS) passes, then return what ``read(observe=True)`` does. One round
+        trip: Redis runs the reads queued behind the BLPOP when it returns, so the waiting
+        thread is woken by Redis itself with the finished job in hand. The done list keeps the
+        end until it is popped, so an end before the BLPOP is never missed."""
+        return self._read(job_id, True, _block(timeout))
+
+    def _read(self, job_id: str, observe: bool, block: float,
+              create: tuple[list[str], list[Any]] | None = None) -> tuple[Job | None, Any, bool]:
         while True:
             pipe = self.redis.pipeline(transaction=False)
+            if create is not None:  # EVAL, not EVALSHA: a NOSCRIPT here would leave the BLPOP to block
+                pipe.eval(scripts.CREATE, len(create[0]), *create[0], *create[1])
+            if block > 0:  # BLPOP's 0 means forever: a spent budget only reads
+                pipe.blpop([done_key(job_id)], block)
             pipe.hgetall(job_key(job_id))
             _result_chunks(pipe, job_id)
             if observe:  # EVALSHA by hand, as in _end
                 pipe.evalsha(self._observe.sha, 1, job_key(job_id), OBSERVED_FIELD)
-            try:
-                data, chunks, *first = pipe.execute()
-                break
-            except NoScriptError:
+            replies = pipe.execute(raise_on_error=False)
+            if create is not None:
+                _created(replies[0])
+                create = None
+            if observe and isinstance(replies[-1], NoScriptError):  # after a Redis restart
                 self.redis.script_load(scripts.OBSERVE)
+                block = 0.0  # the BLPOP has run: now only read
+                continue
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            data, chunks, first = replies[-3:] if observe else (*replies[-2:], 0)
+            break
         job = Job.from_hash(data) if data else None
         result = payload.decode(chunks) if job and job.status == "succeeded" and chunks else None
-        return job, result, bool(first and first[0])
+        return job, result, bool(first)
 
     def observe(self, job_id: str) -> bool:
         """True exactly once per finished job (for latency histograms read by any API process)."""
         return bool(self._observe(keys=[job_key(job_id)], args=[OBSERVED_FIELD]))
+
+
+def _block(timeout: float) -> float:
+    return min(max(0.0, timeout), BLOCK_SLICE_SECONDS)
+
+
+def _created(reply: Any) -> None:
+    """Raise what the create script's reply means: its error, or ``QueueFull``."""
+    if isinstance(reply, Exception):
+        raise reply
+    if int(reply) >= 0:
+        raise QueueFull(int(reply))
 
 
 def _result_chunks(client: Any, job_id: str) -> Any:

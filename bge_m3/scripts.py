@@ -6,19 +6,32 @@ only fallible write first, because Redis does not roll a script back when a comm
 from __future__ import annotations
 
 CREATE = """
-if tonumber(ARGV[5]) > 0 then
-  local depth = redis.call('LLEN', KEYS[2])
-  if depth >= tonumber(ARGV[5]) then return depth end
+local function refused(reply)
+  if ARGV[8] == '1' then
+    redis.call('RPUSH', KEYS[3], 'refused')
+    redis.call('EXPIRE', KEYS[3], 60)
+  end
+  return reply
 end
-if ARGV[4] ~= '' then redis.call('LPUSH', KEYS[2], ARGV[4]) end
+if tonumber(ARGV[5]) > 0 then
+  local depth = redis.pcall('LLEN', KEYS[2])
+  if type(depth) == 'table' or depth >= tonumber(ARGV[5]) then return refused(depth) end
+end
+if ARGV[4] ~= '' then
+  local pushed = redis.pcall('LPUSH', KEYS[2], ARGV[4])
+  if type(pushed) == 'table' then return refused(pushed) end
+end
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'status', 'queued', 'created_at', ARGV[2], 'owner', ARGV[3],
            'params', ARGV[6], 'attempts', 0)
+if ARGV[8] == '1' then redis.call('HSET', KEYS[1], 'notify', '1') end
 redis.call('EXPIRE', KEYS[1], ARGV[7])
 return -1
 """
-"""KEYS: job hash, queue list. ARGV: id, created_at, owner, message ('' = none), max queued
-(0 = no bound), params JSON, ttl. Returns -1 when created, else the queue depth that refused it.
-The message goes first: if the queue key is unusable nothing at all is written."""
+"""KEYS: job hash, queue list, done list. ARGV: id, created_at, owner, message ('' = none), max
+queued (0 = no bound), params JSON, ttl, notify ('1': push to the done list when the job ends).
+Returns -1 when created, else the queue depth that refused it, or the error of an unusable
+queue key. The message goes first: if the queue is unusable nothing of the job is written. A
+refused notify job gets 'refused' on its done list, so a BLPOP sent with it returns at once."""
 
 START = """
 local s = redis.call('HGET', KEYS[1], 'status')
@@ -54,22 +67,33 @@ end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2])
 for i = 6 + inline, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[1], ttl)
+if redis.call('HGET', KEYS[1], 'notify') then
+  redis.call('RPUSH', KEYS[5], ARGV[1])
+  redis.call('EXPIRE', KEYS[5], ttl)
+end
 redis.call('PUBLISH', KEYS[3], ARGV[1])
 return 'ok'
 """
-"""KEYS: job hash, result list, events channel, staging list. ARGV: status, finished_at, ttl,
-'staged' or 'inline', N inline result chunks, the N chunks, then field/value pairs (error,
-stats). Returns 'ok', or the terminal/'missing' state that made it a no-op."""
+"""KEYS: job hash, result list, events channel, staging list, done list. ARGV: status,
+finished_at, ttl, 'staged' or 'inline', N inline result chunks, the N chunks, then field/value
+pairs (error, stats). Returns 'ok', or the terminal/'missing' state that made it a no-op. A job
+created with notify also gets its status pushed onto the done list its synchronous caller
+blocks on."""
 
 CANCEL = """
 local s = redis.call('HGET', KEYS[1], 'status')
 if not s then return 'missing' end
 if s ~= 'queued' then return s end
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
+if redis.call('HGET', KEYS[1], 'notify') then
+  redis.call('RPUSH', KEYS[3], 'cancelled')
+  local ttl = redis.call('TTL', KEYS[1])
+  if ttl > 0 then redis.call('EXPIRE', KEYS[3], ttl) end
+end
 redis.call('PUBLISH', KEYS[2], 'cancelled')
 return 'ok'
 """
-"""KEYS: job hash, events channel. ARGV: finished_at. Cancels only a queued job."""
+"""KEYS: job hash, events channel, done list. ARGV: finished_at. Cancels only a queued job."""
 
 OBSERVE = """
 local s = redis.call('HGET', KEYS[1], 'status')

@@ -8,7 +8,8 @@ import pytest
 
 from api import create_app
 from bge_m3.codec import unpack_rows
-from bge_m3.jobs import JobStore, job_key
+from bge_m3.jobs import JobStore
+from bge_m3.records import job_key
 from bge_m3.queue import QUEUE_NAME, queue_depth, redis_client
 
 SEED_BODY = {"texts": ["今天天气真好", "阳光明媚"], "mode": "dense"}

@@ -1,11 +1,16 @@
-"""The API's shared job-event subscription (bge_m3/events.py) against a real redis-server."""
+"""Waiting for jobs against a real redis-server: the API's shared event subscription
+(bge_m3/events.py, long-polls) and a synchronous route's blocking wait (Backend.run)."""
 from __future__ import annotations
 
 import threading
 import time
 
+import pytest
+import redis
+
 from bge_m3.events import JobEvents
-from bge_m3.jobs import JobStore, events_key
+from bge_m3.jobs import JobStore
+from bge_m3.records import events_key
 from tests.support import RedisServer
 
 
@@ -54,3 +59,50 @@ def test_a_finish_published_while_the_subscription_is_down_is_not_missed(tmp_pat
     finally:
         events.close()
         server.stop()
+
+
+def test_a_sync_wait_survives_a_redis_restart(base_settings, tmp_path):
+    """A synchronous request's blocking read breaks when Redis restarts; it blocks again once
+    Redis is back and returns the job that finished meanwhile, well before its deadline."""
+    from api.service import Backend
+    from bge_m3.records import PREFIX
+
+    server = RedisServer(tmp_path / "redis", appendonly=True)
+    backend = Backend(base_settings.replace(redis_url=server.url(0)))
+    outcome: dict = {}
+    waiter = threading.Thread(target=lambda: outcome.update(
+        run=backend.run({"texts": ["a"]}, "", timeout=30)))
+    try:
+        waiter.start()
+        client = server.client(0)
+        job_id = _wait_for(lambda: [k.rsplit(":", 1)[1] for k in client.scan_iter(f"{PREFIX}:job:*")])[0]
+        time.sleep(1.2)  # appendfsync everysec: the record is on disk before the kill
+        server.kill()
+        time.sleep(0.3)
+        server.start()
+        store = JobStore(server.client(0), ttl=60)
+        store.start(job_id, max_attempts=1)
+        started = time.monotonic()
+        store.succeed(job_id, {"items": [{"tokens": 1}]})
+        waiter.join(20)
+        assert not waiter.is_alive() and time.monotonic() - started < 5
+        job, result, first = outcome["run"]
+        assert (job.id, job.status, result, first) == (job_id, "succeeded", {"items": [{"tokens": 1}]}, True)
+        server.kill()  # down from the start: the create's fate is unknown, and it never shows up
+        started = time.monotonic()
+        with pytest.raises(redis.exceptions.ConnectionError):
+            backend.run({"texts": ["b"]}, "", timeout=1)
+        assert time.monotonic() - started < 3
+    finally:
+        server.stop()
+        waiter.join(30)
+
+
+def _wait_for(found, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = found()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise TimeoutError("nothing found")

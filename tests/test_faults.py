@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from bge_m3.jobs import job_key
+from bge_m3.records import job_key
 from bge_m3.queue import QUEUE_NAME, redis_client, restore_interval
 from bge_m3.workers import WORKER_PREFIX
 from tests.stack_support import Reference, same_item, start_api

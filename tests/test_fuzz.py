@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from bge_m3.jobs import PREFIX
+from bge_m3.records import PREFIX
 from bge_m3.queue import QUEUE_NAME, redis_client
 from bge_m3.workers import STATS_PREFIX
 from tests.stack_support import start_api

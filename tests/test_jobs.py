@@ -8,7 +8,8 @@ import time
 import pytest
 
 from bge_m3 import codec
-from bge_m3.jobs import JobStore, job_key, new_job_id, result_key
+from bge_m3.jobs import JobStore
+from bge_m3.records import job_key, new_job_id, result_key
 
 
 def store(redis_db) -> JobStore:
@@ -51,7 +52,7 @@ def test_poison_job_exhausts_its_attempts(redis_db):
 
 
 def test_create_pushes_the_message_with_the_record_or_nothing(redis_db):
-    from bge_m3.jobs import QueueFull
+    from bge_m3.records import QueueFull
 
     jobs = store(redis_db)
     job = jobs.create({"texts": ["a"]}, message="m1", queue="q", max_queued=2)
@@ -76,6 +77,74 @@ def test_wait_wakes_on_finish(redis_db):
     assert time.monotonic() - started < 10, "wait did not wake on the event"
     assert jobs.wait(job.id, timeout=5).status == "failed"
     assert jobs.wait("f" * 32, timeout=1) is None
+
+
+def test_await_end_blocks_in_redis_and_returns_the_finished_job_with_its_result(redis_db):
+    from bge_m3.records import done_key
+
+    jobs = store(redis_db)
+    plain = jobs.create({})
+    jobs.succeed(plain.id, {"items": []})
+    assert not redis_db.exists(done_key(plain.id))  # only a notify job gets a done list
+
+    job = jobs.create({"texts": ["a"]}, notify=True)
+    threading.Timer(0.3, lambda: jobs.succeed(job.id, {"items": [7]}, stats={"tokens": 1})).start()
+    started = time.monotonic()
+    done, result, first = jobs.await_end(job.id, 4.5)
+    assert time.monotonic() - started < 4, "the BLPOP did not wake on the finish"
+    assert (done.status, result, first) == ("succeeded", {"items": [7]}, True)
+    assert not redis_db.exists(done_key(job.id))  # popped
+    assert jobs.read(job.id, observe=True)[2] is False  # observed once
+
+    ended = jobs.create({}, notify=True)  # an end before the wait is kept for it, with a TTL
+    jobs.fail(ended.id, "boom", "failed early")
+    assert 0 < redis_db.ttl(done_key(ended.id)) <= 60
+    assert jobs.await_end(ended.id, 4.5)[0].error == {"code": "boom", "message": "failed early"}
+
+    cancelled = jobs.create({}, notify=True)
+    assert jobs.cancel(cancelled.id) == "ok" and redis_db.lrange(done_key(cancelled.id), 0, -1) == ["cancelled"]
+    assert 0 < redis_db.ttl(done_key(cancelled.id)) <= 60
+
+    pending = jobs.create({}, notify=True)
+    started = time.monotonic()
+    assert jobs.await_end(pending.id, 0.2)[:2] == (jobs.get(pending.id), None)
+    assert 0.15 < time.monotonic() - started < 3
+    assert jobs.await_end(pending.id, 0)[0].status == "queued"  # no time left: a plain read
+    redis_db.script_flush()  # NOSCRIPT after the BLPOP popped: re-read, not block again
+    jobs.succeed(pending.id, {"items": []})
+    started = time.monotonic()
+    assert jobs.await_end(pending.id, 4.5)[0].status == "succeeded"
+    assert time.monotonic() - started < 3
+
+
+def test_create_and_await_is_one_round_trip_that_never_blocks_on_a_refusal(redis_db):
+    """A synchronous route creates its job and blocks on its end in one pipeline; a refused
+    create (queue full, unusable queue) must not leave the BLPOP behind it to run its time."""
+    from bge_m3.records import QueueFull, done_key
+
+    jobs = store(redis_db)
+    kw = {"owner": "o", "timeout": 1.0, "message": "m", "queue": "q", "max_queued": 1}
+    started = time.monotonic()
+    job, result, first = jobs.create_and_await({"texts": ["a"]}, job_id="a" * 32, **kw)
+    assert 0.9 < time.monotonic() - started < 1.5  # nothing finished it: the wait ran its time
+    assert (job.status, job.owner, result, first) == ("queued", "o", None, False)
+    assert redis_db.lrange("q", 0, -1) == ["m"] and jobs.get("a" * 32).params == {"texts": ["a"]}
+    started = time.monotonic()
+    with pytest.raises(QueueFull):
+        jobs.create_and_await({}, job_id="b" * 32, **kw)
+    redis_db.set("bad", "not a list")
+    with pytest.raises(Exception, match="WRONGTYPE"):
+        jobs.create_and_await({}, job_id="c" * 32, **{**kw, "queue": "bad", "max_queued": 0})
+    with pytest.raises(Exception, match="WRONGTYPE"):
+        jobs.create_and_await({}, job_id="d" * 32, **{**kw, "queue": "bad"})
+    assert time.monotonic() - started < 0.9, "a refused create left its BLPOP blocking"
+    assert all(jobs.get(i * 32) is None and not redis_db.exists(done_key(i * 32)) for i in "bcd")
+    assert redis_db.llen("q") == 1
+
+    redis_db.delete("q")
+    threading.Timer(0.3, lambda: jobs.succeed("e" * 32, {"items": [1]})).start()
+    done, result, first = jobs.create_and_await({}, job_id="e" * 32, **kw)
+    assert (done.status, result, first) == ("succeeded", {"items": [1]}, True)
 
 
 def test_colbert_at_rest_is_compact(redis_db):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from bench.load_bench import check, job_specs, report, run_load, text_pool
-from bge_m3.jobs import PREFIX
+from bge_m3.records import PREFIX
 from tests.stack_support import Reference, start_api
 from tests.support import settings_on_db
 

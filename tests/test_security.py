@@ -7,7 +7,6 @@ import re
 import uuid
 
 import httpx
-import pytest
 
 from api import create_app
 from bge_m3.jobs import JobStore

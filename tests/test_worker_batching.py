@@ -109,7 +109,7 @@ def test_readiness_record(served, tiny_model):
 def test_poison_job_ends_failed_instead_of_looping(served):
     """A job whose earlier deliveries all died with their worker (attempts at the limit) is failed
     by the next delivery, not run again: JobStore.start's counter spans redeliveries."""
-    from bge_m3.jobs import job_key
+    from bge_m3.records import job_key
 
     queue, worker = served
     job = queue.store.create({"texts": ["kills workers"], "modes": ["dense"], "max_length": 64,

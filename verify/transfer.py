@@ -22,7 +22,7 @@ import requests
 import urllib3
 
 from verify.endpoint import Endpoint, RemoteMeta, status_error
-from verify.errors import BadContentError, EndpointError, TransientError
+from verify.errors import BadContentError, TransientError
 from verify.hashes import BackgroundHasher, update_from_file
 from verify.manifest import FileEntry
 

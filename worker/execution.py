@@ -10,7 +10,7 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from concurrent.futures import as_completed
 from typing import Any
 
-from bge_m3.jobs import Claim
+from bge_m3.records import Claim
 from bge_m3.payload import ItemsResult
 from worker import faults
 from worker.batcher import JobTrace
