@@ -69,14 +69,17 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def bare_forward(backbone, pad_id: int, rows: list[list[int]], budget: int, device: str):
-    """A callable running the bare transformer over exactly the batches the worker builds."""
+def bare_forward(backbone, pad_id: int, rows: list[list[int]], budget: int, device: str,
+                 pass_tokens: int | None = None):
+    """A callable running the bare transformer over exactly the batches the worker builds
+    (its budget, and the padding bound it calibrated at start-up)."""
     import torch
 
     from worker.batcher import JobTrace, Pending, plan_batches
 
     tensors = []
-    for batch in plan_batches([Pending(r, frozenset(), None, JobTrace()) for r in rows], budget):
+    for batch in plan_batches([Pending(r, frozenset(), None, JobTrace()) for r in rows], budget,
+                              pass_tokens):
         width = len(batch[0].ids)
         ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -105,6 +108,9 @@ def bench_model(name: str, model_dir: Path, manifest: Path, args, work: Path) ->
                                  **overrides)
     worker = spawn_worker(settings, work, timeout=600, TOKENIZERS_PARALLELISM="true")
     queue = Queue(settings)
+    from bge_m3.workers import ready_workers
+
+    pass_tokens = ready_workers(queue.redis)[0].get("pass_tokens")
     texts = make_texts(args.texts, args.min_words, args.max_words)
     singles = make_texts(64, 8, 24, seed=1)
     long_texts = make_texts(args.mfu_texts, 700, 800, seed=2) if args.mfu else []
@@ -152,12 +158,13 @@ def bench_model(name: str, model_dir: Path, manifest: Path, args, work: Path) ->
     tokenize = lambda batch: [tok(t, truncation=True, max_length=args.max_length)["input_ids"]  # noqa: E731
                               for t in batch]
     t_raw = timed(bare_forward(backbone, tok.pad_token_id, tokenize(texts), settings.max_batch_tokens,
-                               device), args.repeat)
+                               device, pass_tokens), args.repeat)
     tokens = service["bulk"]
     row = {
         "model": name, "device": args.device, "device_name": device_name(args.device),
         "texts": len(texts), "tokens": tokens, "max_length": args.max_length,
-        "max_batch_tokens": settings.max_batch_tokens, "torch_threads": torch.get_num_threads(),
+        "max_batch_tokens": settings.max_batch_tokens, "pass_tokens": pass_tokens,
+        "torch_threads": torch.get_num_threads(),
         "service_tokens_per_s": tokens / t_service, "flag_tokens_per_s": tokens / t_flag,
         "raw_forward_tokens_per_s": tokens / t_raw,
         "bulk_vs_flag": t_flag / t_service, "bulk_vs_raw_forward": t_raw / t_service,
@@ -168,7 +175,7 @@ def bench_model(name: str, model_dir: Path, manifest: Path, args, work: Path) ->
     if args.mfu:
         rows = tokenize(long_texts)
         t_raw_long = timed(bare_forward(backbone, tok.pad_token_id, rows, settings.max_batch_tokens,
-                                        device), args.repeat)
+                                        device, pass_tokens), args.repeat)
         cfg, seq_len = backbone.config, max(len(r) for r in rows)
         per_token = flops_per_token(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, seq_len)
         peak = args.peak_tflops or peak_tflops(row["device_name"]) or float("nan")
@@ -194,7 +201,8 @@ def device_name(device: str) -> str:
 def report(row: dict) -> str:
     return "\n".join([
         f"== {row['model']}: {row['texts']} texts, {row['tokens']:,} tokens, max_length "
-        f"{row['max_length']}, budget {row['max_batch_tokens']:,} tokens, {row['torch_threads']} torch threads",
+        f"{row['max_length']}, budget {row['max_batch_tokens']:,} tokens, padding bound "
+        f"{row.get('pass_tokens') or 0:,} tokens, {row['torch_threads']} torch threads",
         f"bulk job       service {row['service_tokens_per_s']:,.0f} tok/s | FlagEmbedding encode "
         f"{row['flag_tokens_per_s']:,.0f} tok/s | bare forward {row['raw_forward_tokens_per_s']:,.0f} tok/s",
         f"  ratio service / BGEM3FlagModel.encode   {row['bulk_vs_flag']:.2f}   (target >= 1.5)",

@@ -44,7 +44,7 @@ class Settings:
     max_batch_tokens: int = 16384
     max_length: int = 8192
     batch_wait_ms: float = 0.0
-    worker_threads: int = 32
+    worker_threads: int = 64
     torch_threads: int = 0
     result_ttl: int = 24 * 3600
     colbert_dtype: str = "float16"

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from worker.batcher import Batcher, JobTrace, Pending, plan_batches
+from worker.batcher import Batcher, JobTrace, Pending, pass_cost, plan_batches
 from worker.encoder import truncate_ids
 from worker.execution import InvalidJob, parse_params
 
@@ -35,6 +35,67 @@ def test_plan_batches_respects_padded_budget_and_sorts_by_length():
 def test_a_text_longer_than_the_budget_gets_its_own_batch():
     batches = plan_batches([_pending(10), _pending(500), _pending(10)], max_batch_tokens=64)
     assert [[len(p.ids) for p in b] for b in batches] == [[500], [10, 10]]
+
+
+def test_plan_batches_bounds_padding_by_the_cost_of_a_pass():
+    lengths = [30, 29, 28, 28, 27, 24, 23, 23, 20, 20, 17, 16, 15, 13, 12, 10]
+    unbounded = plan_batches([_pending(n) for n in lengths], max_batch_tokens=16384)
+    assert len(unbounded) == 1
+    batches = plan_batches([_pending(n) for n in lengths], max_batch_tokens=16384, pass_tokens=20)
+    assert [len(p.ids) for b in batches for p in b] == lengths  # same order, cut into bands
+    padding = [len(b) * len(b[0].ids) - sum(len(p.ids) for p in b) for b in batches]
+    assert len(batches) > 1 and all(pad <= 20 for pad in padding)
+    cost = lambda plan: sum(20 + len(b) * len(b[0].ids) for b in plan)  # noqa: E731
+    assert cost(batches) < cost(unbounded)
+    # Equal lengths never pad, so no bound cuts them; the budget still does.
+    assert len(plan_batches([_pending(8) for _ in range(10)], 16384, pass_tokens=1)) == 1
+    assert len(plan_batches([_pending(8) for _ in range(10)], 40, pass_tokens=1)) == 2
+
+
+def test_pass_cost_fits_fixed_plus_per_token():
+    import time
+
+    def run(rows, width):  # 50 ms a pass plus 0.5 ms a padded token: 100 tokens of padding
+        time.sleep(0.050 + rows * width * 0.0005)
+
+    tokens, fixed, per_token = pass_cost(run, max_batch_tokens=16384)
+    assert 60 <= tokens <= 160 and 40 <= fixed <= 65 and 0.35 <= per_token <= 0.65
+    # A pass whose time does not grow with its size (a GPU at these shapes): bounded by the budget.
+    assert pass_cost(lambda rows, width: time.sleep(0.01), max_batch_tokens=4096)[0] == 4096
+
+
+def test_a_job_still_tokenizing_is_waited_for(monkeypatch):
+    """Two jobs land together: the first must not run alone inline while the second, already
+    claimed, is still tokenizing; both share one pass."""
+    import time
+
+    from worker import batcher as batcher_module
+
+    monkeypatch.setattr(batcher_module, "ARRIVAL_WAIT_MS", 3000.0)  # no flake on a stalled machine
+    forward = _Forward()
+    batcher = Batcher(forward, max_batch_tokens=1000, wait_ms=0)
+    batcher.start()
+    try:
+        with batcher.arriving() as second:
+            with batcher.arriving() as first:
+                done = []
+                thread = threading.Thread(target=lambda: done.append(
+                    batcher.submit([[1, 2]], frozenset({"dense"}), arrival=first)))
+                thread.start()
+                thread.join(0.05)
+            time.sleep(0.2)  # the first job did not run inline, nor alone from the queue
+            assert forward.batches == []
+            futures = batcher.submit([[3, 4, 5]], frozenset({"dense"}), arrival=second)
+        thread.join(5)
+        assert [f.result(5) for f in done[0] + futures] == [2, 3] and forward.batches == [2]
+        # An announcement withdrawn without a submit does not hold later passes.
+        with batcher.arriving():
+            pass
+        started = time.monotonic()
+        assert batcher.submit([[1]], frozenset({"dense"}))[0].result(5) == 1
+        assert forward.batches == [2, 1] and time.monotonic() - started < 1.5
+    finally:
+        batcher.stop()
 
 
 def test_truncation_keeps_head_and_eos():

@@ -13,7 +13,7 @@ from typing import Any
 from bge_m3.records import Claim
 from bge_m3.payload import ItemsResult
 from worker import faults
-from worker.batcher import JobTrace
+from worker.batcher import Arrival, JobTrace
 from worker.encoder import MODES, TooLong
 from worker.logs import get_logger
 from worker.runtime import Runtime
@@ -70,7 +70,6 @@ def claim(rt: Runtime, job_id: str) -> Claim:
 
 def execute(rt: Runtime, job_id: str) -> str:
     """Run one delivery of a job; returns what happened (for logs and tests)."""
-    settings = rt.settings
     claimed = claim(rt, job_id)
     if claimed.state == "exhausted":
         rt.store.fail(job_id, "worker_lost", f"the job was delivered {claimed.attempt} times without "
@@ -80,6 +79,12 @@ def execute(rt: Runtime, job_id: str) -> str:
     if claimed.state != "running":
         log.info("Job %s skipped: %s", job_id, claimed.state)
         return claimed.state
+    with rt.batcher.arriving() as arrival:  # the batcher holds its next pass for these texts
+        return _run(rt, job_id, claimed, arrival)
+
+
+def _run(rt: Runtime, job_id: str, claimed: Claim, arrival: Arrival) -> str:
+    settings = rt.settings
     started = time.time()
     created = claimed.created_at or started
     try:
@@ -100,7 +105,7 @@ def execute(rt: Runtime, job_id: str) -> str:
                           "dimension": rt.encoder.dimension}, len(rows))
     deadline = time.monotonic() + settings.time_limit - (time.time() - started)
     if deadline > time.monotonic():
-        futures = rt.batcher.submit(rows, modes, trace)  # may run at once, in this thread
+        futures = rt.batcher.submit(rows, modes, trace, arrival)  # may run at once, in this thread
         error = _collect(rt, rows, futures, result, deadline)
     else:  # already over the limit before any forward pass
         futures, error = [], _timeout(settings.time_limit)

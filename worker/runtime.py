@@ -19,7 +19,7 @@ from bge_m3.jobs import JobStore
 from bge_m3.queue import redis_client
 from bge_m3.settings import Settings
 from worker import faults, gate
-from worker.batcher import Batcher, BatchStats
+from worker.batcher import Batcher, BatchStats, pass_cost
 from worker.logs import get_logger
 
 WARMUP_TEXT = "BGE-M3 warm-up: dense, sparse and ColBERT from one forward pass."
@@ -86,6 +86,12 @@ class Runtime:
         t0 = time.perf_counter()
         self.batcher.run_direct(self.encoder.tokenize([WARMUP_TEXT], 64, True), frozenset(MODES))
         log.info("Warm-up forward pass: %.0f ms", (time.perf_counter() - t0) * 1000)
+        ids = self.encoder.tokenize([WARMUP_TEXT], 64, True)[0] * 64  # long enough for any width
+        self.batcher.pass_tokens, fixed, per_token = pass_cost(
+            lambda rows, width: self.batcher.run_direct([ids[:width]] * rows, frozenset(MODES)),
+            self.settings.max_batch_tokens)
+        log.info("Forward pass cost: %.1f ms + %.3f ms per padded token: a batch takes at most %s "
+                 "tokens of padding", fixed, per_token, f"{self.batcher.pass_tokens:,}")
         sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         self.batcher.start()
         _set_current(self)
@@ -101,6 +107,7 @@ class Runtime:
             "manifest_digest": self.verified.report.manifest_digest if self.verified else None,
             "dimension": self.encoder.dimension if self.encoder else None,
             "max_batch_tokens": self.settings.max_batch_tokens,
+            "pass_tokens": self.batcher.pass_tokens if self.batcher else None,
             "max_length": self.settings.max_length, "pid": os.getpid(),
             "started_at": self.started_at,
         }
