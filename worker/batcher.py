@@ -170,7 +170,8 @@ class Batcher:
         if arrival is not None and arrival.open:
             arrival.open = False
             self._arriving -= 1
-            self._cond.notify_all()
+            if not self._arriving and self._queue:  # only a waiting window cares; no idle wake-ups
+                self._cond.notify_all()
 
     def submit(self, rows: Sequence[Sequence[int]], want: frozenset[str],
                trace: JobTrace | None = None, arrival: Arrival | None = None) -> list[Future]:
