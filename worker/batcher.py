@@ -96,8 +96,9 @@ def plan_batches(items: list[Pending], max_batch_tokens: int,
             if ((len(current) + 1) * longest > max_batch_tokens
                     or (pass_tokens is not None and waste + pad > pass_tokens)):
                 batches.append(current)
-                current, pad = [], 0
-            waste = waste + pad if current else 0
+                current, waste = [], 0
+            else:
+                waste += pad
         current.append(item)
     if current:
         batches.append(current)
@@ -107,8 +108,8 @@ def plan_batches(items: list[Pending], max_batch_tokens: int,
 def pass_cost(run: Callable[[int, int], None], max_batch_tokens: int) -> tuple[int, float, float]:
     """Fit cost = fixed + per_token x padded tokens to the best of two timings each of a small
     and a larger pass (``run(rows, tokens_each)``); returns (pass_tokens = fixed / per_token,
-    clamped to [1, budget], fixed ms, per-token ms). On a GPU both passes take about the
-    launch time, so padding is nearly free and the bound sits at the budget."""
+    clamped to [1, budget], fixed ms, per-token ms). Where both passes take about the same
+    time (launch-bound, as on a GPU) padding is nearly free and the bound nears the budget."""
     timings = []
     for rows, width in CALIBRATION:
         best = float("inf")
