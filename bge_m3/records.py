@@ -23,6 +23,7 @@ PREFIX = "bge-m3"
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
+
 def new_job_id() -> str:
     return secrets.token_hex(16)
 
