@@ -50,6 +50,7 @@ class BatchOutput:
     weights: Any = None   # [B, L] token weights (relu of the sparse head)
     colbert: Any = None   # [B, L-1, d], CLS dropped, padding rows zero (float16 from an fp16 model)
     colbert_b64: Any = None  # [B, 4 * ceil((L-1) * d * size / 3)] uint8: base64 of each row's bytes
+    ids: Any = None       # [B, L] int64 input ids, padded with the pad id
 
 
 def verified_view(model_dir: Path, paths: Sequence[str]) -> Path:
@@ -88,6 +89,7 @@ class M3Model:
                                                   add_pooling_layer=False)
         hidden = int(self.backbone.config.hidden_size)
         self.hidden = hidden
+        self.vocab = int(self.backbone.config.vocab_size)
         self.max_positions = int(self.backbone.config.max_position_embeddings) - 2
         self.colbert = self._head(folder / "colbert_linear.pt", hidden, hidden, dtype)
         self.sparse = self._head(folder / "sparse_linear.pt", hidden, 1, dtype)
@@ -123,7 +125,7 @@ class M3Model:
             attention = torch.from_numpy(mask).to(self.placement.device, non_blocking=True)
             hidden = self.backbone(input_ids=input_ids, attention_mask=attention,
                                    return_dict=True).last_hidden_state
-            out = BatchOutput()
+            out = BatchOutput(ids=ids)
             if dense:
                 out.dense = _host(F.normalize(hidden[:, 0], dim=-1))
             if sparse:
