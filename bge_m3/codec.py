@@ -24,24 +24,35 @@ def pack(data: bytes, shape: Sequence[int], dtype: str) -> dict[str, Any]:
 
 def pack_json(data: bytes, shape: Sequence[int], dtype: str) -> bytes:
     """``pack``'s object as compact JSON text."""
-    return b"".join(pack_json_parts(data, shape, dtype))
+    return json_text(pack_json_parts(data, shape, dtype))
 
 
-def pack_json_parts(data: Any, shape: Sequence[int], dtype: str) -> list[bytes]:
-    """``pack_json`` in pieces, written directly: base64 needs no escaping, and ``json.dumps``
-    over megabytes of it costs more than the model on a GPU. ``data`` is any contiguous
-    little-endian buffer (a numpy array is encoded without a copy)."""
-    view = memoryview(data)
-    encoded = base64.b64encode(view.cast("B")) if view.nbytes else b""  # cast refuses a 0 in the shape
-    return encoded_json_parts(encoded, shape, dtype)
+class Base64:
+    """Raw bytes standing in a JSON text for their base64. The stored form keeps them raw (2 bytes
+    a float16 value, where base64 takes 2.67) and writes the base64 only when the text is read
+    (``bge_m3.payload``); no worker thread spends time or the GIL encoding megabytes of it."""
+    __slots__ = ("data",)
+
+    def __init__(self, data: Any):
+        view = memoryview(data)
+        self.data = view.cast("B") if view.nbytes else b""  # cast refuses a 0 in the shape
+
+    def __len__(self) -> int:
+        return len(self.data)
 
 
-def encoded_json_parts(encoded: bytes, shape: Sequence[int], dtype: str) -> list[bytes]:
-    """``pack_json_parts`` for data already base64-encoded (on a GPU, say)."""
+def json_text(parts: Sequence[Any]) -> bytes:
+    """The JSON text that ``parts`` (bytes and ``Base64``) stand for."""
+    return b"".join(base64.b64encode(p.data) if isinstance(p, Base64) else p for p in parts)
+
+
+def pack_json_parts(data: Any, shape: Sequence[int], dtype: str) -> list[Any]:
+    """``pack_json`` in pieces, written directly, the data as ``Base64`` (any contiguous
+    little-endian buffer; a numpy array is taken without a copy)."""
     if dtype not in DTYPE_CODES:
         raise ValueError(f"unsupported dtype {dtype}")
     dims = ",".join(str(int(n)) for n in shape)
-    return [f'{{"shape":[{dims}],"dtype":"{dtype}","data":"'.encode(), encoded, b'"}']
+    return [f'{{"shape":[{dims}],"dtype":"{dtype}","data":"'.encode(), Base64(data), b'"}']
 
 
 def unpack_floats(obj: dict[str, Any]) -> list[float]:

@@ -202,43 +202,31 @@ def test_pack_json_encodes_an_array_as_the_at_rest_object():
     assert json.loads(codec.pack_json(empty, [0, 4], "float16"))["data"] == ""
 
 
-def test_device_base64_rows_match_the_standard_library():
+def test_stored_chunks_keep_vectors_raw_and_read_back_as_base64_json():
+    """A stored item keeps its vectors' bytes raw (2 bytes a float16 value) and reads back as the
+    JSON text with their base64; a chunk an earlier version wrote (zlib) still reads."""
     import base64
+    import zlib
 
     import numpy as np
-    import torch
 
-    from worker.model import base64_rows
+    from bge_m3 import codec, payload
 
-    rng = np.random.default_rng(0)
-    for width in (1, 2, 3, 4, 5, 6, 2047, 2048, 4096):
-        data = rng.integers(0, 256, size=(3, width), dtype=np.uint8)
-        encoded = base64_rows(torch.from_numpy(data)).numpy()
-        for row, enc in zip(data, encoded):
-            whole = width // 3 * 3
-            assert enc[:whole // 3 * 4].tobytes() == base64.b64encode(row[:whole].tobytes())
-
-
-@pytest.mark.parametrize("colbert_dtype", ["float16", "float32"])
-def test_colbert_encoded_on_the_device_is_byte_identical(tiny_model, colbert_dtype):
-    """The GPU path (base64 in the model's forward) forced on the CPU: every stored item is the
-    same bytes as the host encoder's, for texts whose ColBERT bytes end in 0, 1 or 2 spare bytes."""
-    import torch
-
-    from worker.device import choose
-    from worker.encoder import Encoder
-    from worker.model import M3Model
-
-    model = M3Model(tiny_model.dir, choose("cpu", torch))
-    host = Encoder(model, colbert_dtype, device_base64=False)
-    device = Encoder(model, colbert_dtype, device_base64=True)
-    texts = ["", "a", "hello world", "今天天气真好阳光明媚", "the quick brown fox jumps over the lazy dog " * 3]
-    rows = host.tokenize(texts, 64, True) + host.tokenize(["cut to one token"], 1, True)
-    assert len({(len(r) - 1) * 32 * (2 if colbert_dtype == "float16" else 4) % 3 for r in rows}) == 3
-    want = [frozenset({"dense", "sparse", "colbert"})] * len(rows)
-    for ids, a, b in zip(rows, host.run_batch(rows, want), device.run_batch(rows, want)):
-        assert b.colbert_b64 is not None and a.colbert_b64 is None
-        assert b"".join(host.item_json(ids, a)) == b"".join(device.item_json(ids, b))
+    vecs = np.arange(240, dtype="<f2").reshape(60, 4) / 8
+    parts = [b'{"tokens":61,"colbert":', *codec.pack_json_parts(vecs, [60, 4], "float16"), b"}"]
+    chunk = payload.pack(*parts)
+    assert vecs.tobytes() in chunk and base64.b64encode(vecs.tobytes()) not in chunk
+    assert len(chunk) < 0.8 * len(codec.json_text(parts))
+    text = payload.unpack(chunk)
+    assert text == codec.json_text(parts)
+    assert json.loads(text)["colbert"]["data"] == base64.b64encode(vecs.tobytes()).decode()
+    built = payload.ItemsResult({"model": "m"}, 2)
+    built.add(1, [b'{"tokens":1}'])
+    built.add(0, parts)
+    assert payload.decode(built.chunks())["items"][1] == {"tokens": 1}
+    assert payload.decode([zlib.compress(b'{"items":[]}')]) == {"items": []}
+    empty = payload.pack(*codec.pack_json_parts(np.zeros((0, 4), dtype="<f2"), [0, 4], "float16"))
+    assert json.loads(payload.unpack(empty))["data"] == ""
 
 
 def test_torch_threads_setting_is_applied():

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import base64
 import json
 
 import numpy as np
@@ -37,13 +36,6 @@ class Row:
     weights: Any = None   # the token weights (relu of the sparse head), one per token
     sparse: Any = None    # (ids ascending, largest weight of each): the lexical weights
     colbert: Any = None
-    colbert_b64: bytes | None = None  # base64 of its whole 3-byte groups, when encoded on the device
-
-
-def _whole_groups(encoded_row: Any, nbytes: int) -> bytes:
-    """The base64 of a row's first ``nbytes // 3 * 3`` bytes, cut from the base64 of the whole
-    row (whole 3-byte groups encode alike in both); ``Encoder.item_json`` adds the last 0-2 bytes."""
-    return encoded_row[:nbytes // 3 * 4].tobytes()
 
 
 def truncate_ids(ids: list[int], max_length: int) -> list[int]:
@@ -56,13 +48,10 @@ def truncate_ids(ids: list[int], max_length: int) -> list[int]:
 
 
 class Encoder:
-    def __init__(self, model: Any, colbert_dtype: str = "float16", device_base64: bool | None = None):
+    def __init__(self, model: Any, colbert_dtype: str = "float16"):
         self.model = model
         self.colbert_dtype = colbert_dtype
         self._colbert_code = np.dtype("<f2" if colbert_dtype == "float16" else "<f4")
-        # On a GPU the ColBERT base64 is computed there (see M3Model.forward); on a CPU the
-        # host's encoder is as fast and needs no second copy of the vectors.
-        self.device_base64 = (model.placement.device != "cpu") if device_base64 is None else device_base64
         # A lookup table over the vocabulary beats np.isin (one gather instead of a sort).
         self._special = np.zeros(max(model.vocab, max(model.special_ids) + 1), dtype=bool)
         self._special[sorted(model.special_ids)] = True
@@ -83,9 +72,7 @@ class Encoder:
     def run_batch(self, rows: Sequence[Sequence[int]], wants: Sequence[frozenset[str]]) -> list[Row]:
         """One forward pass for every row; each row gets only the outputs it asked for."""
         need = frozenset().union(*wants)
-        b64 = self.colbert_dtype if self.device_base64 and "colbert" in need else None
-        out = self.model.forward(rows, "dense" in need, "sparse" in need, "colbert" in need, b64)
-        size = self.model.hidden * self._colbert_code.itemsize
+        out = self.model.forward(rows, "dense" in need, "sparse" in need, "colbert" in need)
         lexical = self.lexical_rows(out.ids, out.weights) if "sparse" in need else None
         result = []
         for i, (ids, want) in enumerate(zip(rows, wants)):
@@ -94,18 +81,16 @@ class Encoder:
                 dense=out.dense[i] if "dense" in want else None,
                 weights=out.weights[i, :n] if "sparse" in want else None,
                 sparse=lexical[i] if "sparse" in want else None,
-                colbert=out.colbert[i, :n - 1] if "colbert" in want else None,
-                colbert_b64=_whole_groups(out.colbert_b64[i], (n - 1) * size)
-                if b64 and "colbert" in want else None))
+                colbert=out.colbert[i, :n - 1] if "colbert" in want else None))
         return result
 
     def item(self, ids: Sequence[int], row: Row) -> dict[str, Any]:
         """The stored JSON form of one text's outputs, as an object (tests and references)."""
-        return json.loads(b"".join(self.item_json(ids, row)))
+        return json.loads(codec.json_text(self.item_json(ids, row)))
 
-    def item_json(self, ids: Sequence[int], row: Row) -> list[bytes]:
+    def item_json(self, ids: Sequence[int], row: Row) -> list[Any]:
         """The stored JSON text of one text's outputs, in pieces (what the worker writes): the
-        ColBERT megabytes are base64-encoded straight from the array and never joined here."""
+        vectors as ``codec.Base64`` over the arrays themselves, never encoded nor joined here."""
         parts = [b'{"tokens":%d' % len(ids)]
         if row.dense is not None:
             dense = np.ascontiguousarray(row.dense, dtype="<f4")
@@ -115,16 +100,9 @@ class Encoder:
             parts += [b',"sparse":', json.dumps({"indices": indices.tolist(), "values": values.tolist()},
                                                 separators=(",", ":")).encode()]
         if row.colbert is not None:
-            code = self._colbert_code
+            vecs = np.ascontiguousarray(row.colbert, dtype=self._colbert_code)
             shape = [int(n) for n in row.colbert.shape]
-            if row.colbert_b64 is not None:  # encoded on the device, but for the last 0-2 bytes
-                rest = row.colbert.size * code.itemsize % 3
-                tail = np.ascontiguousarray(row.colbert[-1:], dtype=code).tobytes()[-rest:] if rest else b""
-                encoded = row.colbert_b64 + base64.b64encode(tail)
-                parts += [b',"colbert":', *codec.encoded_json_parts(encoded, shape, self.colbert_dtype)]
-            else:
-                vecs = np.ascontiguousarray(row.colbert, dtype=code)
-                parts += [b',"colbert":', *codec.pack_json_parts(vecs, shape, self.colbert_dtype)]
+            parts += [b',"colbert":', *codec.pack_json_parts(vecs, shape, self.colbert_dtype)]
         parts.append(b"}")
         return parts
 

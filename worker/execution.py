@@ -113,7 +113,6 @@ def _run(rt: Runtime, job_id: str, claimed: Claim, arrival: Arrival) -> str:
     if error is not None:
         for future in futures:
             future.cancel()
-        result.cancel()
         rt.store.fail(job_id, *error, stats=_stats(created, started, computed, tokens, trace),
                       pipe=rt.count(failed_jobs=1))
         log.warning("Job %s failed: %s", job_id, error[1])

@@ -9,7 +9,6 @@ picked up by ``from_pretrained``.
 """
 from __future__ import annotations
 
-import functools
 import os
 import tempfile
 from dataclasses import dataclass
@@ -49,7 +48,6 @@ class BatchOutput:
     dense: Any = None     # [B, d]
     weights: Any = None   # [B, L] token weights (relu of the sparse head)
     colbert: Any = None   # [B, L-1, d], CLS dropped, padding rows zero (float16 from an fp16 model)
-    colbert_b64: Any = None  # [B, 4 * ceil((L-1) * d * size / 3)] uint8: base64 of each row's bytes
     ids: Any = None       # [B, L] int64 input ids, padded with the pad id
 
 
@@ -108,11 +106,8 @@ class M3Model:
         return [enc.ids for enc in self.backend.encode_batch(list(texts), add_special_tokens=True)]
 
     def forward(self, rows: Sequence[Sequence[int]], dense: bool, sparse: bool,
-                colbert: bool, colbert_b64: str | None = None) -> BatchOutput:
-        """One forward pass of the transformer plus the requested heads, as FlagEmbedding's M3.
-        With ``colbert_b64`` (a storage dtype) the ColBERT rows are also base64-encoded on the
-        device, in that dtype: on a GPU the host's single-threaded base64 would otherwise hold
-        the GIL for a second per ~300 MB, starving the thread that feeds the GPU."""
+                colbert: bool) -> BatchOutput:
+        """One forward pass of the transformer plus the requested heads, as FlagEmbedding's M3."""
         lengths = [len(r) for r in rows]
         width = max(lengths)
         ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
@@ -134,33 +129,7 @@ class M3Model:
                 vecs = self.colbert(hidden[:, 1:]) * attention[:, 1:, None].to(hidden.dtype)
                 vecs = F.normalize(vecs, dim=-1)
                 out.colbert = _host(vecs, keep_half=True)
-                if colbert_b64:
-                    stored = vecs.to(getattr(torch, colbert_b64)).contiguous()
-                    out.colbert_b64 = base64_rows(stored.view(torch.uint8).reshape(len(rows), -1)).cpu().numpy()
         return out
-
-
-_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-
-
-def base64_rows(data: Any) -> Any:
-    """Standard base64 of each row of a uint8 tensor [B, N], on the tensor's device: [B, 4 * ceil(N / 3)]
-    uint8. Only whole 3-byte groups are exact (a last partial group is encoded from zero fill,
-    without '=' padding): the caller keeps the whole groups of each text's prefix and encodes
-    its last 0-2 bytes on the host (``worker.encoder.Encoder.item_json``)."""
-    rows, size = data.shape
-    if size % 3:
-        data = F.pad(data, (0, 3 - size % 3))
-    groups = data.view(rows, -1, 3).to(torch.int32)
-    word = (groups[..., 0] << 16) | (groups[..., 1] << 8) | groups[..., 2]
-    index = torch.stack([word >> 18, (word >> 12) & 63, (word >> 6) & 63, word & 63], dim=-1)
-    return _alphabet(data.device)[index.long()].view(rows, -1)
-
-
-@functools.lru_cache(maxsize=None)
-def _alphabet(device: Any) -> Any:
-    """The base64 alphabet as a uint8 tensor on ``device``, copied there once, not per batch."""
-    return torch.frombuffer(bytearray(_ALPHABET), dtype=torch.uint8).to(device)
 
 
 def _host(tensor: Any, keep_half: bool = False) -> Any:
