@@ -88,7 +88,7 @@ class JobStore:
         return payload.decode(chunks) if chunks else None
 
     def result_bytes(self, job_id: str) -> int:
-        """What the stored result costs in Redis (compressed chunk bytes)."""
+        """What the stored result costs in Redis (its chunks' bytes)."""
         return sum(len(c) for c in _result_chunks(self.redis, job_id) or ())
 
     def start(self, job_id: str, max_attempts: int, worker: str = "") -> tuple[str, int]:
@@ -252,5 +252,5 @@ def _created(reply: Any) -> None:
 
 def _result_chunks(client: Any, job_id: str) -> Any:
     """LRANGE of the stored chunks (on a client or queued on a pipeline). NEVER_DECODE: they are
-    zlib bytes even on a decode_responses client."""
+    binary (``bge_m3.payload``) even on a decode_responses client."""
     return client.execute_command("LRANGE", result_key(job_id), 0, -1, NEVER_DECODE=True)

@@ -5,8 +5,8 @@ these. Nothing here talks to Redis or imports torch.
 
 Keys (``{id}`` is 32 hex chars, 128 random bits):
 - ``bge-m3:job:{id}``     hash: status, timestamps, owner, params, attempts, error
-- ``bge-m3:result:{id}``  the JSON result, written only on success: a list of compressed
-                          chunks whose concatenation is the JSON text (``bge_m3.payload``)
+- ``bge-m3:result:{id}``  the JSON result, written only on success: a list of chunks, one per
+                          item, whose unpacked concatenation is the JSON text (``bge_m3.payload``)
 - ``bge-m3:events:{id}``  pub/sub channel; the new status is published on every terminal change
 - ``bge-m3:done:{id}``    list, only for a job created with ``notify`` (a synchronous route's):
                           its terminal status is pushed here, and its caller blocks on it
