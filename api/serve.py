@@ -8,6 +8,7 @@ import argparse
 import logging
 from typing import Any
 
+from bge_m3 import heap
 from bge_m3.settings import Settings
 
 DEFAULT_WORKERS = 1
@@ -80,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
                     self.cfg.set(key, value)
 
         def load(self):
-            return create_app(settings)
+            app = create_app(settings)
+            heap.freeze()  # in the gunicorn worker, after the fork (the app is not preloaded)
+            return app
 
     Application().run()
     return 0

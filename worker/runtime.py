@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Any
 
-from bge_m3 import workers
+from bge_m3 import heap, workers
 from bge_m3.jobs import JobStore
 from bge_m3.queue import redis_client
 from bge_m3.settings import Settings
@@ -55,6 +55,7 @@ class Runtime:
         self.batcher: Batcher | None = None
         self.verified: gate.Verified | None = None
         self.placement: Any = None
+        self.frozen_objects = 0  # heap.freeze() after the warm-up
         self._counts: collections.Counter[str] = collections.Counter()
         self._counts_lock = threading.Lock()
         self._stop = threading.Event()
@@ -93,6 +94,7 @@ class Runtime:
         log.info("Forward pass cost: %.1f ms + %.3f ms per padded token: a batch takes at most %s "
                  "tokens of padding", fixed, per_token, f"{self.batcher.pass_tokens:,}")
         sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+        self.frozen_objects = heap.freeze()
         self.batcher.start()
         _set_current(self)
         return self
@@ -109,6 +111,7 @@ class Runtime:
             "max_batch_tokens": self.settings.max_batch_tokens,
             "pass_tokens": self.batcher.pass_tokens if self.batcher else None,
             "max_length": self.settings.max_length, "pid": os.getpid(),
+            "frozen_objects": self.frozen_objects,
             "started_at": self.started_at,
         }
 
