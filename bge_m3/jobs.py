@@ -134,6 +134,17 @@ class JobStore:
         pipe.expire(staging, self.ttl)
         return self._end(pipe, job_id, "succeeded", staging=staging, stats=stats)
 
+    def succeed_staged(self, job_id: str, staging: Any, stats: dict[str, Any] | None = None,
+                       pipe: Any = None) -> str:
+        """``succeed_chunks`` for a result streamed to ``staging`` (``bge_m3.staging.Staging``)
+        while the job ran: what is still pending goes in the finish's round trip, and a result
+        of which nothing was sent yet may still travel inline."""
+        if not staging.sent_chunks:
+            return self.succeed_chunks(job_id, staging.pending, stats, pipe)
+        pipe = pipe if pipe is not None else self.redis.pipeline(transaction=False)
+        staging.flush(pipe)
+        return self._end(pipe, job_id, "succeeded", staging=staging.key, stats=stats)
+
     def fail(self, job_id: str, code: str, message: str, stats: dict[str, Any] | None = None,
              pipe: Any = None) -> str:
         pipe = pipe if pipe is not None else self.redis.pipeline(transaction=False)

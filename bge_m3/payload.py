@@ -74,18 +74,43 @@ class ItemsResult:
     """``{**header, "items": [...]}`` built from items serialised in any order.
 
     ``add(i, parts)`` packs item ``i``'s JSON text (in pieces) at once; ``chunks()`` returns the
-    stored form in job order.
+    stored form in job order, or ``take_ready()`` hands it out piece by piece as it completes.
     """
 
     def __init__(self, header: dict[str, Any], count: int):
         head = json.dumps(header, separators=(",", ":")).encode()
         self._head = head[:-1] + (b"," if header else b"") + b'"items":['
         self._items: list[bytes | None] = [None] * count
+        self._next = -1  # take_ready: -1 before the head is taken, then the next item's index
 
     def add(self, index: int, parts: Sequence[Any]) -> None:
         self._items[index] = pack(b"," if index else b"", *parts)
 
     def chunks(self) -> list[bytes]:
+        if self._next >= 0:
+            raise ValueError("chunks were already taken")
         if any(item is None for item in self._items):
             raise ValueError("not every item was added")
         return [pack(self._head), *self._items, pack(b"]}")]
+
+    def take_ready(self) -> list[bytes]:
+        """The chunks that now continue, without a gap, those taken before: the head first,
+        then items in job order as far as they are added, and the tail after the last. Each is
+        handed out once and dropped here, so a streamed result is not held twice."""
+        out: list[bytes] = []
+        if self._next < 0:
+            out.append(pack(self._head))
+            self._next = 0
+        count = len(self._items)
+        while self._next < count and self._items[self._next] is not None:
+            out.append(self._items[self._next])
+            self._items[self._next] = _TAKEN
+            self._next += 1
+        if self._next == count:
+            out.append(pack(b"]}"))
+            self._next += 1
+        return out
+
+
+_TAKEN = b""
+"""What ``take_ready`` leaves in an item's place (not None: the item was added)."""

@@ -239,3 +239,80 @@ def test_claim_takes_the_lease_and_returns_the_input(redis_db):
     assert jobs.get(job.id).attempts == 1
     jobs.fail(job.id, "x", "y")
     assert jobs.claim(job.id, max_attempts=3, lease="lease:x", lease_ttl=30).state == "failed"
+
+
+def test_take_ready_hands_out_the_result_in_order_once():
+    import json
+
+    from bge_m3.payload import ItemsResult, decode
+
+    items = [{"tokens": i} for i in range(6)]
+    built = ItemsResult({"model": "m"}, len(items))
+    taken = built.take_ready()
+    assert len(taken) == 1  # the head only: item 0 is not in yet
+    for i, expect in ((2, 0), (1, 0), (0, 3), (5, 0), (3, 1), (4, 3)):  # out of order
+        built.add(i, [json.dumps(items[i]).encode()])
+        ready = built.take_ready()
+        assert len(ready) == expect, i  # the last call also gives the tail
+        taken += ready
+    assert built.take_ready() == []
+    assert decode(taken) == {"model": "m", "items": items}
+    with pytest.raises(ValueError):
+        built.chunks()  # handed out already: never twice
+
+
+def test_streamed_result_is_staged_while_running_and_lands_only_at_the_finish(redis_db):
+    """A worker streams its result's completed stretch to a staging key while the job runs:
+    readers see nothing until the finish renames it into place with the result's TTL. A failed
+    job's stream is discarded; a duplicate finish drops its stream."""
+    import json
+
+    from bge_m3.payload import ItemsResult
+    from bge_m3.staging import Staging
+
+    jobs = store(redis_db)
+    job = jobs.create({})
+    jobs.start(job.id, max_attempts=1)
+    items = [{"tokens": i, "pad": "x" * 400} for i in range(10)]
+    built = ItemsResult({"model": "m"}, len(items))
+    staging = Staging(redis_db, job.id, ttl=30, flush_bytes=1000)
+    for i, item in enumerate(items[:5]):
+        built.add(i, [json.dumps(item).encode()])
+        staging.add(built.take_ready())
+    assert redis_db.llen(staging.key) >= 2 and 0 < redis_db.ttl(staging.key) <= 30
+    assert jobs.get(job.id).status == "running" and jobs.result(job.id) is None
+    for i, item in enumerate(items[5:], start=5):
+        built.add(i, [json.dumps(item).encode()])
+        staging.add(built.take_ready())
+    assert jobs.succeed_staged(job.id, staging, stats={"tokens": 1}) == "ok"
+    assert jobs.result(job.id) == {"model": "m", "items": items}
+    assert redis_db.keys("bge-m3:staging:*") == [] and 30 < redis_db.ttl(result_key(job.id)) <= 60
+
+    late = Staging(redis_db, job.id, ttl=30, flush_bytes=1)
+    late.add([b"\x00dup"])
+    assert redis_db.llen(late.key) == 1
+    assert jobs.succeed_staged(job.id, late) == "succeeded"  # already terminal: dropped
+    assert redis_db.keys("bge-m3:staging:*") == [] and jobs.result(job.id)["items"] == items
+
+    failed = jobs.create({})
+    jobs.start(failed.id, max_attempts=1)
+    stream = Staging(redis_db, failed.id, ttl=30, flush_bytes=1)
+    stream.add([b"\x00partial"])
+    stream.discard()
+    assert redis_db.keys("bge-m3:staging:*") == []
+
+
+def test_a_small_result_nothing_was_streamed_of_travels_inline(redis_db):
+    from bge_m3.payload import ItemsResult
+    from bge_m3.staging import Staging
+
+    jobs = store(redis_db)
+    job = jobs.create({})
+    jobs.start(job.id, max_attempts=1)
+    built = ItemsResult({"model": "m"}, 1)
+    built.add(0, [b'{"tokens":3}'])
+    staging = Staging(redis_db, job.id, ttl=30)
+    staging.add(built.take_ready())
+    assert staging.sent_chunks == 0 and not redis_db.exists(staging.key)
+    assert jobs.succeed_staged(job.id, staging) == "ok"
+    assert jobs.result(job.id) == {"model": "m", "items": [{"tokens": 3}]}

@@ -12,6 +12,7 @@ from typing import Any
 
 from bge_m3.records import Claim
 from bge_m3.payload import ItemsResult
+from bge_m3.staging import Staging
 from worker import faults
 from worker.batcher import Arrival, JobTrace
 from worker.encoder import MODES, TooLong
@@ -22,6 +23,10 @@ log = get_logger()
 
 LEASE_PREFIX = "bge-m3:lease:"
 """Key (with the job id) held while one delivery of a job runs; expires after time_limit."""
+
+STAGING_GRACE_SECONDS = 60
+"""How long a streamed result outlives the job's time limit if its worker dies before the finish
+renames it into place (``bge_m3.staging``); the finish then gives it the result TTL."""
 
 
 class InvalidJob(ValueError):
@@ -104,33 +109,34 @@ def _run(rt: Runtime, job_id: str, claimed: Claim, arrival: Arrival) -> str:
     result = ItemsResult({"model": manifest.repo_id, "revision": manifest.revision,
                           "dimension": rt.encoder.dimension}, len(rows))
     deadline = time.monotonic() + settings.time_limit - (time.time() - started)
+    staging = Staging(rt.redis, job_id, settings.time_limit + STAGING_GRACE_SECONDS)
     if deadline > time.monotonic():
         futures = rt.batcher.submit(rows, modes, trace, arrival)  # may run at once, in this thread
-        error = _collect(rt, rows, futures, result, deadline)
+        error = _collect(rt, rows, futures, result, staging, deadline)
     else:  # already over the limit before any forward pass
         futures, error = [], _timeout(settings.time_limit)
     computed = time.time()
     if error is not None:
         for future in futures:
             future.cancel()
+        staging.discard()
         rt.store.fail(job_id, *error, stats=_stats(created, started, computed, tokens, trace),
                       pipe=rt.count(failed_jobs=1))
         log.warning("Job %s failed: %s", job_id, error[1])
         return "failed"
     stats = _stats(created, started, computed, tokens, trace)
     # Counted in the same round trip as, and before, the terminal write: readers see both.
-    outcome = rt.store.succeed_chunks(job_id, result.chunks(), stats,
-                                      pipe=rt.count(jobs=1, texts=len(texts)))
+    outcome = rt.store.succeed_staged(job_id, staging, stats, pipe=rt.count(jobs=1, texts=len(texts)))
     log.info("Job %s: %d texts, %s tokens, %d forward passes, %.0f ms", job_id, len(texts),
              f"{tokens:,}", len(trace.passes), stats["total_ms"])
     return "succeeded" if outcome == "ok" else outcome
 
 
 def _collect(rt: Runtime, rows: list[list[int]], futures: list, result: ItemsResult,
-             deadline: float) -> tuple[str, str] | None:
-    """Serialise each text's item as soon as its batch is done (it then compresses on the pool),
-    so this work overlaps the forward passes still running. Stops at the first failed text or
-    at ``deadline`` (``time.monotonic``), returning (code, message)."""
+             staging: Staging, deadline: float) -> tuple[str, str] | None:
+    """Serialise each text's item as soon as its batch is done, and stream the result's
+    completed stretch to ``staging``, so both overlap the forward passes still running. Stops at
+    the first failed text or at ``deadline`` (``time.monotonic``), returning (code, message)."""
     index = {future: i for i, future in enumerate(futures)}
     try:
         for future in as_completed(futures, timeout=max(0.0, deadline - time.monotonic())):
@@ -139,6 +145,7 @@ def _collect(rt: Runtime, rows: list[list[int]], futures: list, result: ItemsRes
             if exc is not None:
                 return "encode_failed", f"text {i} could not be encoded: {exc}"
             result.add(i, rt.encoder.item_json(rows[i], future.result()))
+            staging.add(result.take_ready())
     except FuturesTimeout:
         return _timeout(rt.settings.time_limit)
     if time.monotonic() > deadline:  # a pass run in this thread cannot be interrupted: judge it after
