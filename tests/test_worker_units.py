@@ -237,3 +237,20 @@ def test_torch_threads_setting_is_applied():
         assert torch_threads(1) == 1 and torch_threads() == 1
     finally:
         torch_threads(before)
+
+
+def test_tokenize_gives_the_hf_tokenizers_ids(tiny_model):
+    """The worker's offsets-free batch encode yields exactly the ids FlagEmbedding's tokenizer
+    call does (parity of every output rests on it), untruncated."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from tests.test_worker_parity import TEXTS
+    from worker.device import choose
+    from worker.model import M3Model
+
+    model = M3Model(tiny_model.dir, choose("cpu", torch))
+    texts = [*TEXTS, "word " * 700]
+    reference = AutoTokenizer.from_pretrained(str(tiny_model.dir))(texts)["input_ids"]
+    assert model.tokenize(texts) == reference
+    assert len(reference[-1]) > 512
