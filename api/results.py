@@ -48,8 +48,11 @@ def result_out(result: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]
             "items": [item_out(item, params) for item in result.get("items", [])]}
 
 
-TIMINGS = ("queue_ms", "compute_ms", "total_ms")
-"""The worker's job timings surfaced on ``GET /v1/jobs/<id>`` (queue wait, model time, end to end)."""
+TIMINGS = ("queue_ms", "compute_ms", "total_ms", "tokenize_ms", "forward_ms", "serialize_ms",
+           "stream_ms")
+"""The worker's job timings surfaced on ``GET /v1/jobs/<id>``: queue wait, the worker's time,
+end to end, and where the worker's time went (tokenizing; the forward passes that carried the
+job's texts, shared with the jobs in the same passes; serialising; streaming to Redis)."""
 
 
 def total_tokens(job: Job, result: dict[str, Any] | None) -> int:

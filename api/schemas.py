@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from api.results import TIMINGS
 from api.validation import EMBED_MODES, ENCODINGS, MODES
 from bge_m3.records import STATUSES
 from bge_m3.settings import Settings
@@ -63,7 +64,7 @@ def schemas(settings: Settings) -> dict[str, Any]:
         "Job": obj({"id": STR, "status": {"type": "string", "enum": list(STATUSES)},
                     "created_at": NUM, "started_at": nullable_num, "finished_at": nullable_num,
                     "result": ref("JobResult"), "usage": ref("Usage"), "error": error_body,
-                    "timings": obj({"queue_ms": NUM, "compute_ms": NUM, "total_ms": NUM})},
+                    "timings": obj({k: NUM for k in TIMINGS})},
                    ("id", "status", "created_at")),
         "EmbedRequest": obj({"texts": texts, "mode": {"type": "string", "enum": list(EMBED_MODES),
                                                       "default": "dense"},

@@ -59,8 +59,13 @@ def test_job_polled_to_completion_all_modes(client, live_worker):
     assert isinstance(colbert["data"], str) and colbert["shape"] == [first["tokens"] - 1, 32]
     assert done["usage"]["tokens"] == sum(item["tokens"] for item in result["items"])
     timings = done["timings"]
-    assert set(timings) == {"queue_ms", "compute_ms", "total_ms"}
+    assert set(timings) == {"queue_ms", "compute_ms", "total_ms", "tokenize_ms", "forward_ms",
+                            "serialize_ms", "stream_ms"}
     assert 0 <= timings["queue_ms"] <= timings["total_ms"] and 0 < timings["compute_ms"] <= timings["total_ms"]
+    # where the worker's time went: each phase is part of compute_ms, the forward passes most
+    phases = [timings[k] for k in ("tokenize_ms", "forward_ms", "serialize_ms", "stream_ms")]
+    assert all(ms >= 0 for ms in phases) and timings["forward_ms"] > 0
+    assert sum(phases) <= timings["compute_ms"] + 0.5  # each is rounded to 0.1 ms
 
 
 def test_encodings_agree(client, live_worker):

@@ -54,8 +54,10 @@ class Arrival:
 
 @dataclass
 class JobTrace:
-    """Which forward passes carried one job's texts (written by the batcher thread only)."""
+    """Which forward passes carried one job's texts, and their time (the passes' own time, which
+    jobs sharing a pass share); written by the thread running the passes only."""
     passes: set[int] = field(default_factory=set)
+    forward_ms: float = 0.0
 
 
 @dataclass
@@ -270,8 +272,10 @@ class Batcher:
             except Exception as exc:  # noqa: BLE001 - statistics must never stop serving
                 log.warning("batch statistics not recorded: %s", exc)
         t2 = time.perf_counter()
+        for trace in {id(p.trace): p.trace for p in batch}.values():
+            trace.passes.add(number)
+            trace.forward_ms += stats.encode_ms
         for item, row in zip(batch, rows):
-            item.trace.passes.add(number)
             item.future.set_result(row)
         log.debug("Batch: %s texts, %s tokens, encode %.0f ms, postprocess %.0f ms",
                   f"{stats.texts:,}", f"{stats.tokens:,}", stats.encode_ms,

@@ -95,6 +95,7 @@ def _run(rt: Runtime, job_id: str, claimed: Claim, arrival: Arrival) -> str:
     try:
         texts, modes, max_length, truncate = parse_params(claimed.params, settings.max_texts,
                                                           settings.max_length)
+        tokenizing = time.perf_counter()
         rows = rt.encoder.tokenize(texts, max_length, truncate)
     except (InvalidJob, TooLong) as exc:
         code = "too_long" if isinstance(exc, TooLong) else "invalid_request"
@@ -104,6 +105,7 @@ def _run(rt: Runtime, job_id: str, claimed: Claim, arrival: Arrival) -> str:
         return "failed"
     faults.inject(texts, claimed.attempt, settings.test_faults)  # test-only; a no-op by default
     trace = JobTrace()
+    phases = {"tokenize_ms": (time.perf_counter() - tokenizing) * 1000}
     tokens = sum(len(r) for r in rows)
     manifest = rt.verified.manifest
     result = ItemsResult({"model": manifest.repo_id, "revision": manifest.revision,
@@ -112,7 +114,7 @@ def _run(rt: Runtime, job_id: str, claimed: Claim, arrival: Arrival) -> str:
     staging = Staging(rt.redis, job_id, settings.time_limit + STAGING_GRACE_SECONDS)
     if deadline > time.monotonic():
         futures = rt.batcher.submit(rows, modes, trace, arrival)  # may run at once, in this thread
-        error = _collect(rt, rows, futures, result, staging, deadline)
+        error = _collect(rt, rows, futures, result, staging, deadline, phases)
     else:  # already over the limit before any forward pass
         futures, error = [], _timeout(settings.time_limit)
     computed = time.time()
@@ -120,11 +122,11 @@ def _run(rt: Runtime, job_id: str, claimed: Claim, arrival: Arrival) -> str:
         for future in futures:
             future.cancel()
         staging.discard()
-        rt.store.fail(job_id, *error, stats=_stats(created, started, computed, tokens, trace),
+        rt.store.fail(job_id, *error, stats=_stats(created, started, computed, tokens, trace, phases),
                       pipe=rt.count(failed_jobs=1))
         log.warning("Job %s failed: %s", job_id, error[1])
         return "failed"
-    stats = _stats(created, started, computed, tokens, trace)
+    stats = _stats(created, started, computed, tokens, trace, phases)
     # Counted in the same round trip as, and before, the terminal write: readers see both.
     outcome = rt.store.succeed_staged(job_id, staging, stats, pipe=rt.count(jobs=1, texts=len(texts)))
     log.info("Job %s: %d texts, %s tokens, %d forward passes, %.0f ms", job_id, len(texts),
@@ -133,21 +135,30 @@ def _run(rt: Runtime, job_id: str, claimed: Claim, arrival: Arrival) -> str:
 
 
 def _collect(rt: Runtime, rows: list[list[int]], futures: list, result: ItemsResult,
-             staging: Staging, deadline: float) -> tuple[str, str] | None:
+             staging: Staging, deadline: float, phases: dict[str, float]) -> tuple[str, str] | None:
     """Serialise each text's item as soon as its batch is done, and stream the result's
     completed stretch to ``staging``, so both overlap the forward passes still running. Stops at
-    the first failed text or at ``deadline`` (``time.monotonic``), returning (code, message)."""
+    the first failed text or at ``deadline`` (``time.monotonic``), returning (code, message).
+    Adds the time spent serialising and streaming to ``phases``."""
     index = {future: i for i, future in enumerate(futures)}
+    serialize = stream = 0.0
     try:
         for future in as_completed(futures, timeout=max(0.0, deadline - time.monotonic())):
             i = index[future]
             exc = future.exception()
             if exc is not None:
                 return "encode_failed", f"text {i} could not be encoded: {exc}"
+            t0 = time.perf_counter()
             result.add(i, rt.encoder.item_json(rows[i], future.result()))
-            staging.add(result.take_ready())
+            ready = result.take_ready()
+            t1 = time.perf_counter()
+            staging.add(ready)
+            serialize += t1 - t0
+            stream += time.perf_counter() - t1
     except FuturesTimeout:
         return _timeout(rt.settings.time_limit)
+    finally:
+        phases["serialize_ms"], phases["stream_ms"] = serialize * 1000, stream * 1000
     if time.monotonic() > deadline:  # a pass run in this thread cannot be interrupted: judge it after
         return _timeout(rt.settings.time_limit)
     return None
@@ -157,9 +168,16 @@ def _timeout(limit: float) -> tuple[str, str]:
     return "timeout", f"the job did not finish within {limit} s"
 
 
-def _stats(created: float, started: float, computed: float, tokens: int, trace: JobTrace) -> dict:
+def _stats(created: float, started: float, computed: float, tokens: int, trace: JobTrace,
+           phases: dict[str, float] | None = None) -> dict:
+    """The job's statistics; ``phases`` (tokenize/serialize/stream ms) and the passes' own time
+    split ``compute_ms`` so a slow job says where its time went."""
     now = time.time()
-    return {"tokens": tokens, "queue_ms": round((started - created) * 1000, 1),
-            "compute_ms": round((computed - started) * 1000, 1),
-            "total_ms": round((now - created) * 1000, 1),
-            "forward_passes": len(trace.passes), "batch_count": len(trace.passes)}
+    stats = {"tokens": tokens, "queue_ms": round((started - created) * 1000, 1),
+             "compute_ms": round((computed - started) * 1000, 1),
+             "total_ms": round((now - created) * 1000, 1),
+             "forward_passes": len(trace.passes), "batch_count": len(trace.passes)}
+    if phases is not None:
+        stats["forward_ms"] = round(trace.forward_ms, 1)
+        stats.update((name, round(ms, 1)) for name, ms in phases.items())
+    return stats
