@@ -60,6 +60,27 @@ def test_large_job_is_split_across_token_budget_batches(served, tiny_model):
         first.setdefault(text, dense(item))
 
 
+def test_big_colbert_result_is_streamed_while_the_job_runs(served):
+    """A result over bge_m3.staging.FLUSH_BYTES goes to Redis in stretches while its job runs and
+    lands whole, in order, at the finish; a small one travels with the finish alone."""
+    from bge_m3.staging import FLUSH_BYTES
+
+    queue, _ = served
+    words = "the quick brown fox jumps over lazy dog query document passage".split()
+    texts = [" ".join(words[(i + j) % len(words)] for j in range(40 + i % 20)) for i in range(2500)]
+    job = queue.wait(queue.submit(texts, ("dense", "colbert"), max_length=512), 180)
+    assert job.status == "succeeded", job.error
+    assert job.stats["streamed_bytes"] >= FLUSH_BYTES
+    items = queue.store.result(job.id)["items"]
+    assert len(items) == len(texts)
+    assert all(item["colbert"]["shape"] == [item["tokens"] - 1, 32] for item in items)
+    assert sum(item["tokens"] for item in items) == job.stats["tokens"]
+    assert queue.store.result_bytes(job.id) > FLUSH_BYTES
+    assert queue.redis.keys("bge-m3:staging:*") == []
+    small = queue.wait(queue.submit(["a small one"], ("dense", "colbert")))
+    assert small.status == "succeeded" and small.stats["streamed_bytes"] == 0
+
+
 def test_bad_input_fails_only_its_own_job(served):
     queue, _ = served
     long_text = "dense sparse colbert " * 400

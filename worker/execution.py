@@ -127,6 +127,7 @@ def _run(rt: Runtime, job_id: str, claimed: Claim, arrival: Arrival) -> str:
         log.warning("Job %s failed: %s", job_id, error[1])
         return "failed"
     stats = _stats(created, started, computed, tokens, trace, phases)
+    stats["streamed_bytes"] = staging.sent_bytes  # sent while the passes ran; the rest at the finish
     # Counted in the same round trip as, and before, the terminal write: readers see both.
     outcome = rt.store.succeed_staged(job_id, staging, stats, pipe=rt.count(jobs=1, texts=len(texts)))
     log.info("Job %s: %d texts, %s tokens, %d forward passes, %.0f ms", job_id, len(texts),
