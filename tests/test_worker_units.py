@@ -254,3 +254,26 @@ def test_tokenize_gives_the_hf_tokenizers_ids(tiny_model):
     reference = AutoTokenizer.from_pretrained(str(tiny_model.dir))(texts)["input_ids"]
     assert model.tokenize(texts) == reference
     assert len(reference[-1]) > 512
+
+
+def test_a_serialised_row_lets_its_batch_output_go(tiny_model):
+    """Once every row of a pass is serialised and cleared, the pass's output arrays are freed,
+    though the job's futures (which hold the rows) live on: a streamed job holds about one window."""
+    import gc
+    import weakref
+
+    import torch
+
+    from worker.device import choose
+    from worker.encoder import Encoder
+    from worker.model import M3Model
+
+    encoder = Encoder(M3Model(tiny_model.dir, choose("cpu", torch)))
+    ids = encoder.tokenize(["one text", "and another, longer text"], 64, True)
+    rows = encoder.run_batch(ids, [frozenset({"dense", "sparse", "colbert"})] * 2)
+    output = weakref.ref(rows[0].colbert.base)  # the pass's ColBERT array the rows are views of
+    for tokens, row in zip(ids, rows):
+        encoder.item_json(tokens, row)
+        row.clear()
+    gc.collect()
+    assert output() is None and rows[0].colbert is None

@@ -37,6 +37,11 @@ class Row:
     sparse: Any = None    # (ids ascending, largest weight of each): the lexical weights
     colbert: Any = None
 
+    def clear(self) -> None:
+        """Drop the views once the item is serialised: a batch's output arrays are freed when
+        the last of its rows lets go, not when the job's last future does."""
+        self.dense = self.weights = self.sparse = self.colbert = None
+
 
 def truncate_ids(ids: list[int], max_length: int) -> list[int]:
     """What the HF tokenizer's ``truncation=True`` does for one XLM-R sequence: keep the head, keep EOS."""

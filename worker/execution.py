@@ -150,7 +150,9 @@ def _collect(rt: Runtime, rows: list[list[int]], futures: list, result: ItemsRes
             if exc is not None:
                 return "encode_failed", f"text {i} could not be encoded: {exc}"
             t0 = time.perf_counter()
-            result.add(i, rt.encoder.item_json(rows[i], future.result()))
+            row = future.result()
+            result.add(i, rt.encoder.item_json(rows[i], row))
+            row.clear()
             ready = result.take_ready()
             t1 = time.perf_counter()
             staging.add(ready)
