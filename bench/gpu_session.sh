@@ -6,7 +6,8 @@
 #          (transformers<5, FlagEmbedding, Celery, redis-py, ...), installed into /tmp/site;
 #   .deb/  Debian's redis-server and its two libraries, unpacked into /tmp/redisroot.
 # It runs the `gpu`-marked tests (CUDA path, real worker on cuda:0), builds the full-size
-# random model, and runs bench/worker_bench.py on it with --device cuda --mfu.
+# random model, and runs bench/worker_bench.py on it with --device cuda --mfu; then bench/api_bench.py
+# (tiny model, CPU), whose p50 on a many-core host says how much of the VM's figure is the VM.
 # Results go to $OUT (default /tmp/gpu-out): gpu-tests.log, bench.log, bench.json, worker logs.
 set -u
 cd "$(dirname "$0")/.."
@@ -51,4 +52,6 @@ for budget in ${BUDGETS:-16384 65536}; do
     --mfu-colbert-texts "${MFU_COLBERT_TEXTS:-128}" --log-level DEBUG --keep-logs "$OUT" \
     --json "$OUT/bench-$budget.json" 2>&1 | grep -v -E "XLMRobertaTokenizerFast|it/s\]|^\s*$" | tee "$OUT/bench-$budget.log"
 done
+step "API overhead (tiny model, CPU) on this many-core host: the 2-core VM's hops are its noise"
+timeout "${API_BENCH_TIMEOUT:-120}" "$PY" bench/api_bench.py 2>&1 | grep -v -E "XLMRobertaTokenizerFast|^\s*$" | tee "$OUT/api-bench.log"
 step "done"
