@@ -9,13 +9,13 @@ The keys and the record are described in ``bge_m3.records``.
 from __future__ import annotations
 
 import json
-import secrets
 import time
 from typing import Any, Sequence
 
 from redis.exceptions import NoScriptError
 
 from bge_m3 import payload, scripts
+from bge_m3.staging import Staging
 from bge_m3.records import (PREFIX, TERMINAL, Claim, Job, QueueFull, done_key, events_key, job_key,
                             new_job_id, result_key)
 
@@ -25,7 +25,9 @@ INLINE_RESULT_CHUNKS = 64
 trip. A bigger one is staged first, so no script call carries hundreds of megabytes."""
 
 PUSH_BATCH_BYTES = 64 * 1024 * 1024
-"""Compressed result bytes sent to Redis per pipeline round trip, bounding its query buffer."""
+"""Stored result bytes sent to Redis per round trip when a finished result is stored at once
+(``succeed_chunks``), bounding Redis' query buffer. A worker streams in smaller stretches
+(``bge_m3.staging.FLUSH_BYTES``)."""
 
 OBSERVED_FIELD = "observed"
 """Job-hash field set once by the first reader that records a finished job's latency."""
@@ -119,29 +121,20 @@ class JobStore:
         in the same round trip. A small result rides inside the finish script; a big one goes to
         a private key first, which the script renames into place. Either way it lands only if the
         job is not already terminal, so a redelivered duplicate never overwrites a result."""
-        pipe = pipe if pipe is not None else self.redis.pipeline(transaction=False)
-        if sum(len(c) for c in chunks) <= INLINE_RESULT_BYTES and len(chunks) <= INLINE_RESULT_CHUNKS:
-            return self._end(pipe, job_id, "succeeded", inline=chunks, stats=stats)
-        staging = f"{PREFIX}:staging:{job_id}:{secrets.token_hex(8)}"
-        sent = 0
+        staging = Staging(self.redis, job_id, self.ttl, flush_bytes=PUSH_BATCH_BYTES)
         for chunk in chunks:
-            pipe.rpush(staging, chunk)
-            sent += len(chunk)
-            if sent >= PUSH_BATCH_BYTES:
-                pipe.expire(staging, self.ttl)
-                pipe.execute()
-                sent = 0
-        pipe.expire(staging, self.ttl)
-        return self._end(pipe, job_id, "succeeded", staging=staging, stats=stats)
+            staging.add((chunk,))
+        return self.succeed_staged(job_id, staging, stats, pipe)
 
-    def succeed_staged(self, job_id: str, staging: Any, stats: dict[str, Any] | None = None,
+    def succeed_staged(self, job_id: str, staging: Staging, stats: dict[str, Any] | None = None,
                        pipe: Any = None) -> str:
-        """``succeed_chunks`` for a result streamed to ``staging`` (``bge_m3.staging.Staging``)
-        while the job ran: what is still pending goes in the finish's round trip, and a result
-        of which nothing was sent yet may still travel inline."""
-        if not staging.sent_chunks:
-            return self.succeed_chunks(job_id, staging.pending, stats, pipe)
+        """``succeed_chunks`` for a result streamed to ``staging`` (``bge_m3.staging``) while the
+        job ran: what is still pending goes in the finish's round trip, inside the finish script
+        itself when nothing was sent yet and it is small."""
         pipe = pipe if pipe is not None else self.redis.pipeline(transaction=False)
+        if (not staging.sent_chunks and staging.pending_bytes <= INLINE_RESULT_BYTES
+                and len(staging.pending) <= INLINE_RESULT_CHUNKS):
+            return self._end(pipe, job_id, "succeeded", inline=staging.pending, stats=stats)
         staging.flush(pipe)
         return self._end(pipe, job_id, "succeeded", staging=staging.key, stats=stats)
 
