@@ -15,9 +15,9 @@ from typing import Any, Sequence
 from redis.exceptions import NoScriptError
 
 from bge_m3 import payload, scripts
-from bge_m3.staging import Staging
 from bge_m3.records import (PREFIX, TERMINAL, Claim, Job, QueueFull, done_key, events_key, job_key,
                             new_job_id, result_key)
+from bge_m3.staging import Staging
 
 INLINE_RESULT_BYTES = 1024 * 1024
 INLINE_RESULT_CHUNKS = 64

@@ -2,7 +2,8 @@
 
 A worker builds the result out of order (texts finish in length-sorted batches, not
 in job order), so each item is packed on its own as soon as it is serialised, and the
-chunks are put in job order at the end. One Redis value per item also keeps a result
+chunks are put in job order: all at the end (``ItemsResult.chunks``), or stretch by stretch
+as the order completes (``ItemsResult.take_ready``, streamed by ``bge_m3.staging``). One Redis value per item also keeps a result
 of gigabytes (10,000 ColBERT texts) far below Redis' 512 MB limit on one value.
 
 A chunk is ``SEGMENTED`` followed by segments: ``L`` + 4-byte little-endian length +
