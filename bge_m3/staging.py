@@ -1,10 +1,11 @@
 """A big result streamed to Redis while its job still runs.
 
-Texts finish window by window, and each window's items complete the result's next stretch in
-job order (``payload.ItemsResult.take_ready``). Sending that stretch at once, rather than
-the whole result after the last forward pass, overlaps the Redis writes (hundreds of MB of
-ColBERT vectors for a 2,000-text job on the real model) with the passes still running, and
-bounds what the worker holds in memory to about one window of items instead of the job.
+Texts finish pass by pass, and each item is handed out as soon as it is serialised, out of
+job order (``payload.ItemsResult.take_ready``; the result's last element says the order).
+Sending them as they come, rather than the whole result after the last forward pass, overlaps
+the Redis writes (hundreds of MB of ColBERT vectors for a 2,000-text job on the real model)
+with the passes still running, leaves only the last pass's items to send after it, and bounds
+what the worker holds in memory to about FLUSH_BYTES of items instead of the job.
 
 The chunks go to a private key; the finish script renames it into place only if the job is
 not already terminal (``JobStore.succeed_staged``), so a reader never sees half a result and a

@@ -62,13 +62,22 @@ def _corpus(seed: int) -> list[str]:
 def build_tokenizer(seed: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-    os.environ["RAYON_RS_NUM_CPUS"] = "1"  # single-threaded training: stable merge order
+    # Single-threaded training: a stable merge order. Restored after, so that processes started
+    # from this one (a bench's worker) do not inherit one tokenizer thread.
+    before = os.environ.get("RAYON_RS_NUM_CPUS")
+    os.environ["RAYON_RS_NUM_CPUS"] = "1"
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
     trainer = trainers.BpeTrainer(vocab_size=TOKENIZER_VOCAB - 1, special_tokens=SPECIAL_TOKENS,
                                   show_progress=False)
-    tok.train_from_iterator(_corpus(seed), trainer=trainer)
+    try:
+        tok.train_from_iterator(_corpus(seed), trainer=trainer)
+    finally:
+        if before is None:
+            del os.environ["RAYON_RS_NUM_CPUS"]
+        else:
+            os.environ["RAYON_RS_NUM_CPUS"] = before
     tok.add_special_tokens(["<mask>"])
     tok.post_processor = processors.RobertaProcessing(sep=("</s>", 2), cls=("<s>", 0))
     return tok

@@ -241,24 +241,43 @@ def test_claim_takes_the_lease_and_returns_the_input(redis_db):
     assert jobs.claim(job.id, max_attempts=3, lease="lease:x", lease_ttl=30).state == "failed"
 
 
-def test_take_ready_hands_out_the_result_in_order_once():
+def test_take_ready_hands_out_each_item_once_as_added_and_the_reader_restores_the_order():
     import json
 
-    from bge_m3.payload import ItemsResult, decode
+    from bge_m3.payload import INDEX, ItemsResult, decode
 
     items = [{"tokens": i} for i in range(6)]
     built = ItemsResult({"model": "m"}, len(items))
     taken = built.take_ready()
-    assert len(taken) == 1  # the head only: item 0 is not in yet
-    for i, expect in ((2, 0), (1, 0), (0, 3), (5, 0), (3, 1), (4, 3)):  # out of order
+    assert len(taken) == 1  # the head only
+    for i in (2, 1, 0, 5, 3):  # out of order
         built.add(i, [json.dumps(items[i]).encode()])
         ready = built.take_ready()
-        assert len(ready) == expect, i  # the last call also gives the tail
+        assert [json.loads(payload_text(c).lstrip(b",")) for c in ready] == [items[i]], i
         taken += ready
+    built.add(4, [json.dumps(items[4]).encode()])
+    last = built.take_ready()
+    assert len(last) == 3 and last[-1][:1] == INDEX  # the item, the tail, the index
+    taken += last
     assert built.take_ready() == []
     assert decode(taken) == {"model": "m", "items": items}
     with pytest.raises(ValueError):
         built.chunks()  # handed out already: never twice
+    with pytest.raises(ValueError):
+        built.add(4, [b"{}"])
+    with pytest.raises(ValueError, match="index"):
+        decode(taken[:3] + taken[4:])  # an item lost: refused, not misread
+    in_order = ItemsResult({}, 2)
+    for i in range(2):
+        in_order.add(i, [json.dumps(items[i]).encode()])
+    stored = in_order.take_ready()
+    assert stored[-1][:1] != INDEX and decode(stored) == {"items": items[:2]}  # no index needed
+
+
+def payload_text(chunk: bytes) -> bytes:
+    from bge_m3.payload import unpack
+
+    return unpack(chunk)
 
 
 def test_streamed_result_is_staged_while_running_and_lands_only_at_the_finish(redis_db):

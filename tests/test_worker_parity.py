@@ -17,6 +17,9 @@ TEXTS = [
     "a",
     "der die das und ist ein nicht le la les et est une pas 我们你他她是的了",
 ]
+LONG_MAX_LENGTH = 1024
+LONG_TEXTS = ["dense sparse colbert hybrid score query document passage " * 80, "short"]
+"""A text whose ColBERT vectors (float32) pass bge_m3.payload.RAW_ELEMENT_BYTES, beside one that do not."""
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +44,14 @@ def results(base_settings, redis_server, tmp_path_factory):
         out = {"all": queue.wait(all_modes)}
         out.update({mode: queue.wait(job_id) for mode, job_id in singles.items()})
         assert all(job.status == "succeeded" for job in out.values()), {k: v.error for k, v in out.items()}
-        yield {k: queue.store.result(v.id) for k, v in out.items()}
+        long_job = queue.wait(queue.submit(LONG_TEXTS, ("dense", "colbert"), LONG_MAX_LENGTH))
+        assert long_job.status == "succeeded", long_job.error
+        out["long"] = long_job
+        from bge_m3.jobs import _result_chunks
+
+        results = {k: queue.store.result(v.id) for k, v in out.items()}
+        results["long_elements"] = _result_chunks(queue.redis, long_job.id)
+        yield results
     finally:
         queue.close()
         worker.stop()
@@ -99,3 +109,23 @@ def test_each_mode_alone_matches_all_modes(results):
             else:
                 assert single["sparse"]["indices"] == full["sparse"]["indices"]
                 assert np.allclose(single["sparse"]["values"], full["sparse"]["values"], atol=1e-5)
+
+
+def test_long_colbert_is_stored_as_its_own_element_and_matches(results, tiny_model):
+    """Vectors of RAW_ELEMENT_BYTES or more go to Redis as a list element of their own, straight
+    from the pass's output (no copy into the item's chunk), and read back equal to encode's."""
+    from FlagEmbedding import BGEM3FlagModel
+
+    from bge_m3.payload import RAW_ELEMENT_BYTES
+
+    items = results["long"]["items"]
+    sizes = [(item["tokens"] - 1) * 32 * 4 for item in items]
+    assert sizes[0] >= RAW_ELEMENT_BYTES > sizes[1]
+    lengths = [len(e) for e in results["long_elements"]]
+    assert sizes[0] in lengths and sizes[1] not in lengths
+    model = BGEM3FlagModel(str(tiny_model.dir), use_fp16=False, devices="cpu")
+    expected = model.encode(LONG_TEXTS, return_dense=True, return_colbert_vecs=True,
+                            max_length=LONG_MAX_LENGTH)
+    for i, item in enumerate(items):
+        assert np.allclose(colbert(item), expected["colbert_vecs"][i], atol=1e-5), i
+        assert np.allclose(dense(item), expected["dense_vecs"][i], atol=1e-5), i

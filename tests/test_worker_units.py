@@ -170,6 +170,52 @@ def test_large_submission_is_split_into_budgeted_batches():
         batcher.stop()
 
 
+class _AsyncForward(_Forward):
+    """Stand-in for an asynchronous device (``Encoder.start_batch`` on CUDA): records when each
+    pass is queued and when its rows are taken; a poisoned row fails at queueing or at taking."""
+
+    def __init__(self, fail_at: str):
+        super().__init__()
+        self.fail_at = fail_at
+        self.events: list[tuple[str, int]] = []
+
+    def start(self, rows, wants):
+        poisoned = any(r and r[0] == -1 for r in rows)
+        if poisoned and self.fail_at == "start":
+            raise RuntimeError("poisoned row")
+        self.events.append(("start", len(rows[0])))
+
+        def finish():
+            self.events.append(("finish", len(rows[0])))
+            if poisoned:
+                raise RuntimeError("poisoned row")
+            return [len(r) for r in rows]
+        return finish
+
+
+@pytest.mark.parametrize("fail_at", ["start", "finish"])
+def test_passes_are_pipelined_on_an_asynchronous_device(fail_at):
+    """The next pass is queued before the one before it is taken, so the device never waits for
+    the host between them; a failing pass is run again through ``run_batch`` and only its
+    failing text fails."""
+    forward = _AsyncForward(fail_at)
+    batcher = Batcher(forward, max_batch_tokens=8, wait_ms=0, start_batch=forward.start)
+    batcher.start()
+    try:
+        traced = JobTrace()
+        futures = batcher.submit([[1] * 4, [1] * 4, [1] * 3, [1] * 3, [1] * 2, [-1, 1]],
+                                 frozenset({"dense"}), traced)
+        assert [f.result(10) for f in futures[:5]] == [4, 4, 3, 3, 2]
+        with pytest.raises(RuntimeError, match="poisoned"):
+            futures[5].result(10)
+        started = [n for kind, n in forward.events if kind == "start"]
+        assert started[:2] == [4, 3]  # the batches, longest first
+        assert forward.events[:3] == [("start", 4), ("start", 3), ("finish", 4)]
+        assert len(traced.passes) >= 3 and traced.forward_ms > 0
+    finally:
+        batcher.stop()
+
+
 def test_gate_refuses_a_manifest_without_both_heads(tmp_path, tiny_model):
     from bge_m3.settings import Settings
     from worker.gate import GateRefused, check
@@ -227,6 +273,39 @@ def test_stored_chunks_keep_vectors_raw_and_read_back_as_base64_json():
     assert payload.decode([zlib.compress(b'{"items":[]}')]) == {"items": []}
     empty = payload.pack(*codec.pack_json_parts(np.zeros((0, 4), dtype="<f2"), [0, 4], "float16"))
     assert json.loads(payload.unpack(empty))["data"] == ""
+
+
+def test_big_vectors_become_an_element_of_their_own_without_a_copy():
+    """Vectors of RAW_ELEMENT_BYTES or more are not joined into their item's chunk: the element
+    is the array's own buffer, announced by the chunk before it; the elements read back as the
+    same JSON text, and a damaged sequence is refused rather than misread."""
+    import numpy as np
+    import pytest
+
+    from bge_m3 import codec, payload
+
+    vecs = np.ones((payload.RAW_ELEMENT_BYTES // 8, 4), dtype="<f2")
+    dense = np.arange(8, dtype="<f4")
+    parts = [b'{"tokens":9,"dense":', *codec.pack_json_parts(dense, [8], "float32"), b',"colbert":',
+             *codec.pack_json_parts(vecs, list(vecs.shape), "float16"), b"}"]
+    elements = payload.pack_item(*parts)
+    assert len(elements) == 3
+    assert isinstance(elements[1], memoryview) and np.shares_memory(np.asarray(elements[1]), vecs)
+    assert b"".join(payload.texts(elements)) == codec.json_text(parts)
+    assert payload.pack_item(b'{"tokens":1}') == [payload.pack(b'{"tokens":1}')]  # small: one element
+    built = payload.ItemsResult({}, 2)
+    built.add(1, parts)
+    first = built.take_ready()
+    assert len(first) == 4 and np.shares_memory(np.asarray(first[2]), vecs)  # head, item in 3
+    built.add(0, [b'{"tokens":1}'])
+    stored = [bytes(e) for e in first + built.take_ready()]  # as Redis gives them back
+    assert payload.decode(stored)["items"] == [{"tokens": 1}, json.loads(codec.json_text(parts))]
+    with pytest.raises(ValueError, match="raw element"):
+        list(payload.texts([elements[0], bytes(elements[1])[:-1], elements[2]]))
+    with pytest.raises(ValueError, match="announces"):
+        list(payload.texts(elements[:1]))
+    with pytest.raises(ValueError, match="next element"):
+        payload.unpack(elements[0])
 
 
 def test_torch_threads_setting_is_applied():

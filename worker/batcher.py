@@ -79,6 +79,7 @@ class BatchStats:
 
 
 RunBatch = Callable[[list[Sequence[int]], list[frozenset[str]]], list[Any]]
+StartBatch = Callable[[list[Sequence[int]], list[frozenset[str]]], Callable[[], list[Any]]]
 
 
 def plan_batches(items: list[Pending], max_batch_tokens: int,
@@ -129,8 +130,12 @@ def pass_cost(run: Callable[[int, int], None], max_batch_tokens: int) -> tuple[i
 
 class Batcher:
     def __init__(self, run_batch: RunBatch, max_batch_tokens: int, wait_ms: float,
-                 on_batch: Callable[[BatchStats], None] | None = None, pass_tokens: int | None = None):
+                 on_batch: Callable[[BatchStats], None] | None = None, pass_tokens: int | None = None,
+                 start_batch: StartBatch | None = None):
         self.run_batch = run_batch
+        # With an asynchronous device (CUDA), passes are pipelined: pass k+1 is queued before
+        # pass k's rows are taken, so the device never waits for the host's work between them.
+        self.start_batch = start_batch
         self.max_batch_tokens = max(1, int(max_batch_tokens))
         self.pass_tokens = pass_tokens  # padding bound per batch (plan_batches); None: budget only
         self.wait_s = max(0.0, wait_ms / 1000.0)
@@ -142,6 +147,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._running = False
         self._numbers = itertools.count(1)
+        self._finished_at = 0.0  # perf_counter at the end of the last pass (a pipelined pass's start)
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -198,8 +204,7 @@ class Batcher:
             try:
                 for item in items:
                     item.future.set_running_or_notify_cancel()
-                for batch in plan_batches(items, self.max_batch_tokens, self.pass_tokens):
-                    self._run(batch)
+                self._run_all(plan_batches(items, self.max_batch_tokens, self.pass_tokens))
             finally:
                 with self._cond:
                     self._busy = False
@@ -241,11 +246,53 @@ class Batcher:
                 return
             try:
                 live = [p for p in window if p.future.set_running_or_notify_cancel()]
-                for batch in plan_batches(live, self.max_batch_tokens, self.pass_tokens):
-                    self._run(batch)
+                self._run_all(plan_batches(live, self.max_batch_tokens, self.pass_tokens))
             finally:
                 with self._cond:
                     self._busy = False
+
+    def _run_all(self, batches: list[list[Pending]]) -> None:
+        if self.start_batch is None:
+            for batch in batches:
+                self._run(batch)
+            return
+        queued: tuple | None = None  # (batch, number, finish, queued at)
+        for batch in batches:
+            started = self._start(batch)
+            if queued is not None:
+                self._finish(*queued)
+            queued = started
+        if queued is not None:
+            self._finish(*queued)
+
+    def _start(self, batch: list[Pending]) -> tuple | None:
+        """Queue one pass (``start_batch``); a pass that fails to start is run and isolated
+        at once by ``_run``, and None is returned."""
+        number = next(self._numbers)
+        t0 = time.perf_counter()
+        try:
+            finish = self.start_batch([p.ids for p in batch], [p.want for p in batch])
+        except Exception as exc:  # noqa: BLE001 - isolate the failing text, spare the rest
+            log.warning("Batch %d of %d texts failed to start (%s); running it alone", number,
+                        len(batch), exc)
+            self._run(batch)
+            return None
+        return batch, number, finish, t0
+
+    def _finish(self, batch: list[Pending], number: int, finish: Callable[[], list[Any]],
+                queued_at: float) -> None:
+        """Take a queued pass's rows and resolve its futures. Its time is counted from when the
+        device turned to it: its queueing, or the end of the pass before, whichever is later."""
+        try:
+            rows = finish()
+        except Exception as exc:  # noqa: BLE001 - run it again alone, isolating the failing text
+            log.warning("Batch %d of %d texts failed (%s); running it again", number, len(batch), exc)
+            self._run(batch)
+            return
+        t1 = time.perf_counter()
+        began = max(queued_at, self._finished_at)
+        self._finished_at = t1
+        self._deliver(batch, number, rows, (t1 - began) * 1000)
 
     def _run(self, batch: list[Pending]) -> None:
         number = next(self._numbers)
@@ -262,9 +309,12 @@ class Batcher:
             self._run(batch[:half])
             self._run(batch[half:])
             return
-        t1 = time.perf_counter()
+        self._finished_at = time.perf_counter()
+        self._deliver(batch, number, rows, (self._finished_at - t0) * 1000)
+
+    def _deliver(self, batch: list[Pending], number: int, rows: list[Any], encode_ms: float) -> None:
         stats = BatchStats(number, len(batch), sum(len(p.ids) for p in batch),
-                           len(batch) * len(batch[0].ids), (t1 - t0) * 1000,
+                           len(batch) * len(batch[0].ids), encode_ms,
                            len({id(p.trace) for p in batch}))
         if self.on_batch is not None:  # before the futures resolve: a finished job is counted
             try:

@@ -8,7 +8,7 @@ vector per real token after CLS (``tokens - 1`` rows, EOS included).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import json
 
@@ -74,20 +74,36 @@ class Encoder:
                 rows[i] = truncate_ids(ids, max_length)
         return rows
 
+    @property
+    def asynchronous(self) -> bool:
+        """Whether ``start_batch`` returns before the pass is done (CUDA), so the batcher may queue
+        the next pass before taking this one's rows."""
+        return bool(getattr(self.model, "asynchronous", False))
+
     def run_batch(self, rows: Sequence[Sequence[int]], wants: Sequence[frozenset[str]]) -> list[Row]:
         """One forward pass for every row; each row gets only the outputs it asked for."""
+        return self.start_batch(rows, wants)()
+
+    def start_batch(self, rows: Sequence[Sequence[int]],
+                    wants: Sequence[frozenset[str]]) -> Callable[[], list[Row]]:
+        """``run_batch`` in two steps: queue the pass now, and return the call that waits for its
+        outputs and cuts them into rows (the lexical weights, on the host, happen there)."""
         need = frozenset().union(*wants)
-        out = self.model.forward(rows, "dense" in need, "sparse" in need, "colbert" in need)
-        lexical = self.lexical_rows(out.ids, out.weights) if "sparse" in need else None
-        result = []
-        for i, (ids, want) in enumerate(zip(rows, wants)):
-            n = len(ids)
-            result.append(Row(
-                dense=out.dense[i] if "dense" in want else None,
-                weights=out.weights[i, :n] if "sparse" in want else None,
-                sparse=lexical[i] if "sparse" in want else None,
-                colbert=out.colbert[i, :n - 1] if "colbert" in want else None))
-        return result
+        launched = self.model.launch(rows, "dense" in need, "sparse" in need, "colbert" in need)
+
+        def finish() -> list[Row]:
+            out = launched.wait()
+            lexical = self.lexical_rows(out.ids, out.weights) if "sparse" in need else None
+            result = []
+            for i, (ids, want) in enumerate(zip(rows, wants)):
+                n = len(ids)
+                result.append(Row(
+                    dense=out.dense[i] if "dense" in want else None,
+                    weights=out.weights[i, :n] if "sparse" in want else None,
+                    sparse=lexical[i] if "sparse" in want else None,
+                    colbert=out.colbert[i, :n - 1] if "colbert" in want else None))
+            return result
+        return finish
 
     def item(self, ids: Sequence[int], row: Row) -> dict[str, Any]:
         """The stored JSON form of one text's outputs, as an object (tests and references)."""

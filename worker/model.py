@@ -108,9 +108,21 @@ class M3Model:
         """Token ids with CLS/EOS, untruncated (the caller truncates or refuses)."""
         return [enc.ids for enc in self._encode_batch(list(texts), add_special_tokens=True)]
 
+    @property
+    def asynchronous(self) -> bool:
+        """Whether ``launch`` returns before the pass is done (CUDA queues the work; a CPU runs it)."""
+        return self.placement.device.startswith("cuda")
+
     def forward(self, rows: Sequence[Sequence[int]], dense: bool, sparse: bool,
                 colbert: bool) -> BatchOutput:
         """One forward pass of the transformer plus the requested heads, as FlagEmbedding's M3."""
+        return self.launch(rows, dense, sparse, colbert).wait()
+
+    def launch(self, rows: Sequence[Sequence[int]], dense: bool, sparse: bool,
+               colbert: bool) -> "Launched":
+        """``forward``, returning as soon as the pass is queued: on CUDA the outputs are copied
+        into pinned host memory by the copy engine while the host goes on (the batcher prepares
+        and queues the next pass meanwhile); ``wait()`` on the result blocks until they are there."""
         lengths = [len(r) for r in rows]
         width = max(lengths)
         ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
@@ -118,6 +130,7 @@ class M3Model:
         for i, row in enumerate(rows):
             ids[i, :len(row)] = row
             mask[i, :len(row)] = 1
+        pinned = self.asynchronous
         with torch.inference_mode():
             input_ids = torch.from_numpy(ids).to(self.placement.device, non_blocking=True)
             attention = torch.from_numpy(mask).to(self.placement.device, non_blocking=True)
@@ -125,22 +138,46 @@ class M3Model:
                                    return_dict=True).last_hidden_state
             out = BatchOutput(ids=ids)
             if dense:
-                out.dense = _host(F.normalize(hidden[:, 0], dim=-1))
+                out.dense = _host(F.normalize(hidden[:, 0], dim=-1), pinned=pinned)
             if sparse:
-                out.weights = _host(torch.relu(self.sparse(hidden)).squeeze(-1))
+                out.weights = _host(torch.relu(self.sparse(hidden)).squeeze(-1), pinned=pinned)
             if colbert:
                 vecs = self.colbert(hidden[:, 1:]) * attention[:, 1:, None].to(hidden.dtype)
                 vecs = F.normalize(vecs, dim=-1)
-                out.colbert = _host(vecs, keep_half=True)
-        return out
+                out.colbert = _host(vecs, keep_half=True, pinned=pinned)
+            done = None
+            if pinned:
+                done = torch.cuda.Event()
+                done.record()
+        return Launched(out, done)
 
 
-def _host(tensor: Any, keep_half: bool = False) -> Any:
+@dataclass
+class Launched:
+    """A queued pass: its host outputs are valid once ``done`` (a CUDA event, or None) has passed."""
+    out: BatchOutput
+    done: Any = None
+
+    def wait(self) -> BatchOutput:
+        if self.done is not None:
+            self.done.synchronize()  # releases the GIL while the device finishes
+        return self.out
+
+
+def _host(tensor: Any, keep_half: bool = False, pinned: bool = False) -> Any:
     """To numpy float32; with ``keep_half`` an fp16 tensor crosses to the host as fp16 (ColBERT is
-    stored as float16 by default, so widening it on the GPU would only double the copy)."""
+    stored as float16 by default, so widening it on the GPU would only double the copy). With
+    ``pinned`` (CUDA) the copy is queued into page-locked memory from torch's caching host
+    allocator: a DMA with no host CPU and no page faults, where ``.cpu()`` would make the host
+    copy each byte into freshly mapped pageable memory; the block returns to the cache when the
+    last view of it (a row's vectors, until streamed to Redis) is gone."""
     if not (keep_half and tensor.dtype == torch.float16):
         tensor = tensor.float()
-    return tensor.cpu().numpy()
+    if not pinned:
+        return tensor.cpu().numpy()
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    host.copy_(tensor, non_blocking=True)
+    return host.numpy()
 
 
 def torch_threads(wanted: int = 0) -> int:

@@ -83,7 +83,8 @@ class Runtime:
         log.info("Device: %s", self.placement.description)
         log.debug("torch CPU threads: %d", threads)
         self.batcher = Batcher(self.encoder.run_batch, self.settings.max_batch_tokens,
-                               self.settings.batch_wait_ms, on_batch=self._count_batch)
+                               self.settings.batch_wait_ms, on_batch=self._count_batch,
+                               start_batch=self.encoder.start_batch if self.encoder.asynchronous else None)
         t0 = time.perf_counter()
         self.batcher.run_direct(self.encoder.tokenize([WARMUP_TEXT], 64, True), frozenset(MODES))
         log.info("Warm-up forward pass: %.0f ms", (time.perf_counter() - t0) * 1000)
