@@ -94,8 +94,11 @@ class JobEvents:
                         if self._lost:
                             log.info("job event subscription is back")
                         self._lost = False
+                        # Wake first: anything finished while we were away is re-read. Only then
+                        # is the subscription ready, so a watch begun after it is not woken for
+                        # nothing (tests/test_events.py once caught that race).
+                        self._wake_all()
                         self._ready.set()
-                        self._wake_all()  # anything finished while we were away is re-read
                     elif message["type"] == "pmessage":
                         self._deliver(message["channel"])
             except Exception as exc:  # noqa: BLE001 - Redis restarts must not kill the thread

@@ -143,3 +143,46 @@ def test_poison_job_ends_failed_instead_of_looping(served):
     done = queue.wait(job.id)
     assert done.status == "failed" and done.error["code"] == "worker_lost"
     assert done.attempts == limit + 1
+
+
+def test_a_claim_sent_ahead_that_refuses_leaves_nothing_behind(served):
+    """A small job's params ride in its message, so the worker computes while its claim travels.
+    When the claim refuses, what was computed is dropped: a cancelled job stays cancelled with
+    no result, a job delivered too often fails as a poison job, and a job another delivery
+    holds the lease of is run (the blocking way) once that lease lapses."""
+    import time
+
+    from bge_m3.queue import QUEUE_NAME, task_message
+    from bge_m3.records import job_key, new_job_id
+
+    queue, worker = served
+    params = {"texts": ["computed, then dropped"], "modes": ["dense", "colbert"], "max_length": 64,
+              "truncate": True}
+
+    def send(**record: object) -> str:
+        job_id = new_job_id()
+        queue.store.create(params, job_id=job_id)
+        if record:
+            queue.redis.hset(job_key(job_id), mapping=record)
+        queue.redis.lpush(QUEUE_NAME, task_message(job_id, params))
+        return job_id
+
+    cancelled = send(status="cancelled")
+    poison = send(status="running", attempts=queue.settings.max_retries + 1)
+    leased = new_job_id()
+    queue.redis.set(f"bge-m3:lease:{leased}", "another delivery", ex=2)
+    queue.store.create(params, job_id=leased)
+    started = time.monotonic()
+    queue.redis.lpush(QUEUE_NAME, task_message(leased, params))
+    done = queue.wait(poison)
+    assert done.status == "failed" and done.error["code"] == "worker_lost"
+    ran = queue.wait(leased, 30)
+    assert ran.status == "succeeded" and time.monotonic() - started >= 1.5 and ran.attempts == 1
+    assert queue.store.result(leased)["items"][0]["colbert"]["shape"][1] == 32
+    time.sleep(0.5)  # the cancelled job was taken first; give its delivery time to (not) write
+    assert queue.store.get(cancelled).status == "cancelled"
+    assert queue.store.result(cancelled) is None
+    assert queue.redis.llen(QUEUE_NAME) == 0
+    log = worker.output()
+    for job_id, state in ((cancelled, "cancelled"), (poison, "exhausted"), (leased, "leased")):
+        assert f"Job {job_id}: its claim, sent ahead, found it {state}" in log
