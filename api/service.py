@@ -20,7 +20,7 @@ from api.errors import ApiError
 from bge_m3.events import JobEvents
 from bge_m3.jobs import JobStore
 from bge_m3.records import TERMINAL, Job, QueueFull, events_key, new_job_id
-from bge_m3.queue import QUEUE_NAME, redis_client, small_params, task_message
+from bge_m3.queue import QUEUE_NAME, redis_client, task_message
 from bge_m3.settings import Settings
 from bge_m3.workers import ready_workers
 
@@ -63,8 +63,7 @@ class Backend:
         """Record and enqueue a job atomically, or answer 429 (queue full) / 503 (unusable)."""
         job_id = new_job_id()
         with self._refusals():
-            return self.store.create(params, owner=owner, job_id=job_id,
-                                     message=task_message(job_id, small_params(params)),
+            return self.store.create(params, owner=owner, job_id=job_id, message=task_message(job_id),
                                      queue=QUEUE_NAME, max_queued=self.settings.max_queued)
 
     def run(self, params: dict[str, Any], owner: str, timeout: float) -> tuple[Job | None, Any, bool]:
@@ -78,8 +77,7 @@ class Backend:
         try:
             with self._refusals():
                 done, result, first = self.store.create_and_await(
-                    params, owner, timeout, job_id=job_id,
-                    message=task_message(job_id, small_params(params)),
+                    params, owner, timeout, job_id=job_id, message=task_message(job_id),
                     queue=QUEUE_NAME, max_queued=self.settings.max_queued)
         except BROKEN as broken:
             done, result, first = self._find(job_id, deadline, broken)

@@ -15,7 +15,6 @@ from typing import Any, Sequence
 from redis.exceptions import NoScriptError
 
 from bge_m3 import payload, scripts
-from bge_m3.claims import PendingClaim, claim_call, claimed
 from bge_m3.records import (PREFIX, TERMINAL, Claim, Job, QueueFull, done_key, events_key, job_key,
                             new_job_id, result_key)
 from bge_m3.staging import Staging
@@ -105,15 +104,11 @@ class JobStore:
         """``start`` plus, in the same round trip, the ``lease`` key (set only if free, for
         ``lease_ttl`` seconds; state 'leased' when another delivery holds it) and the job's
         params and creation time."""
-        keys, args = claim_call(job_id, max_attempts, worker, lease, lease_ttl)
-        return claimed(self._start(keys=keys, args=args))
-
-    def claim_async(self, job_id: str, max_attempts: int, worker: str = "", lease: str = "",
-                    lease_ttl: int = 0) -> PendingClaim:
-        """``claim``, sent now and read later (``bge_m3.claims``)."""
-        keys, args = claim_call(job_id, max_attempts, worker, lease, lease_ttl)
-        return PendingClaim(self.redis, self._start.sha, keys, args,
-                            again=lambda: self.claim(job_id, max_attempts, worker, lease, lease_ttl))
+        out = self._start(keys=[job_key(job_id), lease or f"{PREFIX}:lease:none"],
+                          args=[repr(time.time()), max_attempts, worker, lease_ttl if lease else ""])
+        if out[0] != "running":
+            return Claim(out[0], int(out[1]))
+        return Claim("running", int(out[1]), json.loads(out[2]) if out[2] else None, float(out[3]))
 
     def succeed(self, job_id: str, result: Any, stats: dict[str, Any] | None = None) -> str:
         """Store the JSON-able ``result`` and mark the job succeeded."""

@@ -14,7 +14,7 @@ from typing import Any
 from bge_m3.settings import Settings
 
 TASK_NAME = "bge_m3.embed"
-"""The one task; its kwargs are ``{"job_id": str}``, and a small job's ``params`` (``task_message``)."""
+"""The one task; its kwargs are ``{"job_id": str}`` plus the job's params (see ``jobs``)."""
 
 QUEUE_NAME = "bge-m3"
 """The Redis list jobs wait in; its length is the queue depth."""
@@ -68,35 +68,13 @@ def make_celery(settings: Settings, name: str = "bge_m3"):
     return app
 
 
-MESSAGE_PARAMS_BYTES = 16 * 1024
-"""A job's params up to this size (as JSON) also ride in its message (``task_message``), so the
-worker can compute while its claim travels (``bge_m3.claims``): the sync routes' small jobs. A
-bigger job's params are read from its record only, not copied into the queue and kombu's
-unacked hash as well."""
-
-
-def small_params(params: dict[str, Any]) -> dict[str, Any] | None:
-    """``params`` if their JSON surely fits MESSAGE_PARAMS_BYTES, else None. Judged from the
-    texts' characters (at most 12 bytes each as JSON: a ``\\u`` escaped surrogate pair) so that
-    a big job is not serialised once more just to learn it is big."""
-    texts = params.get("texts")
-    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-        return None  # not the API's validated form: the worker reads it from the record and judges
-    return params if sum(len(t) for t in texts) * 12 + 1024 <= MESSAGE_PARAMS_BYTES else None
-
-
-def task_message(job_id: str, params: dict[str, Any] | None = None) -> str:
+def task_message(job_id: str) -> str:
     """What ``send_task(TASK_NAME, kwargs={"job_id": job_id}, task_id=job_id)`` puts on the Redis
     list: Celery's task protocol 2 inside kombu's Redis envelope. Written here so the API can push
     it in the same atomic script as the job record (``JobStore.create``), instead of a second
     round trip through kombu; tests/test_queue.py holds it equal to Celery's own message for the
-    installed versions, so an upgrade that changes the format fails there, not in production.
-    ``params`` (a small job's, see MESSAGE_PARAMS_BYTES) go in the kwargs too, kept out of
-    ``kwargsrepr`` so that Celery never logs the texts."""
-    kwargs: dict[str, Any] = {"job_id": job_id}
-    if params is not None:
-        kwargs["params"] = params
-    body = json.dumps([[], kwargs,
+    installed versions, so an upgrade that changes the format fails there, not in production."""
+    body = json.dumps([[], {"job_id": job_id},
                        {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
     return json.dumps({
         "body": base64.b64encode(body.encode()).decode("ascii"),

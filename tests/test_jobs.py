@@ -241,37 +241,6 @@ def test_claim_takes_the_lease_and_returns_the_input(redis_db):
     assert jobs.claim(job.id, max_attempts=3, lease="lease:x", lease_ttl=30).state == "failed"
 
 
-def test_a_claim_sent_ahead_is_the_same_claim_read_later(redis_db):
-    """``claim_async`` writes the claim at once (Redis runs it whether or not the answer is ever
-    read), and its answer, read later, is what ``claim`` gives; the connection goes back to the
-    pool; after a Redis restart lost the script (NOSCRIPT) it claims again the blocking way."""
-    import json
-
-    client = redis_db
-    jobs = store(redis_db)
-    job = jobs.create({"texts": ["a"]})
-    jobs.claim(jobs.create({}).id, max_attempts=3)  # loads the script
-    pending = jobs.claim_async(job.id, max_attempts=2, worker="w1", lease="lease:y", lease_ttl=30)
-    deadline = time.monotonic() + 5
-    while redis_db.hget(job_key(job.id), "status") != "running" and time.monotonic() < deadline:
-        time.sleep(0.01)  # not read yet, already run
-    assert redis_db.hget(job_key(job.id), "attempts") == "1" and redis_db.exists("lease:y")
-    claimed = pending.result()
-    assert (claimed.state, claimed.attempt, claimed.params) == ("running", 1, {"texts": ["a"]})
-    assert pending.result() is claimed and claimed.created_at == job.created_at
-    assert not client.connection_pool._in_use_connections
-    held = jobs.claim_async(job.id, max_attempts=2, lease="lease:y", lease_ttl=30).result()
-    assert held.state == "leased"
-    redis_db.delete("lease:y")
-    assert jobs.claim_async(job.id, max_attempts=1, lease="lease:y", lease_ttl=30).result().state == "exhausted"
-    client.script_flush()
-    other = jobs.create({"texts": ["b"]})
-    again = jobs.claim_async(other.id, max_attempts=3)
-    assert again.result().params == {"texts": ["b"]} and json.loads(
-        redis_db.hget(job_key(other.id), "params")) == {"texts": ["b"]}
-    assert not client.connection_pool._in_use_connections
-
-
 def test_take_ready_hands_out_each_item_once_as_added_and_the_reader_restores_the_order():
     import json
 

@@ -5,8 +5,7 @@ from typing import Any
 
 from bge_m3 import codec
 from bge_m3.jobs import JobStore
-from bge_m3.queue import QUEUE_NAME, make_celery, redis_client, small_params, task_message
-from bge_m3.records import new_job_id
+from bge_m3.queue import TASK_NAME, make_celery, redis_client
 from bge_m3.settings import Settings
 
 class Queue:
@@ -19,14 +18,11 @@ class Queue:
         self.celery = make_celery(settings)
 
     def submit(self, texts: list[Any], modes: tuple[str, ...] = ("dense",), max_length: int = 512,
-               truncate: bool = True, params_in_message: bool | None = None) -> str:
-        """As the API: the record and the message in one script, a small job's params in the
-        message too (``params_in_message`` forces either way)."""
-        params = {"texts": texts, "modes": list(modes), "max_length": max_length, "truncate": truncate}
-        inline = small_params(params) if params_in_message is None else (params if params_in_message else None)
-        job_id = new_job_id()
-        self.store.create(params, job_id=job_id, message=task_message(job_id, inline), queue=QUEUE_NAME)
-        return job_id
+               truncate: bool = True) -> str:
+        job = self.store.create({"texts": texts, "modes": list(modes), "max_length": max_length,
+                                 "truncate": truncate})
+        self.celery.send_task(TASK_NAME, kwargs={"job_id": job.id}, task_id=job.id)
+        return job.id
 
     def wait(self, job_id: str, timeout: float = 60.0):
         """Block (pub/sub) until the job is terminal or ``timeout`` passes."""

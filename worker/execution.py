@@ -5,7 +5,6 @@ code and a message, never with an exception that Celery would retry.
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from concurrent.futures import TimeoutError as FuturesTimeout
 from concurrent.futures import as_completed
@@ -74,70 +73,37 @@ def claim(rt: Runtime, job_id: str) -> Claim:
         rt.store.wait(job_id, max(0.1, rt.redis.pttl(key) / 1000))
 
 
-def execute(rt: Runtime, job_id: str, params: Any = None) -> str:
-    """Run one delivery of a job; returns what happened (for logs and tests). With ``params``
-    (a small job's, from its message) the claim is sent and the job computed while it travels;
-    the claim is confirmed before anything is written, and the work is dropped if it refuses."""
-    if params is None:
-        claimed = claim(rt, job_id)
-        if claimed.state != "running":
-            return _refused(rt, job_id, claimed)
-        pending: Any = claimed
-        params = claimed.params
-    else:
-        pending = rt.store.claim_async(job_id, max_attempts=rt.settings.max_retries + 1,
-                                       worker=rt.hostname, lease=f"{LEASE_PREFIX}{job_id}",
-                                       lease_ttl=rt.settings.time_limit)
-    try:
-        with rt.batcher.arriving() as arrival:  # the batcher holds its next pass for these texts
-            outcome = _run(rt, job_id, params, pending, arrival)  # it confirms the claim
-    except BaseException:
-        if not isinstance(pending, Claim):
-            with contextlib.suppress(Exception):  # read anyway: its connection goes back
-                pending.result()
-        raise
-    if isinstance(outcome, Claim):  # the claim sent ahead refused: as if claimed first
-        log.info("Job %s: its claim, sent ahead, found it %s; what was computed is dropped",
-                 job_id, outcome.state)
-        return execute(rt, job_id) if outcome.state == "leased" else _refused(rt, job_id, outcome)
-    return outcome
-
-
-def _refused(rt: Runtime, job_id: str, claimed: Claim) -> str:
+def execute(rt: Runtime, job_id: str) -> str:
+    """Run one delivery of a job; returns what happened (for logs and tests)."""
+    claimed = claim(rt, job_id)
     if claimed.state == "exhausted":
         rt.store.fail(job_id, "worker_lost", f"the job was delivered {claimed.attempt} times without "
                       "finishing (a worker died each time); giving up")
         log.error("Job %s failed: delivered %d times (poison job)", job_id, claimed.attempt)
         return "exhausted"
-    log.info("Job %s skipped: %s", job_id, claimed.state)
-    return claimed.state
+    if claimed.state != "running":
+        log.info("Job %s skipped: %s", job_id, claimed.state)
+        return claimed.state
+    with rt.batcher.arriving() as arrival:  # the batcher holds its next pass for these texts
+        return _run(rt, job_id, claimed, arrival)
 
 
-def _confirmed(pending: Any) -> Claim:
-    """The claim: already read, or sent ahead (``bge_m3.claims.PendingClaim``) and read now."""
-    return pending if isinstance(pending, Claim) else pending.result()
-
-
-def _run(rt: Runtime, job_id: str, params: Any, pending: Any, arrival: Arrival) -> str | Claim:
-    """Compute the job and write its end; a Claim instead when the claim refused (nothing written)."""
+def _run(rt: Runtime, job_id: str, claimed: Claim, arrival: Arrival) -> str:
     settings = rt.settings
     started = time.time()
+    created = claimed.created_at or started
     try:
-        texts, modes, max_length, truncate = parse_params(params, settings.max_texts, settings.max_length)
+        texts, modes, max_length, truncate = parse_params(claimed.params, settings.max_texts,
+                                                          settings.max_length)
         tokenizing = time.perf_counter()
         rows = rt.encoder.tokenize(texts, max_length, truncate)
     except (InvalidJob, TooLong) as exc:
-        claimed = _confirmed(pending)
-        if claimed.state != "running":
-            return claimed
         code = "too_long" if isinstance(exc, TooLong) else "invalid_request"
-        created = claimed.created_at or started
         rt.store.fail(job_id, code, str(exc), stats=_stats(created, started, started, 0, JobTrace()),
                       pipe=rt.count(failed_jobs=1))
         log.info("Job %s failed: %s", job_id, exc)
         return "failed"
-    # test-only, a no-op by default; reads the claim only when a fault is asked for
-    faults.inject(texts, lambda: _confirmed(pending).attempt, settings.test_faults)
+    faults.inject(texts, claimed.attempt, settings.test_faults)  # test-only; a no-op by default
     trace = JobTrace()
     phases = {"tokenize_ms": (time.perf_counter() - tokenizing) * 1000}
     tokens = sum(len(r) for r in rows)
@@ -152,15 +118,10 @@ def _run(rt: Runtime, job_id: str, params: Any, pending: Any, arrival: Arrival) 
     else:  # already over the limit before any forward pass
         futures, error = [], _timeout(settings.time_limit)
     computed = time.time()
-    claimed = _confirmed(pending)
-    if claimed.state != "running" or error is not None:
+    if error is not None:
         for future in futures:
             future.cancel()
         staging.discard()
-    if claimed.state != "running":
-        return claimed
-    created = claimed.created_at or started
-    if error is not None:
         rt.store.fail(job_id, *error, stats=_stats(created, started, computed, tokens, trace, phases),
                       pipe=rt.count(failed_jobs=1))
         log.warning("Job %s failed: %s", job_id, error[1])

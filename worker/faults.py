@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Sequence
+from typing import Sequence
 
 from worker.logs import get_logger
 
@@ -27,15 +27,13 @@ EXIT_FAULT = 70
 log = get_logger()
 
 
-def inject(texts: Sequence[str], attempt_of: Callable[[], int], enabled: bool) -> None:
-    """Act on the first magic text of a job; a no-op when test faults are off. ``attempt_of``
-    gives the delivery's attempt (read only when a fault is asked for)."""
+def inject(texts: Sequence[str], attempt: int, enabled: bool) -> None:
+    """Act on the first magic text of a job; a no-op when test faults are off."""
     if not enabled:
         return
     action = next((t[len(MAGIC_PREFIX):] for t in texts if t.startswith(MAGIC_PREFIX)), None)
     if action is None:
         return
-    attempt = attempt_of()
     name, _, value = action.partition("=")
     if name == "exit":
         log.error("TEST FAULT: exiting the worker process (attempt %d)", attempt)
