@@ -321,6 +321,45 @@ def test_streamed_result_is_staged_while_running_and_lands_only_at_the_finish(re
     assert redis_db.keys("bge-m3:staging:*") == []
 
 
+def test_a_background_sender_streams_in_order_and_reports_its_failure(redis_db):
+    """``Staging(background=True)``: flushes leave the task thread and are sent in order by a
+    thread of their own, which ``drain`` waits for; a send that fails is raised in the task
+    thread (at the next flush or at the drain), and no sender thread outlives its stream."""
+    import json
+
+    from bge_m3.payload import ItemsResult
+    from bge_m3.staging import Staging
+
+    def senders() -> int:
+        return sum(t.name == "bge-m3-staging" and t.is_alive() for t in threading.enumerate())
+
+    jobs = store(redis_db)
+    job = jobs.create({})
+    jobs.start(job.id, max_attempts=1)
+    items = [{"tokens": i, "pad": "y" * 300} for i in range(40)]
+    built = ItemsResult({"model": "m"}, len(items))
+    staging = Staging(redis_db, job.id, ttl=30, flush_bytes=700, background=True)
+    for i in reversed(range(len(items))):  # out of order, as passes finish
+        built.add(i, [json.dumps(items[i]).encode()])
+        staging.add(built.take_ready())
+    assert staging.sent_chunks > 10 and senders() == 1
+    assert jobs.succeed_staged(job.id, staging) == "ok"  # drains first
+    assert senders() == 0 and jobs.result(job.id) == {"model": "m", "items": items}
+
+    broken = jobs.create({})
+    jobs.start(broken.id, max_attempts=1)
+    stream = Staging(redis_db, broken.id, ttl=30, flush_bytes=1, background=True)
+    redis_db.set(stream.key, "not a list")  # every RPUSH now fails (WRONGTYPE)
+    stream.add([b"\x00one"])
+    with pytest.raises(Exception, match="WRONGTYPE"):
+        for _ in range(50):  # the first failure surfaces at a later flush or at the drain
+            stream.add([b"\x00more"])
+            time.sleep(0.01)
+        stream.drain()
+    stream.discard()
+    assert senders() == 0 and not redis_db.exists(stream.key)
+
+
 def test_a_small_result_nothing_was_streamed_of_travels_inline(redis_db):
     from bge_m3.payload import ItemsResult
     from bge_m3.staging import Staging

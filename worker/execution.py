@@ -5,6 +5,7 @@ code and a message, never with an exception that Celery would retry.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from concurrent.futures import TimeoutError as FuturesTimeout
 from concurrent.futures import as_completed
@@ -111,12 +112,21 @@ def _run(rt: Runtime, job_id: str, claimed: Claim, arrival: Arrival) -> str:
     result = ItemsResult({"model": manifest.repo_id, "revision": manifest.revision,
                           "dimension": rt.encoder.dimension}, len(rows))
     deadline = time.monotonic() + settings.time_limit - (time.time() - started)
-    staging = Staging(rt.redis, job_id, settings.time_limit + STAGING_GRACE_SECONDS)
-    if deadline > time.monotonic():
-        futures = rt.batcher.submit(rows, modes, trace, arrival)  # may run at once, in this thread
-        error = _collect(rt, rows, futures, result, staging, deadline, phases)
-    else:  # already over the limit before any forward pass
-        futures, error = [], _timeout(settings.time_limit)
+    staging = Staging(rt.redis, job_id, settings.time_limit + STAGING_GRACE_SECONDS, background=True)
+    try:
+        if deadline > time.monotonic():
+            futures = rt.batcher.submit(rows, modes, trace, arrival)  # may run at once, in this thread
+            error = _collect(rt, rows, futures, result, staging, deadline, phases)
+        else:  # already over the limit before any forward pass
+            futures, error = [], _timeout(settings.time_limit)
+        if error is None:  # the sends still in flight are the job's time (stream_ms) too
+            waited = time.perf_counter()
+            staging.drain()
+            phases["stream_ms"] = phases.get("stream_ms", 0.0) + (time.perf_counter() - waited) * 1000
+    except BaseException:
+        with contextlib.suppress(Exception):  # its sender thread must not outlive the job
+            staging.discard()
+        raise
     computed = time.time()
     if error is not None:
         for future in futures:
