@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer
 
     from bge_m3 import codec, payload
-    from worker.batcher import JobTrace, Pending, plan_batches
+    from worker.batcher import JobTrace, Pending
+    from worker.planning import plan_batches
     from worker.encoder import Encoder
     from worker.model import BatchOutput
     from worker_bench import make_texts

@@ -75,7 +75,8 @@ def bare_forward(backbone, pad_id: int, rows: list[list[int]], budget: int, devi
     (its budget, and the padding bound it calibrated at start-up)."""
     import torch
 
-    from worker.batcher import JobTrace, Pending, plan_batches
+    from worker.batcher import JobTrace, Pending
+    from worker.planning import plan_batches
 
     tensors = []
     for batch in plan_batches([Pending(r, frozenset(), None, JobTrace()) for r in rows], budget,

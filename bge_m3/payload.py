@@ -49,27 +49,6 @@ model); smaller ones (a 4 KB dense vector) stay in the chunk, so small items sta
 _LITERAL, _BASE64, _NEXT = b"L", b"B", b"N"
 
 
-def pack(*parts: Any) -> bytes:
-    """One chunk holding the JSON text that ``parts`` (bytes and ``Base64``) stand for."""
-    out: list[Any] = [SEGMENTED]
-    literal: list[bytes] = []
-
-    def flush() -> None:
-        if literal:
-            text = b"".join(literal)
-            out.extend((_LITERAL, len(text).to_bytes(4, "little"), text))
-            literal.clear()
-
-    for part in parts:
-        if isinstance(part, Base64):
-            flush()
-            out.extend((_BASE64, len(part).to_bytes(4, "little"), part.data))
-        else:
-            literal.append(part)
-    flush()
-    return b"".join(out)
-
-
 def pack_item(*parts: Any) -> list[Any]:
     """``pack``, with every ``Base64`` part of RAW_ELEMENT_BYTES or more as an element of its own
     (the part's buffer itself, not a copy) after a chunk ending in ``N``; returns the elements."""

@@ -10,7 +10,8 @@ import threading
 
 import pytest
 
-from worker.batcher import Batcher, JobTrace, Pending, pass_cost, plan_batches
+from worker.batcher import Batcher, JobTrace, Pending
+from worker.planning import pass_cost, plan_batches
 from worker.encoder import truncate_ids
 from worker.execution import InvalidJob, parse_params
 

@@ -31,15 +31,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
+from worker.planning import plan_batches
+
 WINDOW_BATCHES = 4
 """How many token budgets one collection window holds; bounds how long a queued text waits."""
 
 ARRIVAL_WAIT_MS = 20.0
 """Longest a window waits for arriving jobs (claimed, still tokenizing). They reach the queue
 within a millisecond or so each; one that misses the window costs a whole pass more."""
-
-CALIBRATION = ((1, 8), (4, 32))
-"""(rows, tokens each) of the two passes timed at start-up to fit a pass's cost (``pass_cost``)."""
 
 log = logging.getLogger("bge_m3.worker")
 
@@ -80,52 +79,6 @@ class BatchStats:
 
 RunBatch = Callable[[list[Sequence[int]], list[frozenset[str]]], list[Any]]
 StartBatch = Callable[[list[Sequence[int]], list[frozenset[str]]], Callable[[], list[Any]]]
-
-
-def plan_batches(items: list[Pending], max_batch_tokens: int,
-                 pass_tokens: int | None = None) -> list[list[Pending]]:
-    """Longest first; a batch grows while rows x longest row stays within the budget and, with
-    ``pass_tokens`` (what one more forward pass costs, in padded tokens), while its padding
-    stays within that: past it, a pass of its own is cheaper for what is left. Greedy, within
-    a few per cent of the optimal partition on the benchmark's texts."""
-    ordered = sorted(items, key=lambda p: -len(p.ids))
-    batches: list[list[Pending]] = []
-    current: list[Pending] = []
-    waste = 0
-    for item in ordered:
-        if current:
-            longest = len(current[0].ids)
-            pad = longest - len(item.ids)
-            if ((len(current) + 1) * longest > max_batch_tokens
-                    or (pass_tokens is not None and waste + pad > pass_tokens)):
-                batches.append(current)
-                current, waste = [], 0
-            else:
-                waste += pad
-        current.append(item)
-    if current:
-        batches.append(current)
-    return batches
-
-
-def pass_cost(run: Callable[[int, int], None], max_batch_tokens: int) -> tuple[int, float, float]:
-    """Fit cost = fixed + per_token x padded tokens to the best of two timings each of a small
-    and a larger pass (``run(rows, tokens_each)``); returns (pass_tokens = fixed / per_token,
-    clamped to [1, budget], fixed ms, per-token ms). Where both passes take about the same
-    time (launch-bound, as on a GPU) padding is nearly free and the bound nears the budget."""
-    timings = []
-    for rows, width in CALIBRATION:
-        best = float("inf")
-        for _ in range(2):
-            t0 = time.perf_counter()
-            run(rows, width)
-            best = min(best, time.perf_counter() - t0)
-        timings.append((rows * width, best * 1000))
-    (small, t_small), (large, t_large) = timings
-    per_token = max(0.0, (t_large - t_small) / (large - small))
-    fixed = max(0.0, t_small - small * per_token)
-    tokens = max_batch_tokens if per_token <= 0 else round(fixed / per_token)
-    return max(1, min(max_batch_tokens, tokens)), fixed, per_token
 
 
 class Batcher:
