@@ -20,8 +20,8 @@ from bge_m3.queue import redis_client
 from bge_m3.settings import Settings
 from worker import faults, gate
 from worker.batcher import Batcher, BatchStats
-from worker.planning import pass_cost
 from worker.logs import get_logger
+from worker.planning import pass_cost
 
 WARMUP_TEXT = "BGE-M3 warm-up: dense, sparse and ColBERT from one forward pass."
 """The text of the warm-up forward pass run before the worker announces itself."""
