@@ -360,6 +360,27 @@ def test_a_background_sender_streams_in_order_and_reports_its_failure(redis_db):
     assert senders() == 0 and not redis_db.exists(stream.key)
 
 
+def test_a_background_sender_holds_at_most_sends_ahead_flushes(redis_db):
+    """When Redis takes the bytes slower than they come, the task thread waits once
+    SENDS_AHEAD flushes are queued behind the one being sent: the worker's memory stays bounded."""
+    from bge_m3.staging import SENDS_AHEAD, Staging
+
+    stream = Staging(redis_db, "paused", ttl=30, flush_bytes=1, background=True)
+    redis_db.execute_command("CLIENT", "PAUSE", 1500, "WRITE")  # every RPUSH waits
+    try:
+        started = time.monotonic()
+        for i in range(SENDS_AHEAD + 1):  # one in the sender's hands, SENDS_AHEAD queued
+            stream.add([b"\x00%d" % i])
+        assert time.monotonic() - started < 0.5
+        stream.add([b"\x00one too many"])
+        assert time.monotonic() - started > 0.7  # waited for Redis
+    finally:
+        redis_db.execute_command("CLIENT", "UNPAUSE")
+    stream.drain()
+    assert redis_db.llen(stream.key) == SENDS_AHEAD + 2
+    stream.discard()
+
+
 def test_a_small_result_nothing_was_streamed_of_travels_inline(redis_db):
     from bge_m3.payload import ItemsResult
     from bge_m3.staging import Staging
