@@ -57,13 +57,19 @@ class Profile:
     def device_s(self, rows: int, width: int) -> float:
         return self.pass_ms / 1000 + rows * width / self.tokens_per_s
 
+    def launch(self) -> tuple[float, float]:
+        """Spend the launches' host time, holding the GIL as the launching thread does; returns
+        when they began and ended (``perf_counter``)."""
+        begun = time.perf_counter()
+        end = begun + self.launch_ms / 1000
+        while time.perf_counter() < end:
+            pass
+        return begun, end
+
     def run(self, rows: int, width: int) -> None:
         """Spend one pass's host time: the launches (GIL held), then the wait (GIL released)."""
-        launch = self.launch_ms / 1000
-        end = time.perf_counter() + launch
-        while time.perf_counter() < end:  # holds the GIL, as the launching thread does
-            pass
-        time.sleep(max(0.0, self.device_s(rows, width) - launch))
+        begun, end = self.launch()
+        time.sleep(max(0.0, begun + self.device_s(rows, width) - end))
 
 
 class Outputs:
@@ -135,10 +141,7 @@ def _launch(profile: Profile, m):
             copy = np.copy  # .cpu(): the host copies into fresh memory
         else:
             copy = lambda a: a  # noqa: E731 - DMA into a reused pinned block: no host work
-            begun = time.perf_counter()
-            end = begun + profile.launch_ms / 1000
-            while time.perf_counter() < end:  # the launches hold the GIL
-                pass
+            begun, end = profile.launch()
             # The device starts on the first kernel while the rest are launched, once it is free.
             moved = count * (profile.hidden * 4 + width * 4) + (span * profile.hidden * 2 if colbert else 0)
             start = max(begun, self._device_free)

@@ -131,7 +131,6 @@ class JobStore:
         """``succeed_chunks`` for a result streamed to ``staging`` (``bge_m3.staging``) while the
         job ran: what is still pending goes in the finish's round trip, inside the finish script
         itself when nothing was sent yet and it is small."""
-        staging.drain()  # what a background sender holds lands before the finish renames the key
         pipe = pipe if pipe is not None else self.redis.pipeline(transaction=False)
         if (not staging.sent_chunks and staging.pending_bytes <= INLINE_RESULT_BYTES
                 and len(staging.pending) <= INLINE_RESULT_CHUNKS):

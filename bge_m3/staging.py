@@ -60,8 +60,11 @@ class Staging:
             self.flush()
 
     def flush(self, pipe: Any = None) -> None:
-        """Send what is pending: on ``pipe`` (queued, the caller executes it; after what the
-        background sender holds), to the background sender, or now."""
+        """Send what is pending: on ``pipe`` (queued, the caller executes it; only once what the
+        background sender holds is sent, so the finish that follows sees every chunk), to the
+        background sender, or now."""
+        if pipe is not None:
+            self.drain()
         if not self.pending:
             return
         chunks = self.pending
@@ -69,7 +72,6 @@ class Staging:
         self.sent_chunks += len(chunks)
         self.pending, self.pending_bytes = [], 0
         if pipe is not None:
-            self.drain()
             self._push(pipe, chunks)
         elif self.background:
             self._send_later(chunks)
