@@ -153,7 +153,7 @@ class ItemsResult:
     ``add(i, parts)`` packs item ``i``'s JSON text (in pieces) at once; ``chunks()`` returns the
     stored form in job order, or ``take_ready()`` hands out each item as soon as it is added,
     in the order added, and at the end the tail and, when that order was not the job's, an
-    ``INDEX`` element that lets the reader put the items back in job order (``texts``).
+    ``INDEX`` element that lets the reader put the items back in job order (``in_job_order``).
     """
 
     def __init__(self, header: dict[str, Any], count: int):

@@ -147,8 +147,9 @@ def _run(rt: Runtime, job_id: str, claimed: Claim, arrival: Arrival) -> str:
 
 def _collect(rt: Runtime, rows: list[list[int]], futures: list, result: ItemsResult,
              staging: Staging, deadline: float, phases: dict[str, float]) -> tuple[str, str] | None:
-    """Serialise each text's item as soon as its batch is done, and stream the result's
-    completed stretch to ``staging``, so both overlap the forward passes still running. Stops at
+    """Serialise each text's item as soon as its batch is done, and hand it to ``staging`` at
+    once (out of job order: the result's index restores it), so both overlap the forward passes
+    still running. Stops at
     the first failed text or at ``deadline`` (``time.monotonic``), returning (code, message).
     Adds the time spent serialising and streaming to ``phases``."""
     index = {future: i for i, future in enumerate(futures)}
