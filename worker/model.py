@@ -146,9 +146,9 @@ class M3Model:
                 vecs = F.normalize(vecs, dim=-1)
                 out.colbert = _host(vecs, keep_half=True, pinned=pinned)
             done = None
-            if pinned:
+            if pinned:  # on the placement's stream: a thread's current device is cuda:0 by default
                 done = torch.cuda.Event()
-                done.record()
+                done.record(torch.cuda.current_stream(input_ids.device))
         return Launched(out, done)
 
 
