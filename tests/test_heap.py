@@ -11,7 +11,8 @@ def test_freeze_moves_live_objects_out_of_the_collected_generations():
     keep = [[i] for i in range(1000)]  # lists are tracked by the collector
     try:
         frozen = heap.freeze()
-        assert frozen >= 1000 and gc.get_freeze_count() == frozen
+        # Other tests' threads may still free objects that were just frozen: the count can only fall.
+        assert frozen >= 1000 and 0 < gc.get_freeze_count() <= frozen
         tracked = {id(obj) for obj in gc.get_objects()}  # the three generations, not the frozen
         assert id(keep) not in tracked and not any(id(item) in tracked for item in keep)
         fresh = [0]
