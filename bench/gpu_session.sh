@@ -9,6 +9,13 @@
 # random model, and runs bench/worker_bench.py on it with --device cuda --mfu; then bench/api_bench.py
 # (tiny model, CPU), whose p50 on a many-core host says how much of the VM's figure is the VM.
 # Results go to $OUT (default /tmp/gpu-out): gpu-tests.log, bench.log, bench.json, worker logs.
+# With the `device` tool (at most 600 s a call and 15 min a session, start-up included): run
+# `bash bench/gpu_prepare.sh` on the development VM first (it has the package index and Debian's
+# apt mirror, which the device lacks), then make one call:
+#   command "BUDGETS=16384 bash bench/gpu_session.sh", carry [".whl", ".deb"], timeout_s 590
+# (each step's timeout caps it; typical: tests and the model build ~1 min, each budget's bench
+# ~3 min, the API bench ~1 min). $OUT is the device tool's own; what the script leaves there
+# comes back.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-out}
