@@ -65,6 +65,23 @@ def test_pass_cost_fits_fixed_plus_per_token():
     assert pass_cost(lambda rows, width: time.sleep(0.01), max_batch_tokens=4096)[0] == 4096
 
 
+def test_pass_cost_grows_its_larger_pass_until_the_tokens_show():
+    """A GPU-like pass: 5 ms to launch, 0.5 µs a padded token (10,000 tokens of padding cost one
+    more pass). At 4 x 32 tokens the tokens add 0.06 ms, less than a sleep's jitter: the fit must
+    time larger passes, up to the budget and no further."""
+    import time
+
+    sizes = []
+
+    def run(rows, width):
+        sizes.append(rows * width)
+        time.sleep(0.005 + rows * width * 0.0000005)
+
+    tokens, fixed, per_token = pass_cost(run, max_batch_tokens=16384)
+    assert max(sizes) == 16384, sizes
+    assert 7000 <= tokens <= 13000 and 4 <= fixed <= 6.5 and 0.0004 <= per_token <= 0.0006
+
+
 def test_a_job_still_tokenizing_is_waited_for(monkeypatch):
     """Two jobs land together: the first must not run alone inline while the second, already
     claimed, is still tokenizing; both share one pass."""

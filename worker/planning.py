@@ -10,8 +10,16 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-CALIBRATION = ((1, 8), (4, 32))
-"""(rows, tokens each) of the two passes timed at start-up to fit a pass's cost (``pass_cost``)."""
+SMALL_PASS = (1, 8)
+"""(rows, tokens each) of the small pass timed at start-up: what a pass costs however small."""
+
+LARGE_PASS = (4, 32)
+"""(rows, tokens each) of the first larger pass timed at start-up; ``pass_cost`` doubles its rows
+until it stands out from the small one (SIZE_SIGNAL) or reaches the budget."""
+
+SIZE_SIGNAL = 3.0
+"""How many times the small pass's time the larger one must take before the fit trusts it: on a
+GPU, passes of a few rows all take the launch time, and their difference is jitter, not tokens."""
 
 
 def plan_batches(items: list[Any], max_batch_tokens: int,
@@ -43,18 +51,29 @@ def plan_batches(items: list[Any], max_batch_tokens: int,
 def pass_cost(run: Callable[[int, int], None], max_batch_tokens: int) -> tuple[int, float, float]:
     """Fit cost = fixed + per_token x padded tokens to the best of two timings each of a small
     and a larger pass (``run(rows, tokens_each)``); returns (pass_tokens = fixed / per_token,
-    clamped to [1, budget], fixed ms, per-token ms). Where both passes take about the same
-    time (launch-bound, as on a GPU) padding is nearly free and the bound nears the budget."""
-    timings = []
-    for rows, width in CALIBRATION:
-        best = float("inf")
-        for _ in range(2):
-            t0 = time.perf_counter()
-            run(rows, width)
-            best = min(best, time.perf_counter() - t0)
-        timings.append((rows * width, best * 1000))
-    (small, t_small), (large, t_large) = timings
+    clamped to [1, budget], fixed ms, per-token ms). The larger pass grows until it takes
+    SIZE_SIGNAL times the small one, so that its tokens, not the timing's jitter, set the slope;
+    where even a pass of the whole budget takes about the small one's time (launch-bound),
+    padding is nearly free and the bound nears the budget."""
+    rows, width = SMALL_PASS
+    small, t_small = rows * width, _best_ms(run, rows, width)
+    rows, width = LARGE_PASS
+    while True:
+        t_large = _best_ms(run, rows, width)
+        if t_large >= SIZE_SIGNAL * t_small or 2 * rows * width > max_batch_tokens:
+            break
+        rows *= 2
+    large = rows * width
     per_token = max(0.0, (t_large - t_small) / (large - small))
     fixed = max(0.0, t_small - small * per_token)
     tokens = max_batch_tokens if per_token <= 0 else round(fixed / per_token)
     return max(1, min(max_batch_tokens, tokens)), fixed, per_token
+
+
+def _best_ms(run: Callable[[int, int], None], rows: int, width: int, tries: int = 2) -> float:
+    best = float("inf")
+    for _ in range(tries):
+        t0 = time.perf_counter()
+        run(rows, width)
+        best = min(best, time.perf_counter() - t0)
+    return best * 1000

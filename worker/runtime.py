@@ -93,7 +93,7 @@ class Runtime:
         self.batcher.pass_tokens, fixed, per_token = pass_cost(
             lambda rows, width: self.batcher.run_direct([ids[:width]] * rows, frozenset(MODES)),
             self.settings.max_batch_tokens)
-        log.info("Forward pass cost: %.1f ms + %.3f ms per padded token: a batch takes at most %s "
+        log.info("Forward pass cost: %.1f ms + %.4g ms per padded token: a batch takes at most %s "
                  "tokens of padding", fixed, per_token, f"{self.batcher.pass_tokens:,}")
         sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         self.frozen_objects = heap.freeze()
