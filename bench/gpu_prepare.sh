@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Run on a machine with a package index and an apt mirror (the development VM has both), in the checkout, before bench/gpu_session.sh goes to a GPU machine
-# that has python3 3.12 with torch but no network. Fetches what that image lacks or has at other
+# Run on a machine with a package index and an apt mirror (the development VM has both), in the
+# checkout, before bench/gpu_session.sh goes to a GPU machine that has python3 3.12 with torch
+# but no network. Fetches what that image lacks or has at other
 # versions (transformers<5 for FlagEmbedding, Celery, redis-py, ...), pinned by constraints.txt,
 # into .whl/, and Debian's redis-server with its two libraries into .deb/. Keep both folders out
 # of git (.git/info/exclude) and carry them to the device.
