@@ -149,9 +149,8 @@ def _collect(rt: Runtime, rows: list[list[int]], futures: list, result: ItemsRes
              staging: Staging, deadline: float, phases: dict[str, float]) -> tuple[str, str] | None:
     """Serialise each text's item as soon as its batch is done, and hand it to ``staging`` at
     once (out of job order: the result's index restores it), so both overlap the forward passes
-    still running. Stops at
-    the first failed text or at ``deadline`` (``time.monotonic``), returning (code, message).
-    Adds the time spent serialising and streaming to ``phases``."""
+    still running. Stops at the first failed text or at ``deadline`` (``time.monotonic``),
+    returning (code, message). Adds the time spent serialising and streaming to ``phases``."""
     index = {future: i for i, future in enumerate(futures)}
     serialize = stream = 0.0
     try:
