@@ -43,7 +43,7 @@ class ApiError(Exception):
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None,
                    extra: dict[str, Any] | None = None) -> Response:
     body: dict[str, Any] = {"code": code, "message": message}
-    if request.path in OPENAI_PATHS:
+    if request.path.rstrip("/") in OPENAI_PATHS:  # strict_slashes=False serves both
         body["type"] = OPENAI_TYPES.get(status, "server_error")
         body["param"] = None
     body.update(extra or {})

@@ -21,6 +21,10 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
                    120, 300, 600)
 """Seconds; from a cached tiny-model answer (~1 ms) to the worker's hard time limit."""
 
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""Methods counted under their own label; any other (gunicorn passes made-up ones through) is
+``OTHER``, so unauthenticated clients cannot grow the label set without bound."""
+
 
 class _RedisGauges:
     def __init__(self, redis: Any):
@@ -64,7 +68,8 @@ class Metrics:
         @app.after_request
         def _count(response: Response) -> Response:
             route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
-            self.requests.labels(route, request.method, str(response.status_code)).inc()
+            method = request.method if request.method in METHODS else "OTHER"
+            self.requests.labels(route, method, str(response.status_code)).inc()
             started = g.get("started")
             if started is not None:
                 self.request_seconds.labels(route).observe(time.perf_counter() - started)

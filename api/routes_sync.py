@@ -25,7 +25,7 @@ from bge_m3.records import Job
 
 bp = Blueprint("sync", __name__)
 
-FAILURE_STATUS = {"too_long": 422, "invalid_input": 400, "too_many_texts": 413}
+FAILURE_STATUS = {"too_long": 422, "invalid_request": 400, "too_many_texts": 413}
 """Job error code -> HTTP status; any other failure is the service's fault (500)."""
 
 def run(params: dict[str, Any], workers: list[dict[str, Any]] | None = None) -> tuple[Job, dict[str, Any]]:

@@ -7,11 +7,13 @@ as OpenAI clients add optional ones (``user``) over time.
 """
 from __future__ import annotations
 
+import collections
 import json
 import math
 from typing import Any
 
 from flask import request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from api.errors import ApiError
 from bge_m3.settings import Settings
@@ -36,15 +38,40 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Python keeps the last of duplicate keys, other parsers the first: refuse to guess.
+    body = dict(pairs)
+    if len(body) != len(pairs):
+        counts = collections.Counter(k for k, _ in pairs)
+        raise ValueError(f"duplicate key {next(k for k, n in counts.items() if n > 1)!r}")
+    return body
+
+
+def _body_bytes() -> bytes:
+    """The raw body; 413 above MAX_CONTENT_LENGTH, with or without a Content-Length."""
+    raw = request.get_data(cache=True)  # raises 413 when Content-Length says too much
+    limit = request.max_content_length
+    if limit is not None and request.content_length is None and len(raw) >= limit:
+        # A chunked body is read up to the limit and then silently cut (werkzeug's LimitedStream):
+        # one more byte tells a body of exactly the limit from a longer one.
+        try:
+            request.stream.read(1)
+        except RequestEntityTooLarge:
+            raise ApiError(413, "payload_too_large",
+                           "request body is larger than BGE_M3_MAX_BODY_BYTES") from None
+    return raw
+
+
 def json_body() -> dict[str, Any]:
-    """The request body as a JSON object; 400 for bad UTF-8, bad JSON or a non-object."""
-    raw = request.get_data(cache=True)  # raises 413 above MAX_CONTENT_LENGTH
+    """The request body as a JSON object; 400 for bad UTF-8, bad JSON, a duplicate key or a
+    non-object, 413 for a body over the limit."""
+    raw = _body_bytes()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ApiError(400, "invalid_utf8", "request body is not valid UTF-8") from None
     try:
-        body = json.loads(text, parse_constant=_reject_constant)
+        body = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
     except (ValueError, RecursionError) as exc:
         raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
@@ -152,17 +179,20 @@ def embeddings_request(body: dict[str, Any],
         texts = texts_field(body, "input", settings)
     elif isinstance(raw, list) and raw:
         raise bad("input must be a string or a list of strings (token arrays are not supported)")
-    else:
-        raise bad("input must be a non-empty string or list of strings")
+    else:  # "" is one empty text, which is valid; [] is no text at all
+        raise bad("input must be a string or a non-empty list of strings")
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad("model must be a string, e.g. \"bge-m3\"")
+    check_text(model, "model")
     encoding = body.get("encoding_format")
     if encoding is None:  # OpenAI clients may send null: the default
         encoding = "float"
     if encoding not in ENCODINGS:
         raise bad("encoding_format must be float or base64")
     dimensions = body.get("dimensions")
+    if isinstance(dimensions, float) and dimensions.is_integer():
+        dimensions = int(dimensions)
     if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int)
                                    or dimensions < 1):
         raise bad("dimensions must be a positive integer")
@@ -179,7 +209,10 @@ def score_request(body: dict[str, Any], settings: Settings) -> tuple[list[float]
     if (not isinstance(weights, list) or len(weights) != 3
             or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)):
         raise bad("weights must be a list of three numbers: [dense, sparse, colbert]")
-    weights = [float(w) for w in weights]
+    try:
+        weights = [float(w) for w in weights]
+    except OverflowError:  # an integer of hundreds of digits
+        raise bad("weights must be finite numbers") from None
     total = sum(weights)
     if any(w < 0 for w in weights) or not math.isfinite(total) or total <= 0:
         raise bad("weights must be non-negative with a positive, finite sum")

@@ -53,6 +53,7 @@ class JobStore:
         self._finish = redis.register_script(scripts.FINISH)
         self._cancel = redis.register_script(scripts.CANCEL)
         self._observe = redis.register_script(scripts.OBSERVE)
+        self._release = redis.register_script(scripts.RELEASE)
 
     def create(self, params: dict[str, Any], owner: str = "", job_id: str | None = None, *,
                message: str = "", queue: str = "", max_queued: int = 0, notify: bool = False) -> Job:
@@ -110,6 +111,10 @@ class JobStore:
             return Claim(out[0], int(out[1]))
         return Claim("running", int(out[1]), json.loads(out[2]) if out[2] else None, float(out[3]))
 
+    def release_lease(self, lease: str, holder: str) -> bool:
+        """Delete ``lease`` (a ``claim``'s) if ``holder`` still holds it; True when deleted."""
+        return bool(self._release(keys=[lease], args=[holder]))
+
     def succeed(self, job_id: str, result: Any, stats: dict[str, Any] | None = None) -> str:
         """Store the JSON-able ``result`` and mark the job succeeded."""
         return self.succeed_chunks(job_id, payload.encode(result), stats)
@@ -136,14 +141,15 @@ class JobStore:
                 and len(staging.pending) <= INLINE_RESULT_CHUNKS):
             return self._end(pipe, job_id, "succeeded", inline=staging.pending, stats=stats)
         staging.flush(pipe)
-        return self._end(pipe, job_id, "succeeded", staging=staging.key, stats=stats)
+        return self._end(pipe, job_id, "succeeded", staging=staging.key, staged=staging.sent_chunks,
+                         stats=stats)
 
     def fail(self, job_id: str, code: str, message: str, stats: dict[str, Any] | None = None,
              pipe: Any = None) -> str:
         pipe = pipe if pipe is not None else self.redis.pipeline(transaction=False)
         return self._end(pipe, job_id, "failed", error={"code": code, "message": message}, stats=stats)
 
-    def _end(self, pipe: Any, job_id: str, status: str, *, staging: str | None = None,
+    def _end(self, pipe: Any, job_id: str, status: str, *, staging: str | None = None, staged: int = 0,
              inline: Sequence[bytes] = (), error: dict | None = None, stats: dict | None = None) -> str:
         extra: list[str] = []
         if error is not None:
@@ -153,7 +159,7 @@ class JobStore:
         keys = [job_key(job_id), result_key(job_id), events_key(job_id),
                 staging or f"{PREFIX}:staging:none", done_key(job_id)]
         args = [status, repr(time.time()), self.ttl, "staged" if staging else "inline",
-                len(inline), *inline, *extra]
+                staged if staging else len(inline), *inline, *extra]
         # EVALSHA queued by hand: a Script handed to a pipeline adds a SCRIPT EXISTS round trip
         # to every execute. Only after a Redis restart (NOSCRIPT) is the script loaded again.
         pipe.evalsha(self._finish.sha, len(keys), *keys, *args)

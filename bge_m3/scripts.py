@@ -56,11 +56,16 @@ if not s or s == 'succeeded' or s == 'failed' or s == 'cancelled' then
   return s or 'missing'
 end
 local ttl = tonumber(ARGV[3])
-local inline = tonumber(ARGV[5])
+local inline = 0
 if ARGV[4] == 'staged' then
+  if redis.call('LLEN', KEYS[4]) ~= tonumber(ARGV[5]) then
+    redis.call('DEL', KEYS[4])
+    return 'incomplete'
+  end
   redis.call('RENAME', KEYS[4], KEYS[2])
   redis.call('EXPIRE', KEYS[2], ttl)
-elseif inline > 0 then
+elseif tonumber(ARGV[5]) > 0 then
+  inline = tonumber(ARGV[5])
   redis.call('RPUSH', KEYS[2], unpack(ARGV, 6, 5 + inline))
   redis.call('EXPIRE', KEYS[2], ttl)
 end
@@ -75,8 +80,10 @@ redis.call('PUBLISH', KEYS[3], ARGV[1])
 return 'ok'
 """
 """KEYS: job hash, result list, events channel, staging list, done list. ARGV: status,
-finished_at, ttl, 'staged' or 'inline', N inline result chunks, the N chunks, then field/value
-pairs (error, stats). Returns 'ok', or the terminal/'missing' state that made it a no-op. A job
+finished_at, ttl, 'staged' or 'inline', N (inline: the N result chunks that follow; staged: the
+chunks the staging list must hold), then field/value pairs (error, stats). Returns 'ok', or the
+terminal/'missing' state that made it a no-op, or 'incomplete' when the staging list lacks chunks
+(a push of it failed, e.g. Redis out of memory): the partial list is dropped, the job untouched. A job
 created with notify also gets its status pushed onto the done list its synchronous caller
 blocks on."""
 
@@ -101,3 +108,9 @@ if s ~= 'succeeded' and s ~= 'failed' and s ~= 'cancelled' then return 0 end
 return redis.call('HSETNX', KEYS[1], ARGV[1], '1')
 """
 """KEYS: job hash. ARGV: the flag field. 1 for the first caller to see the job finished, else 0."""
+
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+"""KEYS: lease key. ARGV: holder. Deletes the lease only while ``holder`` still holds it."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -102,6 +103,9 @@ class Settings:
             raise ValueError("BGE_M3_MAX_LENGTH must be between 1 and 8192")
         if self.time_limit >= self.visibility_timeout:
             raise ValueError("BGE_M3_TIME_LIMIT must stay below BGE_M3_VISIBILITY_TIMEOUT")
+        if self.result_ttl <= self.time_limit:  # the record's TTL runs from the job's creation
+            raise ValueError("BGE_M3_RESULT_TTL must be longer than BGE_M3_TIME_LIMIT: a job's record "
+                             "expires that long after it was submitted, queued or not")
 
     def env(self) -> dict[str, str]:
         """These settings as environment variables, for child processes."""
@@ -177,17 +181,15 @@ def env_is_set(var: str, env: Mapping[str, str] | None = None) -> bool:
 
 
 def redact_url(url: str) -> str:
-    """A Redis URL with its password replaced, safe for logs and /v1/models."""
-    from urllib.parse import urlsplit, urlunsplit
+    """A Redis URL with its password masked, in the userinfo or a ``password=`` query value
+    (redis-py reads both), safe for logs and /v1/models. The rest is kept as written."""
+    from urllib.parse import urlsplit
 
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.hostname or ""
-    if parts.username:
-        netloc = f"{parts.username}:***@{netloc}"
-    else:
-        netloc = f":***@{netloc}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:  # edited in place: urlunsplit would drop an empty netloc's //
+        url = url.replace(f"//{parts.netloc}", f"//{userinfo.split(':', 1)[0]}:***@{host}", 1)
+    if parts.query:
+        query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+        url = url.replace(f"?{parts.query}", f"?{query}", 1)
+    return url

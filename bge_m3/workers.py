@@ -24,6 +24,11 @@ def announce(redis: Any, hostname: str, info: dict[str, Any], ttl: int = READY_T
     redis.set(WORKER_PREFIX + hostname, json.dumps(info), ex=ttl)
 
 
+def is_announced(redis: Any, hostname: str) -> bool:
+    """Whether ``hostname`` announced itself within READY_TTL (it is alive and serving)."""
+    return bool(redis.exists(WORKER_PREFIX + hostname))
+
+
 def withdraw(redis: Any, hostname: str) -> None:
     redis.delete(WORKER_PREFIX + hostname)
 

@@ -32,6 +32,9 @@ BAD_BODIES = [
     ("/v1/score", b'{"query": "q", "documents": ["a"], "weights": [0, 0, 0]}', "invalid_request"),
     ("/v1/score", b'{"query": "q", "documents": ["a"], "weights": [-1, 1, 1]}', "invalid_request"),
     ("/v1/score", b'{"query": "q", "documents": ["a"], "weights": [1e308, 1e308, 1]}', "invalid_request"),
+    ("/v1/score", b'{"query": "q", "documents": ["a"], "weights": [1' + b"0" * 400 + b', 0, 0]}',
+     "invalid_request"),  # too big for a float: OverflowError, not a 500
+    ("/v1/jobs", b'{"texts": 5, "texts": ["a"]}', "invalid_json"),  # which one did the client mean?
 ]
 
 
@@ -47,12 +50,24 @@ def test_bad_bodies_are_400(client, path, body, code):
                                   b'{"input": "a", "model": "m", "encoding_format": "hex"}',
                                   b'{"input": "a", "model": "m", "encoding_format": false}',
                                   b'{"input": "a", "model": "m", "encoding_format": ""}',
-                                  b'{"input": "a", "model": "m", "dimensions": 0}', b"nope"])
-def test_openai_errors_have_openai_shape(client, body):
-    r = client.post("/v1/embeddings", data=body, content_type="application/json")
+                                  b'{"input": "a", "model": "m", "dimensions": 0}',
+                                  b'{"input": "a", "model": "\\ud800"}', b"nope"])
+@pytest.mark.parametrize("path", ["/v1/embeddings", "/v1/embeddings/"])
+def test_openai_errors_have_openai_shape(client, body, path):
+    r = client.post(path, data=body, content_type="application/json")
     assert r.status_code == 400
     error = r.get_json()["error"]
     assert error["type"] == "invalid_request_error" and error["code"] and error["message"]
+    assert "param" in error
+
+
+def test_openai_integral_numbers_are_integers(base_settings):
+    """JSON Schema counts 1024.0 as an integer, as it does for max_length; "" is one empty text."""
+    from api.validation import embeddings_request
+
+    _, _, dimensions, params = embeddings_request({"input": "", "model": "m", "dimensions": 1024.0},
+                                                  base_settings)
+    assert dimensions == 1024 and type(dimensions) is int and params["texts"] == [""]
 
 
 def test_body_over_limit_is_413(base_settings):
@@ -62,6 +77,36 @@ def test_body_over_limit_is_413(base_settings):
     assert r.get_json()["error"]["code"] == "payload_too_large"
     r = client.post("/v1/embeddings", json={"input": "x" * 2000, "model": "bge-m3"})
     assert r.status_code == 413 and r.get_json()["error"]["type"] == "invalid_request_error"
+
+
+def test_chunked_body_over_limit_is_413_under_gunicorn(base_settings, tmp_path):
+    """Without a Content-Length werkzeug reads a body up to the limit and stops silently; the
+    API must still answer 413, not parse the cut body (400) or accept what was cut (202)."""
+    import httpx
+
+    from tests.stack_support import start_api
+
+    api = start_api(base_settings.replace(max_body_bytes=1000), tmp_path, threads=2)
+    try:
+        def chunked(body: bytes):
+            yield from (body[i:i + 100] for i in range(0, len(body), 100))
+
+        for body in (b'{"texts": ["' + b"x" * 5000 + b'"]}', b'{"texts": ["a"]}' + b" " * 5000):
+            r = httpx.post(api.url + "/v1/jobs", content=chunked(body),
+                           headers={"Content-Type": "application/json"}, timeout=10)
+            assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large", r.text
+        small = httpx.post(api.url + "/v1/jobs", content=chunked(b'{"texts": ["a"], "x": 1}'),
+                           headers={"Content-Type": "application/json"}, timeout=10)
+        assert small.status_code == 400 and "unknown field" in small.json()["error"]["message"]
+    finally:
+        api.stop()
+
+
+def test_made_up_methods_share_one_metrics_label(client):
+    for method in ("ZZQQ", "ZZQQRR"):
+        assert client.open("/healthz", method=method).status_code == 405
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'method="OTHER"' in text and "ZZQQ" not in text
 
 
 def test_too_many_texts_is_413(base_settings):
@@ -116,4 +161,35 @@ def test_sync_routes_need_a_ready_worker(base_settings, redis_server):
     assert list(db.scan_iter("bge-m3:job:*")) == []
     r = client.get("/readyz")
     assert r.status_code == 503 and "worker" in r.get_json()["error"]["message"]
+    db.flushdb()
+
+
+def test_a_sync_job_the_worker_finds_invalid_is_400(base_settings, redis_server):
+    """A worker with lower limits than the API fails the job with ``invalid_request``: the client's
+    input is at fault, so the sync route answers 400 with the worker's reason, not 500. The worker
+    here is this test's thread, failing the job through the same store a worker uses."""
+    import threading
+
+    from bge_m3 import workers
+    from bge_m3.jobs import JobStore
+
+    db = redis_server.client(3)
+    db.flushdb()
+    workers.announce(db, "strict@test", {"hostname": "strict@test", "max_length": 512})
+    store = JobStore(db, 60)
+
+    def strict_worker():
+        for _ in range(200):
+            for key in db.scan_iter("bge-m3:job:*"):
+                store.fail(key.rsplit(":", 1)[1], "invalid_request", "max_length must be between 1 and 512")
+                return
+            threading.Event().wait(0.05)
+
+    thread = threading.Thread(target=strict_worker)
+    thread.start()
+    client = create_app(base_settings.replace(redis_url=redis_server.url(3))).test_client()
+    r = client.post("/embed", json={"texts": ["a"], "max_length": 8192})
+    thread.join(15)
+    assert r.status_code == 400, r.get_json()
+    assert r.get_json()["error"]["code"] == "invalid_request" and "512" in r.get_json()["error"]["message"]
     db.flushdb()

@@ -77,12 +77,19 @@ def test_settings_layering():
     assert defaults.torch_threads == 0 and Settings.from_env({"BGE_M3_TORCH_THREADS": "1"}).torch_threads == 1
     with pytest.raises(ValueError):
         Settings.from_env({"BGE_M3_TORCH_THREADS": "-1"})
+    with pytest.raises(ValueError, match="RESULT_TTL"):  # records would expire under running jobs
+        Settings.from_env({"BGE_M3_RESULT_TTL": "60", "BGE_M3_TIME_LIMIT": "600"})
 
 
 def test_redact_url():
     assert redact_url("redis://:s3cret@h:6379/0") == "redis://:***@h:6379/0"
     assert "s3cret" not in redact_url("rediss://user:s3cret@h/0")
     assert redact_url("redis://h:6379/0") == "redis://h:6379/0"
+    # redis-py also reads a password from the query string, and a socket URL has no host.
+    assert redact_url("redis://h:6379/0?password=s3cret&x=1") == "redis://h:6379/0?password=***&x=1"
+    assert (redact_url("redis+socket:///run/r.sock?db=1&Password=s3cret")
+            == "redis+socket:///run/r.sock?db=1&Password=***")
+    assert redact_url("redis://u:s3c@ret@[::1]:6379/0") == "redis://u:***@[::1]:6379/0"
 
 
 def test_packaged_manifest_is_the_pin():

@@ -241,6 +241,40 @@ def test_claim_takes_the_lease_and_returns_the_input(redis_db):
     assert jobs.claim(job.id, max_attempts=3, lease="lease:x", lease_ttl=30).state == "failed"
 
 
+def test_a_lease_is_released_only_by_its_holder(redis_db):
+    jobs = store(redis_db)
+    redis_db.set("lease:y", "w1", ex=30)
+    assert not jobs.release_lease("lease:y", "w2") and redis_db.get("lease:y") == "w1"
+    assert jobs.release_lease("lease:y", "w1") and not redis_db.exists("lease:y")
+
+
+def test_a_staged_result_missing_a_chunk_is_never_published(redis_db):
+    """A push of the streamed result can fail (Redis out of memory) while the finish that
+    follows in the same pipeline still runs: it must not rename the partial list into place."""
+    import json
+
+    from bge_m3.payload import ItemsResult
+    from bge_m3.staging import Staging
+
+    jobs = store(redis_db)
+    job = jobs.create({})
+    jobs.start(job.id, max_attempts=1)
+    built = ItemsResult({"model": "m"}, 3)
+    for i in range(3):
+        built.add(i, [json.dumps({"tokens": i}).encode()])
+    staging = Staging(redis_db, job.id, 60, flush_bytes=1)  # every chunk is sent at once
+    staging.add(built.chunks())
+    redis_db.rpop(staging.key)  # the lost push
+    assert jobs.succeed_staged(job.id, staging) == "incomplete"
+    assert jobs.get(job.id).status == "running" and not redis_db.exists(result_key(job.id))
+    assert redis_db.keys("bge-m3:staging:*") == []
+    # The whole result, sent again, lands.
+    again = Staging(redis_db, job.id, 60, flush_bytes=1)
+    again.add(built.chunks())
+    assert jobs.succeed_staged(job.id, again) == "ok" and jobs.result(job.id)["items"] == [
+        {"tokens": i} for i in range(3)]
+
+
 def test_take_ready_hands_out_each_item_once_as_added_and_the_reader_restores_the_order():
     import json
 

@@ -39,3 +39,34 @@ def test_sigkill_mid_job_then_restart_completes_the_job(base_settings, redis_ser
     finally:
         second.stop()
         queue.close()
+
+
+def test_a_lease_left_by_a_gone_worker_is_taken_over(base_settings, redis_server, tmp_path):
+    """A cold shutdown hands the unacked message back at once while its lease (time_limit long)
+    stays. The next delivery waits while the holder still announces itself, and takes the job
+    over once it does not, instead of waiting out the lease."""
+    from bge_m3 import workers
+    from bge_m3.queue import TASK_NAME
+    from worker.execution import LEASE_PREFIX
+
+    settings = settings_on_db(base_settings, redis_server, "kill", time_limit=600)
+    queue = Queue(settings)
+    worker = spawn_worker(settings, tmp_path)
+    try:
+        alive = queue.store.create({"texts": ["held by a live worker"], "modes": ["dense"]})
+        queue.redis.set(LEASE_PREFIX + alive.id, "other@alive", ex=600)
+        workers.announce(queue.redis, "other@alive", {"hostname": "other@alive"})
+        gone = queue.store.create({"texts": ["held by a dead worker"], "modes": ["dense"]})
+        queue.redis.set(LEASE_PREFIX + gone.id, "ghost@gone", ex=600)
+        for job in (alive, gone):
+            queue.celery.send_task(TASK_NAME, kwargs={"job_id": job.id}, task_id=job.id)
+
+        assert queue.wait(gone.id, 30).status == "succeeded"
+        assert "lease holder ghost@gone is gone; taking the job over" in worker.output()
+        assert queue.store.get(alive.id).status == "queued"  # waited for, not run twice
+        workers.withdraw(queue.redis, "other@alive")  # the live holder stops announcing itself
+        job = queue.wait(alive.id, 2 * workers.HEARTBEAT_INTERVAL + 20)
+        assert job.status == "succeeded" and job.attempts == 1
+    finally:
+        worker.stop()
+        queue.close()

@@ -176,6 +176,43 @@ def test_failing_text_fails_alone_and_jobs_share_passes():
         batcher.stop()
 
 
+def test_a_pass_with_missing_rows_fails_its_texts_and_the_batcher_lives_on():
+    """A bug outside the model's call (here a pass returning fewer rows than texts) must fail
+    the texts it touched, not leave their futures hanging or kill the model's only thread."""
+    short = {"on": True}
+
+    def forward(rows, wants):
+        return [len(r) for r in rows][:-1] if short["on"] else [len(r) for r in rows]
+
+    batcher = Batcher(forward, max_batch_tokens=1000, wait_ms=0)
+    batcher.start()
+    try:
+        with batcher.arriving():  # an announced job keeps the submission off the inline path
+            futures = batcher.submit([[1, 2], [3, 4]], frozenset({"dense"}))
+            with pytest.raises(RuntimeError, match="1 rows for 2 texts"):
+                futures[0].result(10)
+        short["on"] = False
+        assert [f.result(10) for f in batcher.submit([[1], [1, 2]], frozenset({"dense"}))] == [1, 2]
+    finally:
+        batcher.stop()
+
+
+def test_texts_are_cut_at_the_models_positions(tiny_model):
+    import torch
+
+    from worker.device import choose
+    from worker.encoder import Encoder, TooLong
+    from worker.model import M3Model
+
+    model = M3Model(tiny_model.dir, choose("cpu", torch))
+    model.max_positions = 16  # as a model with a shorter position table than BGE_M3_MAX_LENGTH
+    encoder = Encoder(model)
+    long_text = "a fairly long text " * 20
+    assert len(encoder.tokenize([long_text], 8192, True)[0]) == 16
+    with pytest.raises(TooLong, match="max_length 16"):
+        encoder.tokenize([long_text], 8192, False)
+
+
 def test_large_submission_is_split_into_budgeted_batches():
     forward = _Forward()
     batcher = Batcher(forward, max_batch_tokens=64, wait_ms=0)

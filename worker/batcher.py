@@ -200,6 +200,11 @@ class Batcher:
             try:
                 live = [p for p in window if p.future.set_running_or_notify_cancel()]
                 self._run_all(plan_batches(live, self.max_batch_tokens, self.pass_tokens))
+            except Exception as exc:  # noqa: BLE001 - the model's only thread must outlive a bug
+                log.exception("Window of %d texts failed outside a forward pass", len(window))
+                for item in window:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
             finally:
                 with self._cond:
                     self._busy = False
@@ -266,6 +271,8 @@ class Batcher:
         self._deliver(batch, number, rows, (self._finished_at - t0) * 1000)
 
     def _deliver(self, batch: list[Pending], number: int, rows: list[Any], encode_ms: float) -> None:
+        if len(rows) != len(batch):  # zip would leave the missing texts' futures unresolved
+            raise RuntimeError(f"batch {number}: {len(rows)} rows for {len(batch)} texts")
         stats = BatchStats(number, len(batch), sum(len(p.ids) for p in batch),
                            len(batch) * len(batch[0].ids), encode_ms,
                            len({id(p.trace) for p in batch}))

@@ -66,6 +66,9 @@ class Encoder:
         return self.model.hidden
 
     def tokenize(self, texts: Sequence[str], max_length: int, truncate: bool) -> list[list[int]]:
+        # Past the model's position table a pass would index out of range (on CUDA, an assert
+        # that poisons the device for every later job): its length is the hard limit.
+        max_length = min(max_length, getattr(self.model, "max_positions", max_length))
         rows = self.model.tokenize(texts)
         for i, ids in enumerate(rows):
             if len(ids) > max_length:

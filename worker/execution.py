@@ -11,6 +11,7 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from concurrent.futures import as_completed
 from typing import Any
 
+from bge_m3 import workers
 from bge_m3.records import Claim
 from bge_m3.payload import ItemsResult
 from bge_m3.staging import Staging
@@ -63,15 +64,30 @@ def claim(rt: Runtime, job_id: str) -> Claim:
     its first run goes on; that second delivery waits here until the first run ends the job
     (the claim then finds it terminal and skips it) or its lease lapses. The lease lasts
     time_limit, below the visibility timeout, so a dead worker's lease is gone before its job
-    is redelivered."""
+    is redelivered. A lease whose holder no longer announces itself (a cold shutdown hands the
+    message back at once, the lease stays) is taken over instead of waited out."""
     key = f"{LEASE_PREFIX}{job_id}"
+    waiting = False
     while True:
         claimed = rt.store.claim(job_id, max_attempts=rt.settings.max_retries + 1, worker=rt.hostname,
                                  lease=key, lease_ttl=rt.settings.time_limit)
         if claimed.state != "leased":
             return claimed
-        log.warning("Job %s is being run by another delivery; waiting for it", job_id)
-        rt.store.wait(job_id, max(0.1, rt.redis.pttl(key) / 1000))
+        holder = rt.redis.get(key)
+        if holder and holder != rt.hostname and not workers.is_announced(rt.redis, holder):
+            log.warning("Job %s: its lease holder %s is gone; taking the job over", job_id, holder)
+            release(rt, job_id, holder)
+            continue
+        if not waiting:
+            log.warning("Job %s is being run by another delivery (%s); waiting for it", job_id, holder)
+            waiting = True
+        # Woken by the job's end; else look again at the holder after one heartbeat.
+        rt.store.wait(job_id, min(workers.HEARTBEAT_INTERVAL, max(0.1, rt.redis.pttl(key) / 1000)))
+
+
+def release(rt: Runtime, job_id: str, holder: str) -> None:
+    """Drop the job's lease if ``holder`` still holds it."""
+    rt.store.release_lease(f"{LEASE_PREFIX}{job_id}", holder)
 
 
 def execute(rt: Runtime, job_id: str) -> str:
@@ -113,6 +129,7 @@ def _run(rt: Runtime, job_id: str, claimed: Claim, arrival: Arrival) -> str:
                           "dimension": rt.encoder.dimension}, len(rows))
     deadline = time.monotonic() + settings.time_limit - (time.time() - started)
     staging = Staging(rt.redis, job_id, settings.time_limit + STAGING_GRACE_SECONDS, background=True)
+    futures: list = []
     try:
         if deadline > time.monotonic():
             futures = rt.batcher.submit(rows, modes, trace, arrival)  # may run at once, in this thread
@@ -124,6 +141,8 @@ def _run(rt: Runtime, job_id: str, claimed: Claim, arrival: Arrival) -> str:
             staging.drain()
             phases["stream_ms"] = phases.get("stream_ms", 0.0) + (time.perf_counter() - waited) * 1000
     except BaseException:
+        for future in futures:  # texts still queued would keep the model busy for a dead job
+            future.cancel()
         with contextlib.suppress(Exception):  # its sender thread must not outlive the job
             staging.discard()
         raise
@@ -140,6 +159,11 @@ def _run(rt: Runtime, job_id: str, claimed: Claim, arrival: Arrival) -> str:
     stats["streamed_bytes"] = staging.sent_bytes  # sent while the passes ran; the rest at the finish
     # Counted in the same round trip as, and before, the terminal write: readers see both.
     outcome = rt.store.succeed_staged(job_id, staging, stats, pipe=rt.count(jobs=1, texts=len(texts)))
+    if outcome == "incomplete":  # a push of the result was lost; the finish refused to publish it
+        rt.store.fail(job_id, "internal_error", "the result did not reach Redis whole; submit the job "
+                      "again", stats=stats)
+        log.error("Job %s failed: its staged result lacks chunks", job_id)
+        return "failed"
     log.info("Job %s: %d texts, %s tokens, %d forward passes, %.0f ms", job_id, len(texts),
              f"{tokens:,}", len(trace.passes), stats["total_ms"])
     return "succeeded" if outcome == "ok" else outcome

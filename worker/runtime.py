@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import os
+import shutil
 import sys
 import threading
 import time
@@ -77,11 +78,17 @@ class Runtime:
         manifest = self.verified.manifest
         view = model_module.verified_view(self.settings.model_dir, [f.path for f in manifest.files])
         t0 = time.perf_counter()
-        m3 = model_module.M3Model(view, self.placement)
+        try:
+            m3 = model_module.M3Model(view, self.placement)
+        finally:  # only links; what was read is in memory (or mapped) by now
+            shutil.rmtree(view, ignore_errors=True)
         self.encoder = Encoder(m3, self.settings.colbert_dtype)
         log.info("Model loaded: %s@%s (%s, %d-dim) in %.1f s", manifest.repo_id, manifest.revision[:7],
                  self.placement.label, m3.hidden, time.perf_counter() - t0)
         log.info("Device: %s", self.placement.description)
+        if m3.max_positions < self.settings.max_length:
+            log.warning("BGE_M3_MAX_LENGTH %d is more than the model's %d positions: texts are cut "
+                        "at %d tokens", self.settings.max_length, m3.max_positions, m3.max_positions)
         log.debug("torch CPU threads: %d", threads)
         self.batcher = Batcher(self.encoder.run_batch, self.settings.max_batch_tokens,
                                self.settings.batch_wait_ms, on_batch=self._count_batch,
@@ -112,14 +119,23 @@ class Runtime:
             "dimension": self.encoder.dimension if self.encoder else None,
             "max_batch_tokens": self.settings.max_batch_tokens,
             "pass_tokens": self.batcher.pass_tokens if self.batcher else None,
-            "max_length": self.settings.max_length, "pid": os.getpid(),
+            "max_length": self.max_length(), "pid": os.getpid(),
             "frozen_objects": self.frozen_objects,
             "started_at": self.started_at,
         }
 
+    def max_length(self) -> int:
+        """The longest text in tokens: the setting, or the model's positions when fewer."""
+        positions = getattr(self.encoder.model, "max_positions", None) if self.encoder else None
+        return min(self.settings.max_length, positions or self.settings.max_length)
+
     def ready(self) -> None:
         """Announce readiness now and keep it fresh until shutdown."""
-        workers.announce(self.redis, self.hostname, self.info())
+        try:
+            workers.announce(self.redis, self.hostname, self.info())
+        except Exception as exc:  # noqa: BLE001 - Celery would swallow it; the heartbeat retries
+            log.warning("readiness not announced yet (%s); retrying every %.0f s", exc,
+                        workers.HEARTBEAT_INTERVAL)
         log.info("Ready: %s consuming queue with %d threads, %s-token batches", self.hostname,
                  self.settings.worker_threads, f"{self.settings.max_batch_tokens:,}")
         self._heartbeat = threading.Thread(target=self._beat, name="bge-m3-heartbeat", daemon=True)
