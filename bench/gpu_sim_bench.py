@@ -52,7 +52,7 @@ simulated_gpu.install_from_env()
 
 def bare(profile: Profile, rows: list[list[int]], budget: int, pass_tokens: int | None):
     """The simulated passes alone over exactly the worker's batches: nothing else on the host."""
-    from worker.batcher import JobTrace, Pending
+    from worker.pending import JobTrace, Pending
     from worker.planning import plan_batches
 
     shapes = [(len(b), len(b[0].ids)) for b in

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoTokenizer
 
     from bge_m3 import codec, payload
-    from worker.batcher import JobTrace, Pending
+    from worker.pending import JobTrace, Pending
     from worker.planning import plan_batches
     from worker.encoder import Encoder
     from worker.model import BatchOutput

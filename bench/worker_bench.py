@@ -75,7 +75,7 @@ def bare_forward(backbone, pad_id: int, rows: list[list[int]], budget: int, devi
     (its budget, and the padding bound it calibrated at start-up)."""
     import torch
 
-    from worker.batcher import JobTrace, Pending
+    from worker.pending import JobTrace, Pending
     from worker.planning import plan_batches
 
     tensors = []

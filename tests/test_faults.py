@@ -215,6 +215,29 @@ def test_2_poison_job_fails_after_its_retries_and_spares_the_others(faulty, work
     assert worker.proc.poll() is None
 
 
+def test_11_device_failure_exits_the_worker_and_its_job_goes_elsewhere(faulty, worker_factory,
+                                                                        reference):
+    """A sticky device error (what a CUDA device-side assert leaves: every later pass fails) makes
+    the worker withdraw its readiness and exit 6 instead of failing every job sent to it. The job
+    in flight is not failed for it: it is redelivered, here to a worker whose device is fine. The
+    CUDA error is stood in for by a test fault raising its message from the forward pass."""
+    from bge_m3 import workers as readiness
+
+    settings, queue = faulty
+    broken = worker_factory(settings)
+    texts = ["BGE_M3_TEST_FAULT:device", *TEXTS]
+    job_id = queue.submit(texts, ("dense",))
+    assert broken.proc.wait(60) == 6
+    assert "the device failed and cannot recover" in broken.output()
+    assert not readiness.is_announced(queue.redis, broken.hostname)
+    job = queue.store.get(job_id)
+    assert job.status == "running" and job.error is None  # not failed: the texts did nothing wrong
+    healthy = worker_factory(settings.replace(test_faults=False))
+    job = queue.wait(job_id, VISIBILITY + 60)
+    assert job.status == "succeeded" and job.attempts == 2, (job.error, healthy.output()[-2000:])
+    check_result(queue, reference, job_id, texts)
+
+
 def test_6_redis_kill_9_with_aof_keeps_queued_and_finished_jobs(base_settings, worker_factory,
                                                                 tmp_path, reference):
     redis = RedisServer(tmp_path / "aof-redis", appendonly=True)

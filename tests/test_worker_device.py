@@ -113,7 +113,8 @@ def test_cuda_pipelined_passes_match_cpu(tiny_model):
     import numpy as np
     import torch
 
-    from worker.batcher import Batcher, JobTrace
+    from worker.batcher import Batcher
+    from worker.pending import JobTrace
     from worker.encoder import Encoder
     from worker.model import M3Model
 

@@ -10,7 +10,8 @@ import threading
 
 import pytest
 
-from worker.batcher import Batcher, JobTrace, Pending
+from worker.batcher import Batcher
+from worker.pending import JobTrace, Pending
 from worker.planning import pass_cost, plan_batches
 from worker.encoder import truncate_ids
 from worker.execution import InvalidJob, parse_params
@@ -211,6 +212,38 @@ def test_texts_are_cut_at_the_models_positions(tiny_model):
     assert len(encoder.tokenize([long_text], 8192, True)[0]) == 16
     with pytest.raises(TooLong, match="max_length 16"):
         encoder.tokenize([long_text], 8192, False)
+
+
+@pytest.mark.parametrize("message,sticky", [
+    ("CUDA error: device-side assert triggered", True),
+    ("CUDA error: an illegal memory access was encountered", True),
+    ("CUDA out of memory. Tried to allocate 2.00 GiB", False),
+    ("CUDA error: out of memory", False),
+    ("index out of range in self", False),
+])
+def test_sticky_device_errors_are_told_from_recoverable_ones(message, sticky):
+    from worker.device import is_sticky
+
+    assert is_sticky(RuntimeError(message)) is sticky
+
+
+def test_a_sticky_device_error_is_not_retried_in_halves():
+    calls, failed = [], []
+
+    def forward(rows, wants):
+        calls.append(len(rows))
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+    batcher = Batcher(forward, max_batch_tokens=1000, wait_ms=0, on_device_failed=failed.append)
+    batcher.start()
+    try:
+        futures = batcher.submit([[1], [2, 3], [4, 5, 6], [7]], frozenset({"dense"}))
+        for future in futures:
+            with pytest.raises(RuntimeError, match="device-side assert"):
+                future.result(10)
+        assert calls == [4] and len(failed) == 1  # one pass, one report, no halving retries
+    finally:
+        batcher.stop()
 
 
 def test_large_submission_is_split_into_budgeted_batches():

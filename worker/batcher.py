@@ -28,9 +28,10 @@ import threading
 import time
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
+from worker.device import is_sticky
+from worker.pending import Arrival, BatchStats, JobTrace, Pending, RunBatch, StartBatch
 from worker.planning import plan_batches
 
 WINDOW_BATCHES = 4
@@ -43,49 +44,13 @@ within a millisecond or so each; one that misses the window costs a whole pass m
 log = logging.getLogger("bge_m3.worker")
 
 
-class Arrival:
-    """One job's announcement that its texts are on the way (``Batcher.arriving``)."""
-    __slots__ = ("open",)
-
-    def __init__(self) -> None:
-        self.open = True
-
-
-@dataclass
-class JobTrace:
-    """Which forward passes carried one job's texts, and their time (the passes' own time, which
-    jobs sharing a pass share); written by the thread running the passes only."""
-    passes: set[int] = field(default_factory=set)
-    forward_ms: float = 0.0
-
-
-@dataclass
-class Pending:
-    ids: Sequence[int]
-    want: frozenset[str]
-    future: Future
-    trace: JobTrace
-
-
-@dataclass(frozen=True)
-class BatchStats:
-    number: int
-    texts: int
-    tokens: int
-    padded_tokens: int
-    encode_ms: float
-    jobs: int
-
-
-RunBatch = Callable[[list[Sequence[int]], list[frozenset[str]]], list[Any]]
-StartBatch = Callable[[list[Sequence[int]], list[frozenset[str]]], Callable[[], list[Any]]]
-
-
 class Batcher:
     def __init__(self, run_batch: RunBatch, max_batch_tokens: int, wait_ms: float,
                  on_batch: Callable[[BatchStats], None] | None = None, pass_tokens: int | None = None,
-                 start_batch: StartBatch | None = None):
+                 start_batch: StartBatch | None = None,
+                 on_device_failed: Callable[[BaseException], None] | None = None):
         self.run_batch = run_batch
+        self.on_device_failed = on_device_failed  # a sticky device error (the worker exits there)
         # With an asynchronous device (CUDA), passes are pipelined: pass k+1 is queued before
         # pass k's rows are taken, so the device never waits for the host's work between them.
         self.start_batch = start_batch
@@ -258,6 +223,9 @@ class Batcher:
         try:
             rows = self.run_batch([p.ids for p in batch], [p.want for p in batch])
         except Exception as exc:  # noqa: BLE001 - isolate the failing text, spare the rest
+            if is_sticky(exc):
+                self._device_failed(number, batch, exc)
+                return
             if len(batch) == 1:
                 batch[0].future.set_exception(exc)
                 log.warning("Batch %d: text of %d tokens failed: %s", number, len(batch[0].ids), exc)
@@ -269,6 +237,17 @@ class Batcher:
             return
         self._finished_at = time.perf_counter()
         self._deliver(batch, number, rows, (self._finished_at - t0) * 1000)
+
+    def _device_failed(self, number: int, batch: list[Pending], exc: BaseException) -> None:
+        """The device is gone for good: halving the batch would only fail every half. The handler
+        runs first (the worker exits there, so its jobs are redelivered rather than failed for
+        texts that did nothing wrong); without one, the batch's texts get the error."""
+        log.critical("Batch %d: the device failed and cannot recover: %s", number, exc)
+        if self.on_device_failed is not None:
+            self.on_device_failed(exc)
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(exc)
 
     def _deliver(self, batch: list[Pending], number: int, rows: list[Any], encode_ms: float) -> None:
         if len(rows) != len(batch):  # zip would leave the missing texts' futures unresolved

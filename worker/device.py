@@ -36,3 +36,16 @@ def choose(requested: str, torch: Any) -> Placement:
     index = int(device.split(":")[1])
     name = torch.cuda.get_device_name(index)
     return Placement(device, "float16", f"{device} ({name})")
+
+
+STICKY_ERRORS = ("CUDA error", "device-side assert", "illegal memory access",
+                 "unspecified launch failure", "CUBLAS_STATUS_EXECUTION_FAILED")
+"""Text of errors after which a CUDA context fails every later call too, until the process
+exits: retrying such a pass (or any other) can only fail again."""
+
+
+def is_sticky(exc: BaseException) -> bool:
+    """Whether ``exc`` leaves the device unusable for the rest of the process. Out of memory is
+    not: it fails one pass, and the batcher's halving retries recover from it."""
+    text = f"{type(exc).__name__}: {exc}"
+    return "out of memory" not in text.lower() and any(marker in text for marker in STICKY_ERRORS)

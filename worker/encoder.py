@@ -15,6 +15,7 @@ import json
 import numpy as np
 
 from bge_m3 import codec
+from worker import faults
 
 MODES = ("dense", "sparse", "colbert")
 """The three BGE-M3 outputs a job may ask for."""
@@ -92,6 +93,7 @@ class Encoder:
         """``run_batch`` in two steps: queue the pass now, and return the call that waits for its
         outputs and cuts them into rows (the lexical weights, on the host, happen there)."""
         need = frozenset().union(*wants)
+        faults.check_device()  # test-only; a no-op unless the device fault fired
         launched = self.model.launch(rows, "dense" in need, "sparse" in need, "colbert" in need)
 
         def finish() -> list[Row]:

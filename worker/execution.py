@@ -16,7 +16,7 @@ from bge_m3.records import Claim
 from bge_m3.payload import ItemsResult
 from bge_m3.staging import Staging
 from worker import faults
-from worker.batcher import Arrival, JobTrace
+from worker.pending import Arrival, JobTrace
 from worker.encoder import MODES, TooLong
 from worker.logs import get_logger
 from worker.runtime import Runtime

@@ -7,6 +7,8 @@ texts contain one of these makes the worker misbehave on purpose:
 - ``BGE_M3_TEST_FAULT:exit``            the worker process dies (``os._exit``), every delivery
 - ``BGE_M3_TEST_FAULT:sleep=S``         the job's thread sleeps S seconds, every delivery
 - ``BGE_M3_TEST_FAULT:sleep-first=S``   the same, only on the job's first delivery
+- ``BGE_M3_TEST_FAULT:device``          every later forward pass fails as a CUDA device-side
+                                        assert does (a sticky error: the device is gone)
 
 ``BGE_M3_TEST_LOAD_DELAY=S`` (``load_delay``) makes the model load S seconds slower.
 """
@@ -26,6 +28,8 @@ EXIT_FAULT = 70
 
 log = get_logger()
 
+_device_broken = False
+
 
 def inject(texts: Sequence[str], attempt: int, enabled: bool) -> None:
     """Act on the first magic text of a job; a no-op when test faults are off."""
@@ -38,9 +42,19 @@ def inject(texts: Sequence[str], attempt: int, enabled: bool) -> None:
     if name == "exit":
         log.error("TEST FAULT: exiting the worker process (attempt %d)", attempt)
         os._exit(EXIT_FAULT)
+    if name == "device":
+        global _device_broken
+        log.error("TEST FAULT: the device fails every pass from now on (attempt %d)", attempt)
+        _device_broken = True
     if name == "sleep" or (name == "sleep-first" and attempt == 1):
         log.warning("TEST FAULT: sleeping %s s (attempt %d)", value, attempt)
         time.sleep(float(value))
+
+
+def check_device() -> None:
+    """Raise what a broken CUDA context raises, once the ``device`` fault has fired."""
+    if _device_broken:
+        raise RuntimeError("CUDA error: device-side assert triggered (BGE_M3_TEST_FAULT:device)")
 
 
 def load_delay(seconds: float) -> None:

@@ -8,6 +8,7 @@ Celery ``worker_init`` handler, never at import.
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import shutil
 import sys
@@ -20,7 +21,8 @@ from bge_m3.jobs import JobStore
 from bge_m3.queue import redis_client
 from bge_m3.settings import Settings
 from worker import faults, gate
-from worker.batcher import Batcher, BatchStats
+from worker.batcher import Batcher
+from worker.pending import BatchStats
 from worker.logs import get_logger
 from worker.planning import pass_cost
 
@@ -34,6 +36,9 @@ results; at the default it can queue 5 ms behind them each time, with the GPU id
 
 STATS_TTL = 7 * 24 * 3600
 """Seconds a worker's statistics hash outlives its last update."""
+
+EXIT_DEVICE_FAILED = 6
+"""Exit status when the device failed in a way no later pass recovers from (a sticky CUDA error)."""
 
 log = get_logger()
 _current: "Runtime | None" = None
@@ -92,7 +97,8 @@ class Runtime:
         log.debug("torch CPU threads: %d", threads)
         self.batcher = Batcher(self.encoder.run_batch, self.settings.max_batch_tokens,
                                self.settings.batch_wait_ms, on_batch=self._count_batch,
-                               start_batch=self.encoder.start_batch if self.encoder.asynchronous else None)
+                               start_batch=self.encoder.start_batch if self.encoder.asynchronous else None,
+                               on_device_failed=self._device_failed)
         t0 = time.perf_counter()
         self.batcher.run_direct(self.encoder.tokenize([WARMUP_TEXT], 64, True), frozenset(MODES))
         log.info("Warm-up forward pass: %.0f ms", (time.perf_counter() - t0) * 1000)
@@ -148,6 +154,21 @@ class Runtime:
                 self.count().execute()  # batches of jobs that ended without a terminal write
             except Exception as exc:  # noqa: BLE001 - keep beating through a Redis blip
                 log.warning("heartbeat failed: %s", exc)
+
+    def _device_failed(self, exc: BaseException) -> None:
+        """Exit at once: a CUDA context with a sticky error fails every pass until the process
+        ends, and a worker that stayed ready would fail every job sent to it. Jobs in flight stay
+        unacked and go to another worker after the visibility timeout; one that breaks the device
+        every time ends ``worker_lost`` after its retries, like any poison job."""
+        log.critical("Device %s failed (%s): withdrawing readiness and exiting %d",
+                     self.placement.description if self.placement else "?", exc, EXIT_DEVICE_FAILED)
+        self._stop.set()
+        try:
+            workers.withdraw(self.redis, self.hostname)
+        except Exception:  # noqa: BLE001 - the key expires with its TTL anyway
+            pass
+        logging.shutdown()
+        os._exit(EXIT_DEVICE_FAILED)
 
     def shutdown(self) -> None:
         self._stop.set()
