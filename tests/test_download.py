@@ -119,9 +119,11 @@ def test_server_ignoring_range_restarts_from_zero(hub, manifest, tmp_path):
     size = manifest.entry(BIG).size
     hub.fault("cut", path=BIG, after=500_000)
     hub.fault("ignore_range", path=BIG)
-    fetch(tmp_path / "m", manifest, hub)
+    lines: list[str] = []
+    fetch(tmp_path / "m", manifest, hub, lines=lines)
     assert_verified(tmp_path / "m", manifest)
     assert hub.bytes_served[BIG] == 500_000 + size  # the 200 was taken whole, not spliced
+    assert not any("resumed" in line for line in lines)  # the log says what really happened
 
 
 def test_corrupt_primary_falls_back_to_mirror(hub, mirror, manifest, tmp_path):
@@ -143,6 +145,68 @@ def test_primary_down_entirely(hub, mirror, manifest, tmp_path):
     # Given up after the retry budget on the first file, then skipped for the rest.
     assert len(hub.log) == FAST.transient_attempts
     assert any("giving up on this endpoint" in line for line in lines)
+    # HF_TOKEN is the hub's credential: it goes to the first endpoint only, never to a mirror.
+    assert mirror.log and all(r["auth"] is None for r in mirror.log)
+
+
+def test_an_endpoint_that_never_answers_a_connect_is_skipped_after_one_file(
+        hub, manifest, tmp_path, monkeypatch):
+    """A blackholed primary (SYNs dropped: a listening socket whose accept queue is full) times
+    out on connect. That is unreachable, like a refused connection: retried for the first file,
+    then skipped, not retried for every file (a minute each at the default timeouts)."""
+    import socket
+
+    from verify import endpoint as endpoint_module
+
+    monkeypatch.setattr(endpoint_module, "CONNECT_TIMEOUT", 0.3)
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(0)
+    fillers = []
+    for _ in range(4):  # fill the accept queue; later SYNs are dropped
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(hole.getsockname())
+        fillers.append(filler)
+    lines: list[str] = []
+    try:
+        fetch(tmp_path / "m", manifest, f"http://127.0.0.1:{hole.getsockname()[1]}", hub, lines=lines)
+    finally:
+        for sock in (*fillers, hole):
+            sock.close()
+    assert_verified(tmp_path / "m", manifest)
+    assert sum("giving up on this endpoint" in line for line in lines) == 1, lines
+    assert any("connect timed out" in line for line in lines)
+
+
+def test_an_endpoint_redirecting_to_a_bad_url_falls_back_to_the_next(hub, manifest, tmp_path):
+    """requests raises neither Timeout nor ConnectionError for a redirect to ftp:// (or a bad
+    URL): that endpoint fails the file, and the next endpoint serves it."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.send_response(302)
+            self.send_header("Location", "ftp://cdn.example/blob")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    lines: list[str] = []
+    try:
+        fetch(tmp_path / "m", manifest, f"http://127.0.0.1:{server.server_port}", hub, lines=lines)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert_verified(tmp_path / "m", manifest)
+    assert all(hub.body_gets[f.path] == 1 for f in manifest.files)
 
 
 def test_wrong_linked_etag_skips_that_endpoint_for_that_file(hub, mirror, manifest, tmp_path):
@@ -273,6 +337,19 @@ def test_cli_reports_failure_with_exit_code(hub, manifest, tiny_model, tmp_path)
     assert [p.name for p in dest.iterdir() if not p.name.startswith(".")] == []
 
 
+def test_cli_tells_a_local_disk_failure_from_a_remote_one(hub, manifest, tiny_model, tmp_path):
+    """Exit 1 when the folder cannot be written (here its parent is a file), 5 only when the
+    endpoints could not bring it to a verified state."""
+    from verify.commands import EXIT_FAILED
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    run = subprocess.run([BGE_M3, "download"], env=_env(blocker / "m", tiny_model.manifest, hub.url),
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == EXIT_FAILED, run.stderr
+    assert "cannot write there" in run.stderr and not hub.log
+
+
 def test_manifest_from_hub_matches_the_files(hub, manifest, tiny_model, tmp_path):
     env = _env(tmp_path / "unused", tiny_model.manifest, hub.url)
     env.pop("TRANSFORMERS_OFFLINE", None)  # huggingface_hub reads it as HF_HUB_OFFLINE too
@@ -313,6 +390,7 @@ def test_a_subfolder_symlinked_out_of_the_model_is_never_written(tmp_path):
     hub, nested = _nested_hub(tmp_path)
     outside = tmp_path / "outside"
     outside.mkdir()
+    (outside / "config.json").write_text("someone else's file")  # a wrong file, to the manifest
     dest = tmp_path / "m"
     dest.mkdir()
     os.symlink(outside, dest / "1_Pooling")
@@ -321,7 +399,9 @@ def test_a_subfolder_symlinked_out_of_the_model_is_never_written(tmp_path):
             fetch(dest, nested, hub)
     finally:
         hub.stop()
-    assert list(outside.iterdir()) == []
+    # Neither deleted as a bad file nor overwritten: it is outside the model folder.
+    assert [p.name for p in outside.iterdir()] == ["config.json"]
+    assert (outside / "config.json").read_text() == "someone else's file"
     assert hub.body_gets["1_Pooling/config.json"] == 0
     assert file_sha256(dest / "weights.bin") == nested.entry("weights.bin").sha256
 

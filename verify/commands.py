@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from bge_m3.settings import Settings
-from verify.errors import DownloadError, ManifestError, VerifyError
+from verify.errors import DownloadError, LocalDiskError, ManifestError, VerifyError
 from verify.manifest import build_manifest, dump_manifest, load_manifest
 from verify.verifier import MISSING, Report, verify_folder
 
@@ -101,7 +101,8 @@ def download_main(argv: list[str]) -> int:
         report = ensure_model(settings.model_dir, manifest, settings.endpoints,
                               token=settings.hf_token, log=log)
     except (DownloadError, OSError) as exc:
-        return _failed("download", exc, EXIT_DOWNLOAD if isinstance(exc, DownloadError) else EXIT_FAILED)
+        remote = isinstance(exc, DownloadError) and not isinstance(exc, LocalDiskError)
+        return _failed("download", exc, EXIT_DOWNLOAD if remote else EXIT_FAILED)
     print(f"verified {len(report.files)} files of {manifest.repo_id}@{manifest.revision} "
           f"in {settings.model_dir} (manifest {report.manifest_digest[:12]})")
     return EXIT_OK

@@ -18,7 +18,8 @@ from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from verify.endpoint import Endpoint, RemoteMeta
-from verify.errors import BadContentError, DownloadError, EndpointError, TransientError
+from verify.errors import (BadContentError, DownloadError, EndpointError, LocalDiskError,
+                           TransientError)
 from verify.manifest import FileEntry, Manifest
 from verify.retry import RetryPolicy
 from verify.transfer import fetch
@@ -50,9 +51,10 @@ class _Run:
     def fetch_entry(self, entry: FileEntry) -> str | None:
         """Fetch one file, endpoint after endpoint; None on success, else what each endpoint did."""
         final = self.folder / entry.path
+        if not _inside(self.folder, final.parent):  # before mkdir: it would follow the link too
+            return "its folder leads outside the model folder (symlink); refusing to write there"
         final.parent.mkdir(parents=True, exist_ok=True)
-        root, parent = Path(os.path.realpath(self.folder)), Path(os.path.realpath(final.parent))
-        if parent != root and root not in parent.parents:
+        if not _inside(self.folder, final.parent):  # a link raced in while the folders were made
             return "its folder leads outside the model folder (symlink); refusing to write there"
         notes = []
         for endpoint in self.endpoints:
@@ -112,9 +114,18 @@ class _Run:
                     time.sleep(wait)
 
 
+def _inside(folder: Path, path: Path) -> bool:
+    """Whether ``path``, links resolved, is ``folder`` or inside it."""
+    root, target = Path(os.path.realpath(folder)), Path(os.path.realpath(path))
+    return target == root or root in target.parents
+
+
 def _clear_bad(folder: Path, result: FileResult) -> None:
-    """Remove a wrong or unsafe final file (or link) so nothing loads it meanwhile."""
+    """Remove a wrong or unsafe final file (or link) so nothing loads it meanwhile; never one
+    that a linked folder puts outside the model folder (``fetch_entry`` then refuses it)."""
     path = folder / result.path
+    if not _inside(folder, path.parent):
+        return
     if path.is_dir() and not path.is_symlink():
         raise DownloadError(f"{path} is a folder where the manifest expects a file; remove it")
     try:
@@ -141,14 +152,15 @@ def ensure_model(model_dir: str | Path, manifest: Manifest, endpoints: Iterable[
         if report.ok:
             log(f"{folder}: not writable ({exc.strerror}); all {len(report.files)} files verified")
             return report
-        raise DownloadError(f"{folder}: cannot write there ({exc}) and "
-                            f"{len(report.failures)} file(s) do not verify") from None
+        raise LocalDiskError(f"{folder}: cannot write there ({exc}) and "
+                             f"{len(report.failures)} file(s) do not verify") from None
     session = requests.Session()
     try:
-        return _ensure_locked(folder, manifest, [Endpoint(e, session, token) for e in endpoints],
+        return _ensure_locked(folder, manifest, [Endpoint(e, session, token if i == 0 else None)
+                                       for i, e in enumerate(endpoints)],
                               policy or RetryPolicy(), log)
-    except OSError as exc:
-        raise DownloadError(f"{folder}: {exc}") from None
+    except OSError as exc:  # network errors end in _try: this is the local disk
+        raise LocalDiskError(f"{folder}: {exc}") from None
     finally:
         session.close()
         lock.release()

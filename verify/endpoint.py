@@ -120,11 +120,16 @@ class Endpoint:
                 resp = self.session.request(method, url, headers=self._headers(url, headers),
                                             allow_redirects=False, stream=True,
                                             timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
+            except requests.ConnectTimeout as exc:  # a Timeout too: no answer at all, unreachable
+                raise TransientError(f"{method} connect timed out: {_short(exc)}",
+                                     connection=True) from None
             except requests.Timeout as exc:
                 raise TransientError(f"{method} timed out: {type(exc).__name__}") from None
             except requests.ConnectionError as exc:
                 raise TransientError(f"{method} connection error: {_short(exc)}",
                                      connection=True) from None
+            except requests.RequestException as exc:  # a bad URL or redirect: try the next endpoint
+                raise EndpointError(f"{method} {type(exc).__name__}: {_short(exc)}") from None
             location = resp.headers.get("Location")
             if not resp.is_redirect or not location:
                 return resp

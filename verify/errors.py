@@ -22,6 +22,10 @@ class DownloadError(VerifyError):
     """Every endpoint failed for a file."""
 
 
+class LocalDiskError(DownloadError):
+    """The model folder itself failed (disk full, permissions), whatever the endpoints did."""
+
+
 class TransientError(VerifyError):
     """One request failed in a way worth retrying: connection error, timeout, 5xx, 429, cut body."""
 

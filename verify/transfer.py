@@ -63,8 +63,14 @@ class Partial:
 
     def write_sidecar(self, endpoint: str, etag: str | None, offset: int, entry: FileEntry) -> None:
         tmp = self.sidecar.with_name(self.sidecar.name + ".tmp")
-        tmp.write_text(json.dumps({"endpoint": endpoint, "etag": etag, "offset": offset,
-                                   "sha256": entry.sha256, "size": entry.size}), encoding="utf-8")
+        data = json.dumps({"endpoint": endpoint, "etag": etag, "offset": offset,
+                           "sha256": entry.sha256, "size": entry.size}).encode()
+        # O_NOFOLLOW, as for the partial file: a link planted there must not redirect the write.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
         os.replace(tmp, self.sidecar)
 
     def remove(self) -> None:
@@ -113,8 +119,8 @@ def fetch(endpoint: Endpoint, repo_id: str, revision: str, entry: FileEntry, fin
         update_from_file(digest, part.path, offset)
     start = offset
     if offset < entry.size or entry.size == 0:
-        offset, digest = _stream(endpoint, repo_id, revision, entry, part, meta, digest, offset,
-                                 on_bytes)
+        start, offset, digest = _stream(endpoint, repo_id, revision, entry, part, meta, digest,
+                                        offset, on_bytes)
     actual = digest.hexdigest()
     if actual != entry.sha256:
         part.remove()
@@ -128,7 +134,9 @@ def fetch(endpoint: Endpoint, repo_id: str, revision: str, entry: FileEntry, fin
 
 
 def _stream(endpoint: Endpoint, repo_id: str, revision: str, entry: FileEntry, part: Partial,
-            meta: RemoteMeta, digest, offset: int, on_bytes) -> tuple[int, object]:
+            meta: RemoteMeta, digest, offset: int, on_bytes) -> tuple[int, int, object]:
+    """Append the body from ``offset``; (the offset it really started at, the end, the digest):
+    a server that ignores Range sends the whole file again."""
     resp = endpoint.get(repo_id, revision, entry.path, offset)
     with resp:
         if resp.status_code == 206:
@@ -176,7 +184,7 @@ def _stream(endpoint: Endpoint, repo_id: str, revision: str, entry: FileEntry, p
     if offset < entry.size:
         raise TransientError(f"GET: body ended at byte {offset} of {entry.size}",
                              progress=offset - start)
-    return offset, digest
+    return start, offset, digest
 
 
 def _write_all(fd: int, data: bytes) -> None:
