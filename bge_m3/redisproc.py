@@ -43,6 +43,24 @@ def ping(url: str) -> str | None:
     return None
 
 
+def eviction_warning(url: str) -> str:
+    """A warning when ``url``'s Redis may evict keys (its ``maxmemory-policy`` is not
+    ``noeviction``): it could drop queued messages and job records. Empty when it cannot, or
+    when CONFIG is not allowed (a managed Redis): nothing is known then."""
+    try:
+        client = redis_client(url, socket_timeout=3, socket_connect_timeout=3)
+        try:
+            policy = client.config_get("maxmemory-policy").get("maxmemory-policy", "")
+        finally:
+            client.close()
+    except Exception:  # noqa: BLE001 - CONFIG refused or renamed: nothing to say
+        return ""
+    if policy in ("", "noeviction"):
+        return ""
+    return (f"; WARNING: its maxmemory-policy is {policy}, so under memory pressure Redis may "
+            "evict queued jobs and results: set it to noeviction")
+
+
 def local_url(port: int) -> str:
     return f"redis://127.0.0.1:{port}/0"
 

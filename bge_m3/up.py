@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bge_m3 import ports
 from bge_m3.accelerator import EnvironmentProblem, detect
-from bge_m3.redisproc import EmbeddedRedis, RedisProblem, local_url, ping
+from bge_m3.redisproc import EmbeddedRedis, RedisProblem, eviction_warning, local_url, ping
 from bge_m3.settings import Settings, env_is_set, redact_url
 from bge_m3.supervisor import API_GRACE, REDIS_GRACE, Supervisor
 from bge_m3.startup import StartProblem, child_command, probe_host, wait_until_ready
@@ -26,8 +26,16 @@ WORKER_GRACE_MARGIN = 30.0
 """Seconds a stopping worker gets beyond BGE_M3_TIME_LIMIT, so a running job can finish."""
 
 
+REDIS_CHECK_INTERVAL = 5.0
+"""Seconds between checks, while serving, that the Redis in use still answers."""
+
+
 class Failed(Exception):
     """A step failed; its message is the status line's reason."""
+
+
+class Interrupted(Failed):
+    """A signal stopped a step (Ctrl-C): not a failure of the machine or the model."""
 
 
 class Up:
@@ -50,6 +58,9 @@ class Up:
     def run_step(self, number: int, name: str, step) -> None:
         try:
             text = step()
+        except Interrupted as exc:
+            self.status(number, name, f"stopped: {exc}")
+            raise
         except (Failed, EnvironmentProblem, RedisProblem, StartProblem, OSError) as exc:
             # OSError: an unwritable log or data folder, an address that cannot be bound.
             self.status(number, name, f"FAILED: {exc}")
@@ -73,7 +84,7 @@ class Up:
                 from verify.download import ensure_model
 
                 report = ensure_model(s.model_dir, manifest, s.endpoints, s.hf_token,
-                                      log=lambda line: print(f"        {line}", flush=True))
+                                      log=lambda line: print(f"      [model] {line}", flush=True))
             else:
                 report = verify_folder(s.model_dir, manifest)
         except VerifyError as exc:
@@ -99,11 +110,12 @@ class Up:
             reason = ping(s.redis_url)
             if reason:
                 raise Failed(f"REDIS_URL {redact_url(s.redis_url)} does not answer: {reason}")
-            return f"using REDIS_URL {redact_url(s.redis_url)}"
+            return f"using REDIS_URL {redact_url(s.redis_url)}{eviction_warning(s.redis_url)}"
         port = s.embedded_redis_port
         if ping(local_url(port)) is None:
             self.redis_url = local_url(port)
-            return f"using the Redis already answering on 127.0.0.1:{port}"
+            return (f"using the Redis already answering on 127.0.0.1:{port} (not started here: "
+                    f"it keeps running after this stops){eviction_warning(self.redis_url)}")
         if not ports.is_free("127.0.0.1", port):
             raise Failed(f"nothing answers Redis on 127.0.0.1:{port} but the port is taken by "
                          f"{ports.owner(port) or 'another process'}; set REDIS_URL or "
@@ -135,7 +147,7 @@ class Up:
         if not wait_until_ready(self.supervisor, self.redis_url, hostnames,
                                 f"http://{probe_host(s.host)}:{s.port}/readyz", self.ready_timeout,
                                 lambda: self.stop_signal is not None):
-            raise Failed(f"interrupted by signal {self.stop_signal} before ready")
+            raise Interrupted(f"{signal.Signals(self.stop_signal).name} before ready")
         plural = "s" if self.workers > 1 else ""
         return (f"{self.workers} worker{plural} and the API ready in "
                 f"{time.monotonic() - started:.1f}s; logs in {s.log_dir}")
@@ -150,12 +162,21 @@ class Up:
         base = f"http://{probe_host(s.host)}:{s.port}"
         print(f"web page: {base}/\nAPI:      {base}/v1  (POST {base}/embed, {base}/v1/embeddings)\n"
               "Press Ctrl-C to stop.", flush=True)
+        next_check, redis_down = time.monotonic() + REDIS_CHECK_INTERVAL, False
         while self.stop_signal is None:
             child = self.supervisor.exited()
             if child is not None:
                 print(f"{child.name} (pid {child.pid}) exited with status {child.proc.returncode}; "
                       f"see {child.log}; stopping", flush=True)
                 return 1
+            if time.monotonic() >= next_check:  # a Redis not started here can go away alone
+                reason = ping(self.redis_url)
+                if (reason is not None) != redis_down:
+                    redis_down = reason is not None
+                    print(f"Redis {redact_url(self.redis_url)} stopped answering ({reason}); jobs wait "
+                          "until it is back" if redis_down else
+                          f"Redis {redact_url(self.redis_url)} answers again", flush=True)
+                next_check = time.monotonic() + REDIS_CHECK_INTERVAL
             time.sleep(0.5)
         return 0
 
@@ -181,8 +202,8 @@ class Up:
         finally:
             if self.supervisor.children:
                 started = True
-                print("stopping: API, worker(s), then Redis (Ctrl-C again kills them now) ...",
-                      flush=True)
+                then = ", then Redis" if self.embedded is not None else ""
+                print(f"stopping: API, worker(s){then} (Ctrl-C again kills them now) ...", flush=True)
                 grace = {"api": API_GRACE, "redis": REDIS_GRACE,
                          "worker": self.settings.time_limit + WORKER_GRACE_MARGIN}
                 at_stop = self.signals

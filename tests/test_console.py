@@ -405,6 +405,45 @@ def test_page_and_assets_are_served_without_a_key_and_nothing_else_is(base_setti
         assert missing.status_code == 404 and missing.is_json, path
 
 
+def test_a_job_with_no_worker_says_so_and_cancel_cancels_it(base_settings, redis_server, open_page):
+    """No worker: the page says why the job waits instead of showing "queued" forever, and
+    Cancel withdraws the job (DELETE) rather than leaving it queued behind the user's back."""
+    redis_server.client(STATUS_DB).flushdb()
+    server = _serve(base_settings.replace(redis_url=redis_server.url(STATUS_DB)))
+    try:
+        page = open_page(server.url)
+        page.fill("#texts", "nobody will embed this")
+        page.click("#run-embed")
+        page.wait_for_function(
+            "() => document.querySelector('#embed-progress').textContent.includes('no worker is ready')")
+        page.click("#cancel-embed")
+        error = page.locator("#embed-error")
+        error.wait_for(state="visible")
+        assert "cancelled" in error.text_content()
+        assert page.is_hidden("#cancel-embed") and page.is_enabled("#run-embed")
+        db = redis_server.client(STATUS_DB)
+        (key,) = list(db.scan_iter("bge-m3:job:*"))
+        assert db.hget(key, "status") == "cancelled"
+    finally:
+        server.close()
+        redis_server.client(STATUS_DB).flushdb()
+
+
+def test_one_text_and_sparse_only_show_honest_facts(served, open_page):
+    """One text: every similarity is 1, which the caption says (no colour scale of one value).
+    Sparse only: no vector width to show. And the page loads without a single failed request."""
+    failed = []
+    page = open_page(served.url)
+    page.on("response", lambda r: failed.append((r.status, r.url)) if r.status >= 400 else None)
+    page.reload()
+    job_id = run_embed(page, ["only one text"], "dense")
+    assert "every value 1.000" in page.text_content("#heat-caption")
+    assert page.text_content("#f-dim") == str(served.job(job_id)["result"]["dimension"])
+    run_embed(page, ["only one text", "and a second"], "sparse")
+    assert page.text_content("#f-dim") == "—"
+    assert failed == []
+
+
 def test_a_large_batch_draws_a_bounded_heatmap(served, open_page):
     texts = [f"text number {i} about topic {i % 7}" for i in range(45)]
     page = open_page(served.url)

@@ -160,7 +160,7 @@ def test_million_character_text_truncated_or_refused(stack):
         job = http_.post("/v1/jobs", json={"texts": ["short", text], "truncate": False}).json()
         done = http_.get(f"/v1/jobs/{job['id']}", params={"wait": 30}).json()
         assert done["status"] == "failed" and done["error"]["code"] == "too_long"
-        assert "text 1" in done["error"]["message"] and done.get("result") is None
+        assert "texts[1]" in done["error"]["message"] and done.get("result") is None
 
 
 def test_schema_edge_cases_found_by_schemathesis(stack):

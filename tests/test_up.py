@@ -270,22 +270,32 @@ def test_sigterm_stops_the_stack_but_not_a_redis_it_did_not_start(up_env, runs, 
     redis_port = int(up_env["BGE_M3_EMBEDDED_REDIS_PORT"])
     folder = tmp_path / "own-redis"
     folder.mkdir()
-    own = subprocess.Popen([shutil.which("redis-server") or "/usr/bin/redis-server", "--bind",
-                            "127.0.0.1", "--port", str(redis_port), "--save", "", "--dir",
-                            str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # A Redis that may evict keys could drop queued jobs: up warns about the one it adopts.
+    argv = [shutil.which("redis-server") or "/usr/bin/redis-server", "--bind", "127.0.0.1", "--port",
+            str(redis_port), "--save", "", "--dir", str(folder), "--maxmemory-policy", "allkeys-lru"]
+    own = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         client = redis_client(f"redis://127.0.0.1:{redis_port}/0")
         wait_for(lambda: _answers(client), 10, what="own redis-server")
         run = runs(up_env)
         run.wait_line(r"^web page: ", START_TIMEOUT)
         assert re.search(rf"^\[4/5\] redis +using the Redis already answering on "
-                         rf"127\.0\.0\.1:{redis_port}", run.output, re.M), run.output
+                         rf"127\.0\.0\.1:{redis_port} \(not started here.*WARNING: its "
+                         r"maxmemory-policy is allkeys-lru", run.output, re.M), run.output
         listed = run.wait_line(r"pids: ([^;]+);", 1).group(1)
         assert "redis=" not in listed
         tree = descendants(run.proc.pid)
         assert own.pid not in tree
+        # It is not up's child, so nothing else would tell: up says when it goes and comes back.
+        own.terminate()
+        own.wait(10)
+        run.wait_line(r"^Redis redis://127\.0\.0\.1:\d+/0 stopped answering", 20)
+        own = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: _answers(client), 10, what="own redis-server again")
+        run.wait_line(r"^Redis redis://127\.0\.0\.1:\d+/0 answers again", 20)
         os.kill(run.proc.pid, signal.SIGTERM)
         assert run.finish() == 0, run.output
+        assert "then Redis" not in run.output  # it stops only what it started
         assert not [pid for pid in tree if alive(pid)]
         assert own.poll() is None and client.ping(), "a Redis up did not start must keep running"
         assert not list(client.scan_iter(match="bge-m3:worker:*")), "workers withdraw on stop"

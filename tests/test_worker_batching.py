@@ -91,12 +91,12 @@ def test_bad_input_fails_only_its_own_job(served):
     bad_job = queue.wait(bad)
     assert bad_job.status == "failed"
     assert bad_job.error["code"] == "too_long"
-    assert "text 1" in bad_job.error["message"] and "256" in bad_job.error["message"]
+    assert "texts[1]" in bad_job.error["message"] and "256" in bad_job.error["message"]
     for job_id in good:
         job = queue.wait(job_id)
         assert job.status == "succeeded", job.error
         assert [item["tokens"] for item in queue.store.result(job_id)["items"]][1] == 256
-    for job_id, fragment in ((wrong_type, "text 1 is not a string"), (empty, "non-empty")):
+    for job_id, fragment in ((wrong_type, "texts[1] is not a string"), (empty, "non-empty")):
         job = queue.wait(job_id)
         assert job.status == "failed" and job.error["code"] == "invalid_request"
         assert fragment in job.error["message"]

@@ -124,7 +124,7 @@ def test_truncation_keeps_head_and_eos():
 
 
 @pytest.mark.parametrize("params, fragment", [
-    ({"texts": []}, "non-empty"), ({"texts": "abc"}, "non-empty"), ({"texts": ["a", None]}, "text 1"),
+    ({"texts": []}, "non-empty"), ({"texts": "abc"}, "non-empty"), ({"texts": ["a", None]}, "texts[1]"),
     ({"texts": ["a"] * 6}, "more than the limit"), ({"texts": ["a"], "modes": ["dense", "x"]}, "modes"),
     ({"texts": ["a"], "max_length": 9000}, "max_length"), ({"texts": ["a"], "truncate": "no"}, "truncate"),
 ])

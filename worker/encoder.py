@@ -25,7 +25,7 @@ class TooLong(ValueError):
     """A text exceeds max_length and the job asked not to truncate."""
 
     def __init__(self, index: int, tokens: int, max_length: int):
-        super().__init__(f"text {index} has {tokens} tokens, more than max_length {max_length} "
+        super().__init__(f"texts[{index}] has {tokens} tokens, more than max_length {max_length} "
                          "(send truncate=true to cut it)")
         self.index, self.tokens = index, tokens
 

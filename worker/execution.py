@@ -45,7 +45,7 @@ def parse_params(params: Any, max_texts: int, max_length: int) -> tuple[list[str
         raise InvalidJob(f"{len(texts)} texts is more than the limit of {max_texts}")
     for i, text in enumerate(texts):
         if not isinstance(text, str):
-            raise InvalidJob(f"text {i} is not a string")
+            raise InvalidJob(f"texts[{i}] is not a string")
     modes = params.get("modes") or ["dense"]
     if not isinstance(modes, list) or not set(modes) <= set(MODES) or not modes:
         raise InvalidJob(f"modes must be a non-empty subset of {list(MODES)}")
@@ -164,8 +164,9 @@ def _run(rt: Runtime, job_id: str, claimed: Claim, arrival: Arrival) -> str:
                       "again", stats=stats)
         log.error("Job %s failed: its staged result lacks chunks", job_id)
         return "failed"
-    log.info("Job %s: %d texts, %s tokens, %d forward passes, %.0f ms", job_id, len(texts),
-             f"{tokens:,}", len(trace.passes), stats["total_ms"])
+    log.info("Job %s: %d texts, %s tokens, %d forward passes, total %.0f ms (queue %.0f, compute %.0f)",
+             job_id, len(texts), f"{tokens:,}", len(trace.passes), stats["total_ms"], stats["queue_ms"],
+             stats["compute_ms"])
     return "succeeded" if outcome == "ok" else outcome
 
 
@@ -182,7 +183,7 @@ def _collect(rt: Runtime, rows: list[list[int]], futures: list, result: ItemsRes
             i = index[future]
             exc = future.exception()
             if exc is not None:
-                return "encode_failed", f"text {i} could not be encoded: {exc}"
+                return "encode_failed", f"texts[{i}] could not be encoded: {exc}"
             t0 = time.perf_counter()
             row = future.result()
             result.add(i, rt.encoder.item_json(rows[i], row))

@@ -54,7 +54,7 @@ export function plainError(status, data, raw, headers) {
   }
 }
 
-export async function call(method, path, body) {
+export async function call(method, path, body, signal) {
   const headers = { Accept: "application/json" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const key = apiKey();
@@ -62,10 +62,11 @@ export async function call(method, path, body) {
   let res;
   try {
     res = await fetch(path, {
-      method, headers, cache: "no-store",
+      method, headers, cache: "no-store", signal,
       body: body === undefined ? undefined : JSON.stringify(body),
     });
   } catch (e) {
+    if (signal && signal.aborted) throw new ApiError("stopped", 0, "aborted");
     throw new ApiError("cannot reach the API: the server is down or the network failed", 0, "network");
   }
   const raw = await res.text();
@@ -78,15 +79,50 @@ export async function call(method, path, body) {
   return { status: res.status, data, raw, headers: res.headers };
 }
 
-/** Submit a job and long-poll it to a terminal state; onStatus sees each intermediate status. */
-export async function runJob(body, onStatus = () => {}) {
-  const { data: created } = await call("POST", "/v1/jobs", body);
+/** Whether some verified worker is ready (GET /readyz); null when that cannot be told. */
+async function workerReady() {
+  try {
+    const res = await fetch("/readyz", { cache: "no-store" });
+    return res.ok;
+  } catch (e) {
+    return null;
+  }
+}
+
+/** A queued job with no worker would wait silently for as long as none comes: say so. */
+async function queuedNote(job) {
+  if ((job.status || "queued") !== "queued" || (await workerReady()) !== false) return "";
+  return "no worker is ready; it waits until one starts (Cancel to stop)";
+}
+
+/** Stop waiting for a job: cancel it while it is queued, else leave it running and say where. */
+async function stopJob(self, id) {
+  try {
+    await call("DELETE", self);
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 409) {
+      throw new ApiError(`stopped waiting; the job had already started and goes on: GET ${self}`, 0, "aborted");
+    }
+    throw e;
+  }
+  throw new ApiError(`the job was cancelled (${id})`, 0, "cancelled");
+}
+
+/** Submit a job and long-poll it to a terminal state; onStatus sees each intermediate status
+ * (and a note when it waits with no worker ready). Aborting ``signal`` cancels the job. */
+export async function runJob(body, onStatus = () => {}, signal = undefined) {
+  const { data: created } = await call("POST", "/v1/jobs", body, signal);
   const self = (created.links && created.links.self) || `/v1/jobs/${encodeURIComponent(created.id)}`;
   let job = created;
-  onStatus(job.status || "queued");
+  onStatus(job.status || "queued", await queuedNote(job));
   while (!TERMINAL.has(job.status)) {
-    ({ data: job } = await call("GET", `${self}?wait=${WAIT_SECONDS}`));
-    onStatus(job.status);
+    try {
+      ({ data: job } = await call("GET", `${self}?wait=${WAIT_SECONDS}`, undefined, signal));
+    } catch (e) {
+      if (signal && signal.aborted) await stopJob(self, created.id);
+      throw e;
+    }
+    onStatus(job.status, await queuedNote(job));
   }
   if (job.status === "failed") {
     const err = job.error || {};

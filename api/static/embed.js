@@ -79,13 +79,13 @@ function renderHeatmap(kind) {
   const flat = values.flat();
   // Scale colours to this matrix's own range, so small differences between texts stay visible.
   const lo = Math.min(...flat), hi = Math.max(...flat);
-  const span = hi - lo || 1;
+  const span = hi - lo;
   const head = el("tr", {}, el("th", { class: "corner", text: "" }),
     ...state.texts.slice(0, n).map((t, j) => el("th", { scope: "col", title: t, text: `${j + 1}` })));
   const rows = values.map((row, i) => el("tr", {},
     el("th", { scope: "row", title: state.texts[i], text: `${i + 1}. ${short(state.texts[i], 24)}` }),
     ...row.map((v, j) => {
-      const t = (v - lo) / span;
+      const t = span ? (v - lo) / span : 0.5; // one value throughout: a middle shade
       const cell = el("td", {
         class: "cell", "data-row": String(i), "data-col": String(j), "data-value": String(v),
         title: `${state.texts[i]} ↔ ${state.texts[j]}: ${v}`, text: v.toFixed(3),
@@ -97,7 +97,8 @@ function renderHeatmap(kind) {
   table.replaceChildren(el("thead", {}, head), el("tbody", {}, ...rows));
   table.dataset.kind = kind;
   const cut = state.texts.length > n ? `; first ${n} of ${state.texts.length} texts` : "";
-  $("#heat-caption").textContent = `${KINDS[kind].caption}; colour from ${lo.toFixed(3)} (light) to ${hi.toFixed(3)} (dark)${cut}`;
+  const scale = span ? `colour from ${lo.toFixed(3)} (light) to ${hi.toFixed(3)} (dark)` : `every value ${lo.toFixed(3)}`;
+  $("#heat-caption").textContent = `${KINDS[kind].caption}; ${scale}${cut}`;
   for (const b of document.querySelectorAll("#heat-tabs button")) {
     b.setAttribute("aria-selected", String(b.dataset.kind === kind));
   }
@@ -155,9 +156,9 @@ function totalTokens(job) {
 
 function renderFacts(job, dense, colbert) {
   const { queue, compute, total } = latency(job);
-  const given = job.result && typeof job.result.dimension === "number" ? job.result.dimension : null;
-  const dim = dense.every(Boolean) && dense.length ? dense[0].length : given != null ? given
-    : colbert.every(Boolean) && colbert[0].length ? colbert[0][0].length : null;
+  // The vectors' own width; a sparse-only job has none (its weights are per vocabulary id).
+  const dim = dense.every(Boolean) && dense.length ? dense[0].length
+    : colbert.every(Boolean) && colbert.length && colbert[0].length ? colbert[0][0].length : null;
   const tokens = totalTokens(job);
   $("#f-texts").textContent = String(state.texts.length);
   $("#f-dim").textContent = dim == null ? "—" : String(dim);
@@ -182,12 +183,19 @@ async function submit(event) {
   if (!texts.length) { showError(error, "type at least one text, one per line"); return; }
   const mode = document.querySelector('input[name="mode"]:checked').value;
   const modes = mode === "all" ? ["dense", "sparse", "colbert"] : [mode];
-  const body = { texts, modes, truncate: $("#truncate").checked, encoding: "float" };
+  // The default encoding: dense as numbers, ColBERT as base64 float16 (a sixth of float JSON).
+  const body = { texts, modes, truncate: $("#truncate").checked };
   const maxLength = parseInt($("#max-length").value, 10);
   if (!Number.isNaN(maxLength)) body.max_length = maxLength;
   button.disabled = true;
+  const controller = new AbortController();
+  const cancel = $("#cancel-embed");
+  const onCancel = () => controller.abort();
+  cancel.addEventListener("click", onCancel);
+  cancel.hidden = false;
   try {
-    const job = await runJob(body, (s) => showProgress(progress, `job ${s}…`));
+    const job = await runJob(body, (s, note) => showProgress(progress, `job ${s}…${note ? ` ${note}` : ""}`),
+      controller.signal);
     const items = perText(job.result);
     if (items.length !== texts.length) throw new ApiError(`the API returned ${items.length} results for ${texts.length} texts`);
     const { out, dense, sparse, colbert } = computeMatrices(items);
@@ -202,6 +210,8 @@ async function submit(event) {
     showError(error, e instanceof ApiError ? e.message : `something went wrong in the page: ${e.message}`);
   } finally {
     showProgress(progress, "");
+    cancel.removeEventListener("click", onCancel);
+    cancel.hidden = true;
     button.disabled = false;
   }
 }
