@@ -17,10 +17,6 @@ RUN groupadd --system --gid 10001 bge \
  && chown -R bge:bge /models /data /logs
 WORKDIR /app
 COPY pyproject.toml constraints.txt README.md ./
-COPY bge_m3 ./bge_m3
-COPY verify ./verify
-COPY api ./api
-COPY worker ./worker
 ENV BGE_M3_HOST=0.0.0.0 \
     BGE_M3_PORT=7860 \
     BGE_M3_MODEL_DIR=/models/bge-m3 \
@@ -29,6 +25,10 @@ ENV BGE_M3_HOST=0.0.0.0 \
     HOME=/home/bge
 
 FROM base AS api
+COPY bge_m3 ./bge_m3
+COPY verify ./verify
+COPY api ./api
+COPY worker ./worker
 # The API-only install: the base dependencies, no torch, transformers or FlagEmbedding.
 RUN pip install -c constraints.txt ".[api]" \
  && python -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) for m in ('torch', 'transformers')))"
@@ -39,8 +39,15 @@ CMD ["bge-m3", "api"]
 FROM base AS worker
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://pypi.org/simple
-# torch first, from the chosen index, so the project install does not pick another build.
-RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
- && pip install -c constraints.txt ".[worker]"
+# torch first, from the chosen index, so the project install does not pick another build; and
+# before the sources, so that a code change does not download it again.
+RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+COPY bge_m3 ./bge_m3
+COPY verify ./verify
+COPY api ./api
+COPY worker ./worker
+# The constraints without their torch pin: the one installed above (TORCH_VERSION) stays.
+RUN grep -v '^torch==' constraints.txt > /tmp/constraints.txt \
+ && pip install -c /tmp/constraints.txt ".[worker]"
 USER bge
 CMD ["bge-m3", "worker"]

@@ -176,3 +176,27 @@ def test_dockerfile_targets_run_as_non_root_with_exec_form_cmd():
     assert api_installs and all("torch" not in part for part in api_installs)
     assert any('".[api]"' in part for part in api_installs)
     assert "torch==" in stages["worker"] and '".[worker]"' in stages["worker"]
+
+
+def test_every_setting_reaches_the_service_that_reads_it(config):
+    """Settings compose never passed were silently ignored in .env; the limits both sides judge a
+    job by (the API validates, the worker checks again) must be the same in both."""
+    from bge_m3.settings import ENV_VARS
+
+    api = set(config["services"]["api"]["environment"])
+    worker = set(config["services"]["worker"]["environment"])
+    # Set by the image (folders), or for bare machines and tests only.
+    elsewhere = {"BGE_M3_LOG_DIR", "BGE_M3_DATA_DIR", "BGE_M3_EMBEDDED_REDIS_PORT",
+                 "BGE_M3_TEST_FAULTS", "BGE_M3_TEST_LOAD_DELAY"}
+    assert set(ENV_VARS.values()) - elsewhere <= api | worker, set(ENV_VARS.values()) - api - worker
+    shared = {"REDIS_URL", "BGE_M3_MAX_LENGTH", "BGE_M3_MAX_TEXTS", "BGE_M3_TIME_LIMIT",
+              "BGE_M3_VISIBILITY_TIMEOUT", "BGE_M3_RESULT_TTL"}
+    assert shared <= api & worker
+
+
+def test_worker_image_installs_torch_before_the_sources():
+    """A code change must not download torch again; nor may the constraints' torch pin replace
+    the build chosen by TORCH_INDEX_URL."""
+    worker = _stages((ROOT / "Dockerfile").read_text())["worker"]
+    assert worker.index("torch==${TORCH_VERSION}") < worker.index("COPY bge_m3")
+    assert "grep -v '^torch=='" in worker
