@@ -43,10 +43,12 @@ class ApiError(Exception):
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None,
                    extra: dict[str, Any] | None = None) -> Response:
     body: dict[str, Any] = {"code": code, "message": message}
+    extra = dict(extra or {})
+    param = extra.pop("param", None)  # the request field at fault: OpenAI's shape names it
     if request.path.rstrip("/") in OPENAI_PATHS:  # strict_slashes=False serves both
         body["type"] = OPENAI_TYPES.get(status, "server_error")
-        body["param"] = None
-    body.update(extra or {})
+        body["param"] = param
+    body.update(extra)
     response = jsonify({"error": body})
     response.status_code = status
     for name, value in (headers or {}).items():

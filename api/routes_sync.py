@@ -84,7 +84,8 @@ def embeddings():
     dims = {w.get("dimension") for w in workers}
     if dimensions is not None and dimensions not in dims:
         raise ApiError(400, "dimensions_unsupported",
-                       f"dimensions={dimensions} is not supported; this model returns {sorted(dims)}")
+                       f"dimensions={dimensions} is not supported; this model returns {sorted(dims)}",
+                       extra={"param": "dimensions"})
     params["encoding"] = encoding
     job, result = run(params, workers)
     data = [{"object": "embedding", "index": i, "embedding": item_out(item, params)["dense"]}

@@ -79,8 +79,9 @@ def json_body() -> dict[str, Any]:
     return body
 
 
-def bad(message: str) -> ApiError:
-    return ApiError(400, "invalid_request", message)
+def bad(message: str, param: str | None = None) -> ApiError:
+    """A 400; ``param`` names the field at fault (shown in OpenAI's error shape)."""
+    return ApiError(400, "invalid_request", message, extra={"param": param} if param else None)
 
 
 def reject_unknown(body: dict[str, Any], allowed: frozenset[str]) -> None:
@@ -91,20 +92,20 @@ def reject_unknown(body: dict[str, Any], allowed: frozenset[str]) -> None:
 
 def check_text(value: Any, where: str) -> str:
     if not isinstance(value, str):
-        raise bad(f"{where} must be a string")
+        raise bad(f"{where} must be a string", where.split("[")[0])
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise bad(f"{where} contains a lone surrogate (not valid Unicode)") from None
+        raise bad(f"{where} contains a lone surrogate (not valid Unicode)", where.split("[")[0]) from None
     return value
 
 
 def texts_field(body: dict[str, Any], name: str, settings: Settings) -> list[str]:
     texts = body.get(name)
     if not isinstance(texts, list):
-        raise bad(f"{name} must be a list of strings")
+        raise bad(f"{name} must be a list of strings", name)
     if not texts:
-        raise bad(f"{name} must not be empty")
+        raise bad(f"{name} must not be empty", name)
     if len(texts) > settings.max_texts:
         raise ApiError(413, "too_many_texts",
                        f"{len(texts)} texts; at most {settings.max_texts} (BGE_M3_MAX_TEXTS)")
@@ -178,24 +179,24 @@ def embeddings_request(body: dict[str, Any],
     elif isinstance(raw, list) and raw and all(isinstance(t, str) for t in raw):
         texts = texts_field(body, "input", settings)
     elif isinstance(raw, list) and raw:
-        raise bad("input must be a string or a list of strings (token arrays are not supported)")
+        raise bad("input must be a string or a list of strings (token arrays are not supported)", "input")
     else:  # "" is one empty text, which is valid; [] is no text at all
-        raise bad("input must be a string or a non-empty list of strings")
+        raise bad("input must be a string or a non-empty list of strings", "input")
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        raise bad("model must be a string, e.g. \"bge-m3\"")
+        raise bad("model must be a string, e.g. \"bge-m3\"", "model")
     check_text(model, "model")
     encoding = body.get("encoding_format")
     if encoding is None:  # OpenAI clients may send null: the default
         encoding = "float"
     if encoding not in ENCODINGS:
-        raise bad("encoding_format must be float or base64")
+        raise bad("encoding_format must be float or base64", "encoding_format")
     dimensions = body.get("dimensions")
     if isinstance(dimensions, float) and dimensions.is_integer():
         dimensions = int(dimensions)
     if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int)
                                    or dimensions < 1):
-        raise bad("dimensions must be a positive integer")
+        raise bad("dimensions must be a positive integer", "dimensions")
     return model, encoding, dimensions, params(texts, ["dense"], settings.max_length, True, "float")
 
 
