@@ -108,7 +108,7 @@ class WorkerProcess:
 
 
 SUITE_DBS = {"faults": 5, "load": 6, "fuzz": 7, "security": 8, "faults-api": 9,
-             "parity": 10, "gate": 11, "batching": 12, "kill": 13, "gpu": 14}
+             "parity": 10, "gate": 11, "batching": 12, "kill": 13, "gpu": 14, "console": 15}
 """Private Redis databases of suites that run their own workers (0 is the shared live worker's,
 1 the flushed unit-test database, 2-4 the API tests')."""
 

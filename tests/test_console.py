@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from werkzeug.serving import make_server
 
+from tests.support import SUITE_DBS
+
 
 CHROMIUM = Path("/usr/bin/chromium")
 """Debian's chromium; Playwright's own browser download cannot work offline."""
@@ -27,8 +29,9 @@ LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backgro
 UI_TIMEOUT_MS = 60_000
 """Bounds one wait for the page (a job on the tiny model takes well under a second)."""
 
-STATUS_DB = 11
-"""Redis database of the stop-the-worker test, so no other test's worker is seen as ready."""
+STATUS_DB = SUITE_DBS["console"]
+"""Redis database of the tests that need no worker or their own, so no other suite's worker is
+seen as ready."""
 
 THREE_TEXTS = ["今天天气真好", "阳光明媚", "The stock market fell sharply today"]
 

@@ -11,7 +11,7 @@ import redis
 from bge_m3.events import JobEvents
 from bge_m3.jobs import JobStore
 from bge_m3.records import events_key
-from tests.support import RedisServer
+from tests.support import RedisServer, wait_for
 
 
 def _store(server: RedisServer) -> tuple[JobStore, JobEvents]:
@@ -48,7 +48,8 @@ def test_a_finish_published_while_the_subscription_is_down_is_not_missed(tmp_pat
         outcome: dict = {}
         waiter = threading.Thread(target=lambda: outcome.update(job=store.wait(job.id, 30)))
         waiter.start()
-        time.sleep(0.3)
+        # The waiter must be watching before the kill, or the test would not exercise the gap.
+        wait_for(lambda: job.id in events._watchers, 10, what="the waiter watching its job")
         server.kill()
         server.start()
         JobStore(server.client(0), ttl=60).fail(job.id, "x", "finished during the gap")

@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from redis.exceptions import ConnectionError as RedisDown
 
 from bge_m3.queue import redis_client
 from tests.support import BGE_M3, free_port, wait_for
@@ -189,7 +190,7 @@ def test_up_serves_the_seed_request_and_sigint_stops_every_process(up_env, runs,
     assert run.lines[-1] == "stopped"
     still = sorted(pid for pid in tree if alive(pid))
     assert not still, f"orphans after SIGINT: {still}"
-    with pytest.raises(Exception):
+    with pytest.raises(RedisDown):
         redis_client(f"redis://127.0.0.1:{redis_port}/0", socket_connect_timeout=1).ping()
     assert healthcheck(up_env, f"http://127.0.0.1:{port}/healthz") == 1
     aof = tmp_path / "data" / "redis" / "appendonlydir"
@@ -203,8 +204,8 @@ def _nothing_started(run: UpRun, env: dict[str, str], tmp_path: Path) -> None:
     assert not re.search(r"^\[[45]/5\]", run.output, re.M), run.output
     assert not (tmp_path / "logs").exists(), "a log means a child process was started"
     assert not (tmp_path / "data").exists()
-    with pytest.raises(Exception):
-        port = env["BGE_M3_EMBEDDED_REDIS_PORT"]
+    port = env["BGE_M3_EMBEDDED_REDIS_PORT"]
+    with pytest.raises(RedisDown):
         redis_client(f"redis://127.0.0.1:{port}/0", socket_connect_timeout=1).ping()
 
 

@@ -113,3 +113,22 @@ def test_celery_cli_runs_the_same_gate(tiny_model, base_settings, redis_server, 
     assert queue.store.get(job_id).status == "queued"
     assert queue.redis.llen(QUEUE_NAME) == 1
     queue.close()
+
+
+def test_a_forking_pool_is_refused_before_the_model_loads(base_settings, redis_server):
+    """prefork would fork the process that owns the batcher thread and (on a GPU) CUDA: the
+    worker exits 5 before loading anything, and a queued job stays queued. ``processes`` is
+    prefork's other name: Celery's CLI reads a literal ``--pool prefork`` as "the default" and
+    runs the configured threads pool instead, so that spelling cannot fork anyway."""
+    settings = settings_on_db(base_settings, redis_server, "gate")
+    queue = Queue(settings)
+    job_id = queue.submit(["queued before a prefork worker"])
+    hostname = f"prefork-{uuid.uuid4().hex[:8]}@localhost"
+    proc = subprocess.run([str(BIN / "celery"), "-A", "worker", "worker", "--hostname", hostname,
+                           "--pool", "processes", "--loglevel", "INFO"], env=worker_env(settings),
+                          capture_output=True, text=True, timeout=90, cwd=ROOT)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 5, output[-3000:]
+    assert "would fork the model" in output and "Model loaded" not in output
+    assert queue.store.get(job_id).status == "queued" and queue.redis.llen(QUEUE_NAME) == 1
+    queue.close()

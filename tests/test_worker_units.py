@@ -6,6 +6,7 @@ these tests are about scheduling and isolation, which the real-model tests canno
 from __future__ import annotations
 
 import json
+import re
 import threading
 
 import pytest
@@ -129,7 +130,7 @@ def test_truncation_keeps_head_and_eos():
     ({"texts": ["a"], "max_length": 9000}, "max_length"), ({"texts": ["a"], "truncate": "no"}, "truncate"),
 ])
 def test_invalid_params_are_rejected(params, fragment):
-    with pytest.raises(InvalidJob, match=fragment):
+    with pytest.raises(InvalidJob, match=re.escape(fragment)):
         parse_params(params, max_texts=5, max_length=8192)
 
 
@@ -160,19 +161,18 @@ def test_failing_text_fails_alone_and_jobs_share_passes():
     batcher = Batcher(forward, max_batch_tokens=1000, wait_ms=50)
     batcher.start()
     try:
-        forward.gate.clear()  # hold the first pass so every job below queues behind it
-        warm = batcher.submit([[1]], frozenset({"dense"}))
         good_trace, bad_trace = JobTrace(), JobTrace()
-        good = batcher.submit([[1, 2, 3], [4, 5]], frozenset({"dense"}), good_trace)
-        bad = batcher.submit([[-1, 9], [7, 7, 7, 7]], frozenset({"sparse"}), bad_trace)
-        forward.gate.set()
-        assert warm[0].result(10) == 1
+        # An announced arrival keeps both jobs off the inline path: they queue for one window.
+        with batcher.arriving():
+            good = batcher.submit([[1, 2, 3], [4, 5]], frozenset({"dense"}), good_trace)
+            bad = batcher.submit([[-1, 9], [7, 7, 7, 7]], frozenset({"sparse"}), bad_trace)
         assert [f.result(10) for f in good] == [3, 2]
         assert bad[1].result(10) == 4
         with pytest.raises(RuntimeError, match="poisoned"):
             bad[0].result(10)
-        assert good_trace.passes and bad_trace.passes
-        assert len(forward.batches) < 1 + 4 + 4  # shared passes, plus the halving retries
+        # One pass of all four texts failed; its halves ran again; the half without the
+        # poisoned row holds texts of both jobs, which is the sharing.
+        assert forward.batches[0] == 4 and good_trace.passes & bad_trace.passes
     finally:
         batcher.stop()
 
@@ -242,6 +242,36 @@ def test_a_sticky_device_error_is_not_retried_in_halves():
             with pytest.raises(RuntimeError, match="device-side assert"):
                 future.result(10)
         assert calls == [4] and len(failed) == 1  # one pass, one report, no halving retries
+    finally:
+        batcher.stop()
+
+
+def test_a_small_job_behind_a_big_one_waits_one_window_at_most():
+    """Jobs take turns in a window: a 1-text job submitted while a 100-text job's first window
+    runs goes in the next window, not after every text of the big job (plain FIFO: 10 passes)."""
+    import time
+
+    from worker.batcher import WINDOW_BATCHES
+
+    gate, order = threading.Event(), []
+
+    def forward(rows, wants):
+        gate.wait(10)
+        order.append([r[0] for r in rows])
+        return [len(r) for r in rows]
+
+    batcher = Batcher(forward, max_batch_tokens=100, wait_ms=0)
+    batcher.start()
+    try:
+        with batcher.arriving():  # queued, not inline
+            big = batcher.submit([[1] * 10 for _ in range(100)], frozenset({"dense"}))
+        time.sleep(0.2)  # the first window is taken and held at the gate meanwhile
+        small = batcher.submit([[2] * 10], frozenset({"dense"}))
+        gate.set()
+        assert small[0].result(10) == 10 and all(f.result(10) == 10 for f in big)
+        before = next(i for i, texts in enumerate(order) if 2 in texts)
+        assert before <= WINDOW_BATCHES, order  # the window already taken, then the small job
+        assert len(order) == 11
     finally:
         batcher.stop()
 

@@ -1,9 +1,10 @@
 """Token-budget batching across jobs: one thread owns the model, task threads submit texts.
 
-In the style of TEI's queue: texts wait in one FIFO; the batcher lingers up to
-``batch_wait_ms`` for company, takes a window from the head (at most
-``WINDOW_BATCHES`` budgets of tokens, so a 10,000-text job cannot starve a
-1-text job behind it for more than one window), sorts the window by length and
+In the style of TEI's queue, with fairness across jobs: each job's texts wait in a FIFO of
+their own, the jobs in arrival order; the batcher lingers up to ``batch_wait_ms`` for company,
+takes a window from the jobs in turn, one text each (at most ``WINDOW_BATCHES`` budgets of
+tokens, so a 10,000-text job cannot keep a 1-text job behind it waiting for more than one
+window), sorts the window by length and
 cuts it into batches whose *padded* size (rows x longest row) stays within
 ``max_batch_tokens``. Each batch is one forward pass. A failing batch is split
 in halves and retried, so only the text that fails gets the exception and no
@@ -58,7 +59,9 @@ class Batcher:
         self.pass_tokens = pass_tokens  # padding bound per batch (plan_batches); None: budget only
         self.wait_s = max(0.0, wait_ms / 1000.0)
         self.on_batch = on_batch
-        self._queue: collections.deque[Pending] = collections.deque()
+        # One FIFO per submission (a job's texts), in arrival order: a window takes from them in
+        # turn, so a small job behind a 10,000-text one waits one window, not the whole job.
+        self._queue: collections.deque[collections.deque[Pending]] = collections.deque()
         self._queued_tokens = 0
         self._busy = False  # a thread is running a batch on the model
         self._arriving = 0  # jobs announced (``arriving``) that have not submitted yet
@@ -115,7 +118,8 @@ class Batcher:
             if inline:
                 self._busy = True
             else:
-                self._queue.extend(items)
+                if items:
+                    self._queue.append(collections.deque(items))
                 self._queued_tokens += tokens
                 self._cond.notify_all()
         if inline:
@@ -149,10 +153,13 @@ class Batcher:
                 self._cond.wait(left)
             taken: list[Pending] = []
             tokens = 0
-            while self._queue and (not taken or tokens + len(self._queue[0].ids) <= window_tokens):
-                item = self._queue.popleft()
+            while self._queue and (not taken or tokens + len(self._queue[0][0].ids) <= window_tokens):
+                job = self._queue.popleft()
+                item = job.popleft()
                 tokens += len(item.ids)
                 taken.append(item)
+                if job:  # round robin: this job's next text waits behind the other jobs' next
+                    self._queue.append(job)
             self._queued_tokens -= tokens
             self._busy = True
             return taken
