@@ -77,6 +77,7 @@ def test_encodings_agree(client, live_worker):
         ids[encoding] = r.get_json()["id"]
     as_float = poll(client, ids["float"])["result"]["items"]
     as_b64 = poll(client, ids["base64"])["result"]["items"]
+    assert as_float and len(as_float) == len(as_b64)
     for f, b in zip(as_float, as_b64):
         assert floats_b64(b["dense"]) == pytest.approx(f["dense"], abs=0)
         assert isinstance(f["colbert"]["data"], list)  # explicit float: ColBERT as float lists too

@@ -113,6 +113,12 @@ def test_3_whole_worker_killed_then_new_worker_redelivers_once(faulty, worker_fa
     assert queue.stats(second.hostname)["jobs"] == 1
     assert queue.stats(first.hostname).get("jobs", 0) == 0
     check_result(queue, reference, job_id, texts, ("dense", "colbert"))
+    # A SIGKILLed worker cannot withdraw: its readiness lapses with its TTL (15 s) instead.
+    from bge_m3.workers import READY_TTL
+
+    wait_for(lambda: not first.ready(), max(0.5, READY_TTL + 5 - (time.time() - killed_at)),
+             what="the killed worker's readiness expiring")
+    assert time.time() - killed_at <= READY_TTL + 5
     # Not before the visibility timeout (counted from the first delivery), and not long after it.
     delay = job.started_at - killed_at
     assert job.started_at - first_start >= VISIBILITY - 0.5, job.started_at - first_start

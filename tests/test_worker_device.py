@@ -95,6 +95,7 @@ def test_cuda_worker_serves_fp16_and_matches_flagembedding(base_settings, redis_
     assert info["device"].startswith("cuda:0 (") and info["dtype"] == "float16", info
     ref = BGEM3FlagModel(str(tiny_model.dir), use_fp16=True, devices="cuda:0").encode(
         texts, return_dense=True, return_sparse=True, return_colbert_vecs=True, max_length=512)
+    assert len(result["items"]) == len(texts) == len(ref["dense_vecs"])
     for i, item in enumerate(result["items"]):
         assert np.allclose(dense(item), ref["dense_vecs"][i], atol=2e-2)
         assert np.allclose(colbert(item), ref["colbert_vecs"][i], atol=2e-2)

@@ -67,12 +67,14 @@ def test_result_header(results, tiny_model):
 
 
 def test_dense_parity(results, reference):
+    assert len(results["all"]["items"]) == len(reference["dense_vecs"]) == len(TEXTS)
     for i, item in enumerate(results["all"]["items"]):
         assert np.allclose(dense(item), reference["dense_vecs"][i], atol=1e-5), i
         assert abs(np.linalg.norm(dense(item)) - 1) < 1e-5
 
 
 def test_sparse_parity(results, reference):
+    assert len(results["all"]["items"]) == len(reference["lexical_weights"]) == len(TEXTS)
     for i, item in enumerate(results["all"]["items"]):
         expected = {int(k): float(v) for k, v in reference["lexical_weights"][i].items()}
         got = dict(zip(item["sparse"]["indices"], item["sparse"]["values"]))
@@ -83,6 +85,7 @@ def test_sparse_parity(results, reference):
 
 
 def test_colbert_parity(results, reference):
+    assert len(results["all"]["items"]) == len(reference["colbert_vecs"]) == len(TEXTS)
     for i, item in enumerate(results["all"]["items"]):
         vecs = colbert(item)
         assert item["colbert"]["dtype"] == "float32"
@@ -100,6 +103,7 @@ def test_token_counts_and_truncation(results):
 
 def test_each_mode_alone_matches_all_modes(results):
     for mode in ("dense", "sparse", "colbert"):
+        assert len(results[mode]["items"]) == len(results["all"]["items"]) == len(TEXTS)
         for single, full in zip(results[mode]["items"], results["all"]["items"]):
             assert set(single) == {"tokens", mode}
             if mode == "dense":
