@@ -48,18 +48,19 @@ def plan_batches(items: list[Any], max_batch_tokens: int,
     return batches
 
 
-def pass_cost(run: Callable[[int, int], None], max_batch_tokens: int) -> tuple[int, float, float]:
+def pass_cost(run: Callable[[int, int], None], max_batch_tokens: int,
+              clock: Callable[[], float] = time.perf_counter) -> tuple[int, float, float]:
     """Fit cost = fixed + per_token x padded tokens to the best of two timings each of a small
     and a larger pass (``run(rows, tokens_each)``); returns (pass_tokens = fixed / per_token,
     clamped to [1, budget], fixed ms, per-token ms). The larger pass grows until it takes
     SIZE_SIGNAL times the small one, so that its tokens, not the timing's jitter, set the slope;
     where even a pass of the whole budget takes about the small one's time (launch-bound),
-    padding is nearly free and the bound nears the budget."""
+    padding is nearly free and the bound nears the budget. ``clock`` (seconds) is for tests."""
     rows, width = SMALL_PASS
-    small, t_small = rows * width, _best_ms(run, rows, width)
+    small, t_small = rows * width, _best_ms(run, rows, width, clock)
     rows, width = LARGE_PASS
     while True:
-        t_large = _best_ms(run, rows, width)
+        t_large = _best_ms(run, rows, width, clock)
         if t_large >= SIZE_SIGNAL * t_small or 2 * rows * width > max_batch_tokens:
             break
         rows *= 2
@@ -70,10 +71,11 @@ def pass_cost(run: Callable[[int, int], None], max_batch_tokens: int) -> tuple[i
     return max(1, min(max_batch_tokens, tokens)), fixed, per_token
 
 
-def _best_ms(run: Callable[[int, int], None], rows: int, width: int, tries: int = 2) -> float:
+def _best_ms(run: Callable[[int, int], None], rows: int, width: int, clock: Callable[[], float],
+             tries: int = 2) -> float:
     best = float("inf")
     for _ in range(tries):
-        t0 = time.perf_counter()
+        t0 = clock()
         run(rows, width)
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, clock() - t0)
     return best * 1000
