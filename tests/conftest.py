@@ -82,10 +82,20 @@ def worker_factory(base_settings, tmp_path):
         worker.stop(timeout=10)
 
 
+JOB_STATE = ("job", "result", "done", "lease", "staging", "events")
+"""Key kinds of jobs (``bge-m3:{kind}:…``) removed from database 0 before each API test: the
+shared live worker's readiness, statistics and queue stay, earlier tests' jobs do not."""
+
+
 @pytest.fixture
-def app(base_settings):
+def app(base_settings, redis_server):
     from api import create_app
 
+    db = redis_server.client(0)
+    for kind in JOB_STATE:
+        keys = list(db.scan_iter(match=f"bge-m3:{kind}:*", count=1000))
+        if keys:
+            db.delete(*keys)
     return create_app(base_settings)
 
 
