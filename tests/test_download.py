@@ -316,13 +316,21 @@ def test_killed_download_resumes_in_the_next_process(hub, manifest, tiny_model, 
 def test_two_concurrent_downloads_fetch_each_file_once(hub, manifest, tiny_model, tmp_path):
     dest = tmp_path / "m"
     env = _env(dest, tiny_model.manifest, hub.url)
-    hub.rate = 1_500_000  # ~1 s in all: the two runs overlap
-    procs = [subprocess.Popen([BGE_M3, "download"], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outs = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [EXIT_OK, EXIT_OK], outs
+    hub.rate = 500_000  # ~3 s in all, so the second run starts while the first downloads
+
+    def start():
+        return subprocess.Popen([BGE_M3, "download"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    first = start()
+    wait_for(lambda: sum(hub.bytes_served.values()) > 0, 60, what="the first run downloading")
+    second = start()
+    outs = [p.communicate(timeout=120) for p in (first, second)]
+    assert [p.returncode for p in (first, second)] == [EXIT_OK, EXIT_OK], outs
     assert all(hub.body_gets[f.path] == 1 for f in manifest.files)
-    assert sum("nothing to download" in err for _, err in outs) == 1
+    # The second run found the lock held, waited, then found every file verified.
+    assert "another process holds the download lock; waiting" in outs[1][1], outs[1][1]
+    assert "nothing to download" in outs[1][1] and "nothing to download" not in outs[0][1]
     assert_verified(dest, manifest)
 
 
