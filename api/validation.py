@@ -90,13 +90,17 @@ def reject_unknown(body: dict[str, Any], allowed: frozenset[str]) -> None:
         raise bad(f"unknown field(s): {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
 
 
+def _field(where: str) -> str:
+    return where.split("[")[0]  # "input[3]" -> "input"; only on the error path (once per text)
+
+
 def check_text(value: Any, where: str) -> str:
     if not isinstance(value, str):
-        raise bad(f"{where} must be a string", where.split("[")[0])
+        raise bad(f"{where} must be a string", _field(where))
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise bad(f"{where} contains a lone surrogate (not valid Unicode)", where.split("[")[0]) from None
+        raise bad(f"{where} contains a lone surrogate (not valid Unicode)", _field(where)) from None
     return value
 
 

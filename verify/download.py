@@ -51,11 +51,12 @@ class _Run:
     def fetch_entry(self, entry: FileEntry) -> str | None:
         """Fetch one file, endpoint after endpoint; None on success, else what each endpoint did."""
         final = self.folder / entry.path
+        outside = "its folder leads outside the model folder (symlink); refusing to write there"
         if not _inside(self.folder, final.parent):  # before mkdir: it would follow the link too
-            return "its folder leads outside the model folder (symlink); refusing to write there"
+            return outside
         final.parent.mkdir(parents=True, exist_ok=True)
         if not _inside(self.folder, final.parent):  # a link raced in while the folders were made
-            return "its folder leads outside the model folder (symlink); refusing to write there"
+            return outside
         notes = []
         for endpoint in self.endpoints:
             if endpoint.base in self.unreachable:

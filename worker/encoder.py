@@ -61,15 +61,16 @@ class Encoder:
         # A lookup table over the vocabulary beats np.isin (one gather instead of a sort).
         self._special = np.zeros(max(model.vocab, max(model.special_ids) + 1), dtype=bool)
         self._special[sorted(model.special_ids)] = True
+        # Past the model's position table a pass would index out of range (on CUDA, an assert
+        # that poisons the device for every later job): its length is the hard limit.
+        self.max_positions: int | None = getattr(model, "max_positions", None)
 
     @property
     def dimension(self) -> int:
         return self.model.hidden
 
     def tokenize(self, texts: Sequence[str], max_length: int, truncate: bool) -> list[list[int]]:
-        # Past the model's position table a pass would index out of range (on CUDA, an assert
-        # that poisons the device for every later job): its length is the hard limit.
-        max_length = min(max_length, getattr(self.model, "max_positions", max_length))
+        max_length = min(max_length, self.max_positions or max_length)
         rows = self.model.tokenize(texts)
         for i, ids in enumerate(rows):
             if len(ids) > max_length:

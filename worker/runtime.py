@@ -91,7 +91,7 @@ class Runtime:
         log.info("Model loaded: %s@%s (%s, %d-dim) in %.1f s", manifest.repo_id, manifest.revision[:7],
                  self.placement.label, m3.hidden, time.perf_counter() - t0)
         log.info("Device: %s", self.placement.description)
-        if m3.max_positions < self.settings.max_length:
+        if self.max_length() < self.settings.max_length:
             log.warning("BGE_M3_MAX_LENGTH %d is more than the model's %d positions: texts are cut "
                         "at %d tokens", self.settings.max_length, m3.max_positions, m3.max_positions)
         log.debug("torch CPU threads: %d", threads)
@@ -132,7 +132,7 @@ class Runtime:
 
     def max_length(self) -> int:
         """The longest text in tokens: the setting, or the model's positions when fewer."""
-        positions = getattr(self.encoder.model, "max_positions", None) if self.encoder else None
+        positions = self.encoder.max_positions if self.encoder else None
         return min(self.settings.max_length, positions or self.settings.max_length)
 
     def ready(self) -> None:
@@ -162,22 +162,22 @@ class Runtime:
         every time ends ``worker_lost`` after its retries, like any poison job."""
         log.critical("Device %s failed (%s): withdrawing readiness and exiting %d",
                      self.placement.description if self.placement else "?", exc, EXIT_DEVICE_FAILED)
-        self._stop.set()
-        try:
-            workers.withdraw(self.redis, self.hostname)
-        except Exception:  # noqa: BLE001 - the key expires with its TTL anyway
-            pass
+        self._withdraw()
         logging.shutdown()
         os._exit(EXIT_DEVICE_FAILED)
 
     def shutdown(self) -> None:
+        self._withdraw()
+        if self.batcher is not None:
+            self.batcher.stop()
+
+    def _withdraw(self) -> None:
+        """Stop the heartbeat and delete the readiness key (it would expire with its TTL anyway)."""
         self._stop.set()
         try:
             workers.withdraw(self.redis, self.hostname)
         except Exception as exc:  # noqa: BLE001
             log.warning("could not withdraw readiness: %s", exc)
-        if self.batcher is not None:
-            self.batcher.stop()
 
     def count(self, **fields: int) -> Any:
         """A pipeline (not yet executed) adding ``fields`` and the batch counters gathered since
