@@ -101,12 +101,14 @@ class JobStore:
         return claim.state, claim.attempt
 
     def claim(self, job_id: str, max_attempts: int, worker: str = "", lease: str = "",
-              lease_ttl: int = 0) -> "Claim":
+              lease_ttl: int = 0, keep_for: int = 0, holder: str = "") -> "Claim":
         """``start`` plus, in the same round trip, the ``lease`` key (set only if free, for
-        ``lease_ttl`` seconds; state 'leased' when another delivery holds it) and the job's
-        params and creation time."""
+        ``lease_ttl`` seconds, to ``holder`` or else ``worker``; state 'leased' when another
+        delivery holds it) and the job's params and creation time. A job it starts keeps its
+        record for at least ``keep_for`` seconds more."""
         out = self._start(keys=[job_key(job_id), lease or f"{PREFIX}:lease:none"],
-                          args=[repr(time.time()), max_attempts, worker, lease_ttl if lease else ""])
+                          args=[repr(time.time()), max_attempts, worker, lease_ttl if lease else "",
+                                int(keep_for), holder or worker])
         if out[0] != "running":
             return Claim(out[0], int(out[1]))
         return Claim("running", int(out[1]), json.loads(out[2]) if out[2] else None, float(out[3]))

@@ -37,15 +37,21 @@ START = """
 local s = redis.call('HGET', KEYS[1], 'status')
 if not s then return {'missing', 0} end
 if s ~= 'queued' and s ~= 'running' then return {s, 0} end
-if ARGV[4] ~= '' and not redis.call('SET', KEYS[2], ARGV[3], 'NX', 'EX', ARGV[4]) then
+if ARGV[4] ~= '' and not redis.call('SET', KEYS[2], ARGV[6], 'NX', 'EX', ARGV[4]) then
   return {'leased', 0}
 end
 local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 if tonumber(n) > tonumber(ARGV[2]) then return {'exhausted', n} end
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1], 'worker', ARGV[3])
+local keep = tonumber(ARGV[5])
+if keep > 0 then
+  local ttl = redis.call('TTL', KEYS[1])
+  if ttl >= 0 and ttl < keep then redis.call('EXPIRE', KEYS[1], keep) end
+end
 return {'running', n, redis.call('HGET', KEYS[1], 'params') or '', redis.call('HGET', KEYS[1], 'created_at')}
 """
-"""KEYS: job hash, lease key. ARGV: started_at, max attempts, worker, lease ttl ('' = no lease).
+"""KEYS: job hash, lease key. ARGV: started_at, max attempts, worker, lease ttl ('' = no lease),
+seconds the record must at least live on once running (0: as it is), the lease's value.
 Returns {state, attempt[, params, created_at]}: 'running', 'leased', 'exhausted', or the
 terminal or 'missing' state that means skip."""
 

@@ -29,6 +29,15 @@ def is_announced(redis: Any, hostname: str) -> bool:
     return bool(redis.exists(WORKER_PREFIX + hostname))
 
 
+def record(redis: Any, hostname: str) -> dict[str, Any] | None:
+    """``hostname``'s readiness record, or None when it has not announced itself within READY_TTL."""
+    raw = redis.get(WORKER_PREFIX + hostname)
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
 def withdraw(redis: Any, hostname: str) -> None:
     redis.delete(WORKER_PREFIX + hostname)
 

@@ -241,6 +241,20 @@ def test_claim_takes_the_lease_and_returns_the_input(redis_db):
     assert jobs.claim(job.id, max_attempts=3, lease="lease:x", lease_ttl=30).state == "failed"
 
 
+def test_claim_sets_the_holder_and_keeps_a_started_record_alive(redis_db):
+    """A job that starts late in its result TTL (a backlog, a redelivery) keeps its record for
+    its time limit at least, so the finish does not find it expired; a longer TTL is kept."""
+    jobs = JobStore(redis_db, ttl=5)
+    job = jobs.create({"texts": ["a"]})
+    claimed = jobs.claim(job.id, max_attempts=3, worker="w1", lease="lease:h", lease_ttl=30,
+                         holder="w1|i1|t1", keep_for=600)
+    assert claimed.state == "running" and 590 < redis_db.ttl(job_key(job.id)) <= 600
+    assert redis_db.get("lease:h") == "w1|i1|t1" and redis_db.hget(job_key(job.id), "worker") == "w1"
+    long_lived = JobStore(redis_db, ttl=3600).create({"texts": ["b"]})
+    jobs.claim(long_lived.id, max_attempts=3, worker="w1", keep_for=600)
+    assert redis_db.ttl(job_key(long_lived.id)) > 3000
+
+
 def test_a_lease_is_released_only_by_its_holder(redis_db):
     jobs = store(redis_db)
     redis_db.set("lease:y", "w1", ex=30)

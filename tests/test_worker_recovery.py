@@ -46,29 +46,62 @@ def test_sigkill_mid_job_then_restart_completes_the_job(base_settings, redis_ser
 def test_a_lease_left_by_a_gone_worker_is_taken_over(base_settings, redis_server, tmp_path):
     """A cold shutdown hands the unacked message back at once while its lease (time_limit long)
     stays. The next delivery waits while the holder still announces itself, and takes the job
-    over once it does not, instead of waiting out the lease."""
+    over once it does not, instead of waiting out the lease. A lease left by an earlier process
+    under this worker's own hostname (a restart keeps the name) is gone too."""
     from bge_m3 import workers
-    from bge_m3.queue import TASK_NAME
-    from worker.execution import LEASE_PREFIX
+    from worker.lease import LEASE_PREFIX
 
     settings = settings_on_db(base_settings, redis_server, "kill", time_limit=600)
     queue = Queue(settings)
     worker = spawn_worker(settings, tmp_path)
     try:
         alive = queue.store.create({"texts": ["held by a live worker"], "modes": ["dense"]})
-        queue.redis.set(LEASE_PREFIX + alive.id, "other@alive", ex=600)
-        workers.announce(queue.redis, "other@alive", {"hostname": "other@alive"})
+        queue.redis.set(LEASE_PREFIX + alive.id, "other@alive|a1|t1", ex=600)
+        workers.announce(queue.redis, "other@alive", {"hostname": "other@alive", "instance": "a1"})
         gone = queue.store.create({"texts": ["held by a dead worker"], "modes": ["dense"]})
-        queue.redis.set(LEASE_PREFIX + gone.id, "ghost@gone", ex=600)
-        for job in (alive, gone):
-            queue.celery.send_task(TASK_NAME, kwargs={"job_id": job.id}, task_id=job.id)
+        queue.redis.set(LEASE_PREFIX + gone.id, "ghost@gone|g1|t2", ex=600)
+        mine = queue.store.create({"texts": ["held by this hostname's last process"], "modes": ["dense"]})
+        queue.redis.set(LEASE_PREFIX + mine.id, f"{worker.hostname}|before-restart|t3", ex=600)
+        for job in (alive, gone, mine):
+            queue.send(job.id)
 
         assert queue.wait(gone.id, 30).status == "succeeded"
+        assert queue.wait(mine.id, 30).status == "succeeded"
         assert "lease holder ghost@gone is gone; taking the job over" in worker.output()
+        assert f"lease holder {worker.hostname} is gone; taking the job over" in worker.output()
         assert queue.store.get(alive.id).status == "queued"  # waited for, not run twice
         workers.withdraw(queue.redis, "other@alive")  # the live holder stops announcing itself
         job = queue.wait(alive.id, 2 * workers.HEARTBEAT_INTERVAL + 20)
         assert job.status == "succeeded" and job.attempts == 1
+    finally:
+        worker.stop()
+        queue.close()
+
+
+def test_a_waiting_delivery_survives_a_dropped_connection(base_settings, redis_server, tmp_path):
+    """A delivery waiting for the lease's holder loses its subscription (a failover, a proxy
+    restart): the job it does not own must not fail; it waits again and runs the job once the
+    holder is gone."""
+    from bge_m3 import workers
+    from worker.lease import LEASE_PREFIX
+
+    settings = settings_on_db(base_settings, redis_server, "kill", time_limit=600)
+    queue = Queue(settings)
+    worker = spawn_worker(settings, tmp_path)
+    try:
+        job = queue.store.create({"texts": ["held elsewhere"], "modes": ["dense"]})
+        queue.redis.set(LEASE_PREFIX + job.id, "other@alive|a1|t1", ex=600)
+        workers.announce(queue.redis, "other@alive", {"hostname": "other@alive", "instance": "a1"})
+        queue.send(job.id)
+        wait_for(lambda: "is being run by another delivery (other@alive)" in worker.output(), 30,
+                 what="the delivery waiting")
+        wait_for(lambda: queue.redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub") > 0, 10,
+                 what="its subscription dropped")
+        wait_for(lambda: "Redis failed while claiming" in worker.output(), 15, what="the error seen")
+        assert queue.store.get(job.id).status == "queued", queue.store.get(job.id)
+        workers.withdraw(queue.redis, "other@alive")
+        done = queue.wait(job.id, 2 * workers.HEARTBEAT_INTERVAL + 20)
+        assert done.status == "succeeded" and done.attempts == 1, (done.status, done.error)
     finally:
         worker.stop()
         queue.close()

@@ -15,7 +15,7 @@ from worker.batcher import Batcher
 from worker.pending import JobTrace, Pending
 from worker.planning import pass_cost, plan_batches
 from worker.encoder import truncate_ids
-from worker.execution import InvalidJob, parse_params
+from worker.execution import InvalidJob, describe, parse_params
 
 
 def _pending(length: int) -> Pending:
@@ -148,6 +148,14 @@ def test_truncation_keeps_head_and_eos():
 def test_invalid_params_are_rejected(params, fragment):
     with pytest.raises(InvalidJob, match=re.escape(fragment)):
         parse_params(params, max_texts=5, max_length=8192)
+
+
+def test_a_forward_error_reaches_the_client_without_its_text():
+    oom = RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; pid 4242 at /srv/m)")
+    assert describe(oom) == "out of memory on the device"
+    other = ValueError("index 250003 is out of bounds for /srv/models/bge-m3 on host gpu-7")
+    said = describe(other)
+    assert said.startswith("ValueError") and "/srv" not in said and "gpu-7" not in said
 
 
 def test_valid_params():

@@ -8,6 +8,7 @@ from bge_m3.jobs import JobStore
 from bge_m3.queue import TASK_NAME, make_celery, redis_client
 from bge_m3.settings import Settings
 
+
 class Queue:
     """Create job records and send their messages exactly as the API does."""
 
@@ -21,8 +22,12 @@ class Queue:
                truncate: bool = True) -> str:
         job = self.store.create({"texts": texts, "modes": list(modes), "max_length": max_length,
                                  "truncate": truncate})
-        self.celery.send_task(TASK_NAME, kwargs={"job_id": job.id}, task_id=job.id)
+        self.send(job.id)
         return job.id
+
+    def send(self, job_id: str) -> None:
+        """Send the message of a job record already created."""
+        self.celery.send_task(TASK_NAME, kwargs={"job_id": job_id}, task_id=job_id)
 
     def wait(self, job_id: str, timeout: float = 60.0):
         """Block (pub/sub) until the job is terminal or ``timeout`` passes."""

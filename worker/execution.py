@@ -11,20 +11,16 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from concurrent.futures import as_completed
 from typing import Any
 
-from bge_m3 import workers
 from bge_m3.records import Claim
 from bge_m3.payload import ItemsResult
 from bge_m3.staging import Staging
-from worker import faults
+from worker import faults, lease
 from worker.pending import Arrival, JobTrace
 from worker.encoder import MODES, TooLong
 from worker.logs import get_logger
 from worker.runtime import Runtime
 
 log = get_logger()
-
-LEASE_PREFIX = "bge-m3:lease:"
-"""Key (with the job id) held while one delivery of a job runs; expires after time_limit."""
 
 STAGING_GRACE_SECONDS = 60
 """How long a streamed result outlives the job's time limit if its worker dies before the finish
@@ -58,51 +54,38 @@ def parse_params(params: Any, max_texts: int, max_length: int) -> tuple[list[str
     return texts, frozenset(modes), length, truncate
 
 
-def claim(rt: Runtime, job_id: str) -> Claim:
-    """Mark the job running and take its lease, in one round trip. One delivery runs a job at a
-    time: when the broker connection drops, kombu puts the unacked message back at once while
-    its first run goes on; that second delivery waits here until the first run ends the job
-    (the claim then finds it terminal and skips it) or its lease lapses. The lease lasts
-    time_limit, below the visibility timeout, so a dead worker's lease is gone before its job
-    is redelivered. A lease whose holder no longer announces itself (a cold shutdown hands the
-    message back at once, the lease stays) is taken over instead of waited out."""
-    key = f"{LEASE_PREFIX}{job_id}"
-    waiting = False
-    while True:
-        claimed = rt.store.claim(job_id, max_attempts=rt.settings.max_retries + 1, worker=rt.hostname,
-                                 lease=key, lease_ttl=rt.settings.time_limit)
-        if claimed.state != "leased":
-            return claimed
-        holder = rt.redis.get(key)
-        if holder and holder != rt.hostname and not workers.is_announced(rt.redis, holder):
-            log.warning("Job %s: its lease holder %s is gone; taking the job over", job_id, holder)
-            release(rt, job_id, holder)
-            continue
-        if not waiting:
-            log.warning("Job %s is being run by another delivery (%s); waiting for it", job_id, holder)
-            waiting = True
-        # Woken by the job's end; else look again at the holder after one heartbeat.
-        rt.store.wait(job_id, min(workers.HEARTBEAT_INTERVAL, max(0.1, rt.redis.pttl(key) / 1000)))
-
-
-def release(rt: Runtime, job_id: str, holder: str) -> None:
-    """Drop the job's lease if ``holder`` still holds it."""
-    rt.store.release_lease(f"{LEASE_PREFIX}{job_id}", holder)
+class Unrecorded(Exception):
+    """Redis failed the job's terminal write too; the job is handed back for another delivery."""
 
 
 def execute(rt: Runtime, job_id: str) -> str:
-    """Run one delivery of a job; returns what happened (for logs and tests)."""
-    claimed = claim(rt, job_id)
-    if claimed.state == "exhausted":
-        rt.store.fail(job_id, "worker_lost", f"the job was delivered {claimed.attempt} times without "
-                      "finishing (a worker died each time); giving up")
-        log.error("Job %s failed: delivered %d times (poison job)", job_id, claimed.attempt)
-        return "exhausted"
-    if claimed.state != "running":
+    """Run one delivery of a job; returns what happened (for logs and tests). Raises
+    ``lease.Unclaimed`` before this delivery owns the job and ``Unrecorded`` after; every other
+    outcome of an owned job ends in its record."""
+    held = lease.Lease.new(rt, job_id)
+    claimed = lease.claim(rt, job_id, held)
+    if claimed.state not in ("running", "exhausted"):
         log.info("Job %s skipped: %s", job_id, claimed.state)
         return claimed.state
-    with rt.batcher.arriving() as arrival:  # the batcher holds its next pass for these texts
-        return _run(rt, job_id, claimed, arrival)
+    try:
+        if claimed.state == "exhausted":
+            rt.store.fail(job_id, "worker_lost", f"the job was delivered {claimed.attempt} times without "
+                          "finishing (a worker died each time); giving up")
+            log.error("Job %s failed: delivered %d times (poison job)", job_id, claimed.attempt)
+            return "exhausted"
+        with rt.batcher.arriving() as arrival:  # the batcher holds its next pass for these texts
+            return _run(rt, job_id, claimed, arrival)
+    except Exception as exc:  # noqa: BLE001 - every outcome of an owned job ends in its record
+        log.exception("Job %s: internal error", job_id)
+        try:
+            # The client sees the kind of error; its text (hosts, paths) stays in the worker's log.
+            rt.store.fail(job_id, "internal_error", f"internal error ({type(exc).__name__}); the "
+                          "worker's log has the details under this job's id")
+        except Exception:  # noqa: BLE001 - Redis itself is gone: let another delivery finish it
+            with contextlib.suppress(Exception):  # else the next delivery waits out the lease
+                held.release(rt)
+            raise Unrecorded(f"job {job_id} could not be recorded") from exc
+        return "failed"
 
 
 def _run(rt: Runtime, job_id: str, claimed: Claim, arrival: Arrival) -> str:
@@ -164,10 +147,13 @@ def _run(rt: Runtime, job_id: str, claimed: Claim, arrival: Arrival) -> str:
                       "again", stats=stats)
         log.error("Job %s failed: its staged result lacks chunks", job_id)
         return "failed"
+    if outcome != "ok":  # ended meanwhile (cancelled, another delivery) or its record expired
+        log.warning("Job %s: result dropped, the job is %s", job_id, outcome)
+        return outcome
     log.info("Job %s: %d texts, %s tokens, %d forward passes, total %.0f ms (queue %.0f, compute %.0f)",
              job_id, len(texts), f"{tokens:,}", len(trace.passes), stats["total_ms"], stats["queue_ms"],
              stats["compute_ms"])
-    return "succeeded" if outcome == "ok" else outcome
+    return "succeeded"
 
 
 def _collect(rt: Runtime, rows: list[list[int]], futures: list, result: ItemsResult,
@@ -182,8 +168,8 @@ def _collect(rt: Runtime, rows: list[list[int]], futures: list, result: ItemsRes
         for future in as_completed(futures, timeout=max(0.0, deadline - time.monotonic())):
             i = index[future]
             exc = future.exception()
-            if exc is not None:
-                return "encode_failed", f"texts[{i}] could not be encoded: {exc}"
+            if exc is not None:  # the batcher logged the error's text; the client gets its kind
+                return "encode_failed", f"texts[{i}] could not be encoded: {describe(exc)}"
             t0 = time.perf_counter()
             row = future.result()
             result.add(i, rt.encoder.item_json(rows[i], row))
@@ -200,6 +186,14 @@ def _collect(rt: Runtime, rows: list[list[int]], futures: list, result: ItemsRes
     if time.monotonic() > deadline:  # a pass run in this thread cannot be interrupted: judge it after
         return _timeout(rt.settings.time_limit)
     return None
+
+
+def describe(exc: BaseException) -> str:
+    """What a client may read of a forward pass's error: out of memory, or the error's type
+    (its text can carry device ids, addresses and paths)."""
+    if "out of memory" in str(exc).lower():
+        return "out of memory on the device"
+    return f"{type(exc).__name__}; the worker's log has the details"
 
 
 def _timeout(limit: float) -> tuple[str, str]:

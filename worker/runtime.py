@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import secrets
 import shutil
 import sys
 import threading
@@ -40,6 +41,9 @@ STATS_TTL = 7 * 24 * 3600
 EXIT_DEVICE_FAILED = 6
 """Exit status when the device failed in a way no later pass recovers from (a sticky CUDA error)."""
 
+WITHDRAW_WAIT_SECONDS = 2.0
+"""How long withdrawing readiness waits for a heartbeat already announcing the worker."""
+
 log = get_logger()
 _current: "Runtime | None" = None
 
@@ -54,6 +58,7 @@ class Runtime:
     def __init__(self, settings: Settings, hostname: str):
         self.settings = settings
         self.hostname = hostname
+        self.instance = secrets.token_hex(8)  # this process, in its leases and readiness record
         self.redis = redis_client(settings.redis_url)
         self.store = JobStore(self.redis, settings.result_ttl)
         self.stats_key = workers.STATS_PREFIX + hostname
@@ -65,6 +70,7 @@ class Runtime:
         self.frozen_objects = 0  # heap.freeze() after the warm-up
         self._counts: collections.Counter[str] = collections.Counter()
         self._counts_lock = threading.Lock()
+        self._flush_lock = threading.RLock()
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
 
@@ -127,7 +133,7 @@ class Runtime:
             "pass_tokens": self.batcher.pass_tokens if self.batcher else None,
             "max_length": self.max_length(), "pid": os.getpid(),
             "frozen_objects": self.frozen_objects,
-            "started_at": self.started_at,
+            "started_at": self.started_at, "instance": self.instance,
         }
 
     def max_length(self) -> int:
@@ -151,7 +157,8 @@ class Runtime:
         while not self._stop.wait(workers.HEARTBEAT_INTERVAL):
             try:
                 workers.announce(self.redis, self.hostname, self.info())
-                self.count().execute()  # batches of jobs that ended without a terminal write
+                with self._flush_lock:  # see count(): a job's end waits for this flush
+                    self.count().execute()  # batches of jobs that ended without a terminal write
             except Exception as exc:  # noqa: BLE001 - keep beating through a Redis blip
                 log.warning("heartbeat failed: %s", exc)
 
@@ -174,6 +181,9 @@ class Runtime:
     def _withdraw(self) -> None:
         """Stop the heartbeat and delete the readiness key (it would expire with its TTL anyway)."""
         self._stop.set()
+        heartbeat = self._heartbeat
+        if heartbeat is not None and heartbeat is not threading.current_thread():
+            heartbeat.join(WITHDRAW_WAIT_SECONDS)  # an announce in flight would undo the delete
         try:
             workers.withdraw(self.redis, self.hostname)
         except Exception as exc:  # noqa: BLE001
@@ -183,7 +193,9 @@ class Runtime:
         """A pipeline (not yet executed) adding ``fields`` and the batch counters gathered since
         the last flush to this worker's statistics; the caller executes it, usually together
         with the job's terminal write (``JobStore.succeed_chunks``/``fail``)."""
-        with self._counts_lock:
+        # Taking the flush lock waits out a heartbeat flush in flight: counters it took from a
+        # job's batches land before that job's terminal write, which readers rely on.
+        with self._flush_lock, self._counts_lock:
             pending, self._counts = self._counts, collections.Counter()
         pending.update(fields)
         pipe = self.redis.pipeline(transaction=False)

@@ -1,0 +1,106 @@
+"""One delivery runs a job at a time: the job's lease, and how a delivery claims it.
+
+When the broker connection drops, kombu puts the unacked message back at once while its first
+run goes on, so a job can be delivered twice at the same time. A delivery first takes the lease
+(``bge-m3:lease:{id}``, ``SET NX`` in the same script that marks the job running); a second
+delivery waits until the first ends the job (its claim then finds it terminal and skips it),
+until the lease lapses (after ``BGE_M3_TIME_LIMIT``, below the visibility timeout, so a dead
+worker's lease is gone before its job is redelivered), or until the holder is seen to be gone.
+
+The lease's value names the delivery: ``{hostname}|{instance}|{token}``. ``instance`` is random
+per worker process and is in its readiness record, so a worker restarted under the same hostname
+(the default name, a compose container) is not taken for the process that left the lease; the
+token makes each delivery's lease its own, so a delivery only ever releases the lease it took.
+"""
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+
+import redis
+
+from bge_m3 import workers
+from bge_m3.records import Claim
+from worker.logs import get_logger
+from worker.runtime import Runtime
+
+log = get_logger()
+
+LEASE_PREFIX = "bge-m3:lease:"
+"""Key (with the job id) held while one delivery of a job runs; expires after time_limit."""
+
+RECORD_MARGIN_SECONDS = 120
+"""A running job's record lives at least its time limit plus this, so it cannot expire under a
+job that started late in its result TTL (a long backlog, redeliveries) before the finish."""
+
+
+class Unclaimed(Exception):
+    """Redis kept failing before this delivery owned the job; the job is left to its owner."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    key: str
+    holder: str
+
+    @classmethod
+    def new(cls, rt: Runtime, job_id: str) -> "Lease":
+        return cls(f"{LEASE_PREFIX}{job_id}", f"{rt.hostname}|{rt.instance}|{secrets.token_hex(8)}")
+
+    def release(self, rt: Runtime) -> None:
+        """Drop the lease if this delivery still holds it."""
+        rt.store.release_lease(self.key, self.holder)
+
+
+def holder_gone(rt: Runtime, holder: str) -> bool:
+    """Whether the process that took a lease no longer announces itself: its readiness record
+    is gone, or now belongs to another process under the same hostname. A holder in this very
+    process (another of its threads runs the job) is never gone."""
+    hostname, instance = holder, ""
+    if holder.count("|") >= 2:
+        hostname, instance, _ = holder.rsplit("|", 2)
+    if instance == rt.instance:
+        return False
+    record = workers.record(rt.redis, hostname)
+    return record is None or bool(instance) and record.get("instance") != instance
+
+
+def claim(rt: Runtime, job_id: str, lease: Lease) -> Claim:
+    """Mark the job running and take its lease, in one round trip, or wait for the delivery that
+    holds it (woken by the job's end; else the holder is looked at again every heartbeat).
+
+    A Redis error here (a failover, a dropped subscription) must not end the job: another
+    delivery may be running it. The claim is tried again for up to the lease's life, dropping
+    first a lease this delivery may have taken before the reply was lost; then ``Unclaimed``."""
+    ttl = rt.settings.time_limit
+    waiting, failing_since = False, None
+    while True:
+        try:
+            claimed = rt.store.claim(job_id, max_attempts=rt.settings.max_retries + 1, worker=rt.hostname,
+                                     lease=lease.key, lease_ttl=ttl, holder=lease.holder,
+                                     keep_for=ttl + RECORD_MARGIN_SECONDS)
+            if claimed.state != "leased":
+                return claimed
+            holder = rt.redis.get(lease.key)
+            if holder and holder_gone(rt, holder):
+                log.warning("Job %s: its lease holder %s is gone; taking the job over", job_id,
+                            holder.split("|")[0])
+                rt.store.release_lease(lease.key, holder)
+                continue
+            if not waiting:
+                log.warning("Job %s is being run by another delivery (%s); waiting for it", job_id,
+                            (holder or "?").split("|")[0])
+                waiting = True
+            rt.store.wait(job_id, min(workers.HEARTBEAT_INTERVAL, max(0.1, rt.redis.pttl(lease.key) / 1000)))
+            failing_since = None
+        except redis.RedisError as exc:
+            failing_since = failing_since or time.monotonic()
+            if time.monotonic() - failing_since > ttl:
+                raise Unclaimed(f"job {job_id} could not be claimed: {type(exc).__name__}") from exc
+            log.warning("Job %s: Redis failed while claiming (%s); trying again", job_id, type(exc).__name__)
+            try:
+                lease.release(rt)
+            except redis.RedisError:
+                pass
+            time.sleep(1.0)
