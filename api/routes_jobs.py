@@ -10,6 +10,7 @@ from api.errors import ApiError
 from api.results import job_out
 from api.validation import job_request, json_body
 from bge_m3.jobs import MAX_WAIT_SECONDS
+from bge_m3.queue import QUEUE_NAME
 from bge_m3.records import TERMINAL, Job
 
 bp = Blueprint("jobs", __name__)
@@ -76,7 +77,7 @@ def get_job(job_id: str):
 def cancel_job(job_id: str):
     state = backend()
     job = state.backend.visible(job_id, owner())
-    outcome = state.backend.store.cancel(job_id)
+    outcome = state.backend.store.cancel(job_id, QUEUE_NAME)
     if outcome == "missing":
         raise ApiError(404, "job_not_found", f"no job {job_id} (unknown, expired or not yours)")
     if outcome == "running":

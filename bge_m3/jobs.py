@@ -170,10 +170,11 @@ class JobStore:
         except NoScriptError:
             return self._finish(keys=keys, args=args)
 
-    def cancel(self, job_id: str) -> str:
-        """'ok' when a queued job was cancelled, else the status that prevented it (or 'missing')."""
-        return self._cancel(keys=[job_key(job_id), events_key(job_id), done_key(job_id)],
-                            args=[repr(time.time())])
+    def cancel(self, job_id: str, queue: str = "") -> str:
+        """'ok' when a queued job was cancelled, else the status that prevented it (or 'missing').
+        A cancelled job's message still on ``queue`` is taken off it."""
+        keys = [job_key(job_id), events_key(job_id), done_key(job_id)] + ([queue] if queue else [])
+        return self._cancel(keys=keys, args=[repr(time.time())])
 
     def wait(self, job_id: str, timeout: float) -> Job | None:
         """Block until the job is terminal or ``timeout`` passes; event-driven via pub/sub, on

@@ -23,6 +23,7 @@ if ARGV[4] ~= '' then
 end
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'status', 'queued', 'created_at', ARGV[2], 'owner', ARGV[3],
            'params', ARGV[6], 'attempts', 0)
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'message', ARGV[4]) end
 if ARGV[8] == '1' then redis.call('HSET', KEYS[1], 'notify', '1') end
 redis.call('EXPIRE', KEYS[1], ARGV[7])
 return -1
@@ -30,7 +31,8 @@ return -1
 """KEYS: job hash, queue list, done list. ARGV: id, created_at, owner, message ('' = none), max
 queued (0 = no bound), params JSON, ttl, notify ('1': push to the done list when the job ends).
 Returns -1 when created, else the queue depth that refused it, or the error of an unusable
-queue key. The message goes first: if the queue is unusable nothing of the job is written. A
+queue key. The message goes first: if the queue is unusable nothing of the job is written. The
+record keeps a copy of the message until the job starts, so a cancel can take it off the queue. A
 refused notify job gets 'refused' on its done list, so a BLPOP sent with it returns at once."""
 
 START = """
@@ -43,6 +45,7 @@ end
 local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 if tonumber(n) > tonumber(ARGV[2]) then return {'exhausted', n} end
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1], 'worker', ARGV[3])
+redis.call('HDEL', KEYS[1], 'message')
 local keep = tonumber(ARGV[5])
 if keep > 0 then
   local ttl = redis.call('TTL', KEYS[1])
@@ -98,6 +101,11 @@ local s = redis.call('HGET', KEYS[1], 'status')
 if not s then return 'missing' end
 if s ~= 'queued' then return s end
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
+local message = redis.call('HGET', KEYS[1], 'message')
+if message and KEYS[4] then
+  redis.call('LREM', KEYS[4], 1, message)
+  redis.call('HDEL', KEYS[1], 'message')
+end
 if redis.call('HGET', KEYS[1], 'notify') then
   redis.call('RPUSH', KEYS[3], 'cancelled')
   local ttl = redis.call('TTL', KEYS[1])
@@ -106,7 +114,9 @@ end
 redis.call('PUBLISH', KEYS[2], 'cancelled')
 return 'ok'
 """
-"""KEYS: job hash, events channel, done list. ARGV: finished_at. Cancels only a queued job."""
+"""KEYS: job hash, events channel, done list[, queue]. ARGV: finished_at. Cancels only a queued
+job, and takes its message off the queue when a worker has not taken it yet (the queue's depth
+is what ``BGE_M3_MAX_QUEUED`` and the autoscaling metric count)."""
 
 OBSERVE = """
 local s = redis.call('HGET', KEYS[1], 'status')

@@ -183,11 +183,17 @@ def test_queue_full_is_429_with_retry_after(base_settings, redis_server):
     app = create_app(base_settings.replace(redis_url=redis_server.url(2), max_queued=2))
     client = app.test_client()
     try:
-        assert [client.post("/v1/jobs", json={"texts": ["a"]}).status_code for _ in range(2)] == [202, 202]
+        posted = [client.post("/v1/jobs", json={"texts": ["a"]}) for _ in range(2)]
+        assert [r.status_code for r in posted] == [202, 202]
         assert queue_depth(redis_server.client(2)) == 2
         r = client.post("/v1/jobs", json={"texts": ["a"]})
         assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
         assert r.get_json()["error"]["code"] == "queue_full"
+        # A cancelled job leaves the queue: its room is free again, and the depth says so.
+        assert client.delete(f"/v1/jobs/{posted[0].get_json()['id']}").status_code == 200
+        assert queue_depth(redis_server.client(2)) == 1
+        assert client.post("/v1/jobs", json={"texts": ["a"]}).status_code == 202
+        assert queue_depth(redis_server.client(2)) == 2
     finally:
         redis_server.client(2).flushdb()
 
