@@ -47,7 +47,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bge-m3: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module, func = COMMANDS[name]
-    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+    from bge_m3.settings import SettingsError
+
+    try:
+        return int(getattr(importlib.import_module(module), func)(rest) or 0)
+    except SettingsError as exc:  # a malformed variable: its name and value, not a traceback
+        print(f"bge-m3 {name}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

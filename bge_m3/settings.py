@@ -21,6 +21,14 @@ def _default_model_dir() -> Path:
     return Path.home() / ".cache" / "huggingface" / "BAAI" / "bge-m3"
 
 
+REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://", "unix://")
+"""URL forms REDIS_URL may take; ``unix://`` (redis-py's) is stored as kombu's ``redis+socket://``."""
+
+
+class SettingsError(ValueError):
+    """A setting (an environment variable) is malformed or contradicts another; names the variable."""
+
+
 def _truthy(value: str) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
@@ -78,13 +86,17 @@ class Settings:
             raw = env.get(var)
             if raw is None or raw == "":
                 continue
-            values[name] = _parse(types[name], raw)
+            values[name] = _parse(types[name], raw, var)
         if _truthy(env.get("CPU_ONLY", "")):
             values["device"] = "cpu"
         values.update(overrides)
         for key in ("model_dir", "manifest", "log_dir", "data_dir"):
             if key in values:
                 values[key] = Path(values[key]).expanduser()
+        if isinstance(values.get("redis_url"), str) and values["redis_url"].startswith("unix://"):
+            # kombu has no unix:// transport; it names the database virtual_host.
+            values["redis_url"] = ("redis+socket://" + values["redis_url"][len("unix://"):]
+                                   .replace("db=", "virtual_host="))
         settings = cls(**values)
         settings.validate()
         return settings
@@ -93,18 +105,22 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     def validate(self) -> None:
+        """Raise ``SettingsError`` naming the first variable that is out of its range."""
+        if not self.redis_url.startswith(REDIS_SCHEMES):
+            raise SettingsError(f"REDIS_URL must start with one of {', '.join(REDIS_SCHEMES)}, not "
+                                f"{redact_url(self.redis_url)!r}")
         if self.device not in {"auto", "cuda", "cpu"} and not self.device.startswith("cuda:"):
-            raise ValueError(f"BGE_M3_DEVICE must be auto, cuda or cpu, not {self.device!r}")
+            raise SettingsError(f"BGE_M3_DEVICE must be auto, cuda or cpu, not {self.device!r}")
         if self.colbert_dtype not in {"float16", "float32"}:
-            raise ValueError("BGE_M3_COLBERT_DTYPE must be float16 or float32")
+            raise SettingsError("BGE_M3_COLBERT_DTYPE must be float16 or float32")
         if self.torch_threads < 0:
-            raise ValueError("BGE_M3_TORCH_THREADS must be 0 (torch's default) or more")
+            raise SettingsError("BGE_M3_TORCH_THREADS must be 0 (torch's default) or more")
         if not 1 <= self.max_length <= 8192:
-            raise ValueError("BGE_M3_MAX_LENGTH must be between 1 and 8192")
+            raise SettingsError("BGE_M3_MAX_LENGTH must be between 1 and 8192")
         if self.time_limit >= self.visibility_timeout:
-            raise ValueError("BGE_M3_TIME_LIMIT must stay below BGE_M3_VISIBILITY_TIMEOUT")
+            raise SettingsError("BGE_M3_TIME_LIMIT must stay below BGE_M3_VISIBILITY_TIMEOUT")
         if self.result_ttl <= self.time_limit:  # the record's TTL runs from the job's creation
-            raise ValueError("BGE_M3_RESULT_TTL must be longer than BGE_M3_TIME_LIMIT: a job's record "
+            raise SettingsError("BGE_M3_RESULT_TTL must be longer than BGE_M3_TIME_LIMIT: a job's record "
                              "expires that long after it was submitted, queued or not")
 
     def env(self) -> dict[str, str]:
@@ -122,16 +138,18 @@ class Settings:
         return out
 
 
-def _parse(kind: Any, raw: str) -> Any:
+def _parse(kind: Any, raw: str, var: str) -> Any:
     kind = str(kind)
     if "bool" in kind:
         return _truthy(raw)
     if "tuple" in kind:
         return _csv(raw)
-    if kind == "int":
-        return int(raw)
-    if kind == "float":
-        return float(raw)
+    if kind in ("int", "float"):
+        try:
+            return int(raw) if kind == "int" else float(raw)
+        except ValueError:
+            raise SettingsError(f"{var} must be {'an integer' if kind == 'int' else 'a number'}, "
+                                f"not {raw!r}") from None
     if "Path" in kind:
         return Path(raw).expanduser()
     return raw

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
-from bge_m3.settings import PACKAGED_MANIFEST, Settings, redact_url
+from bge_m3.queue import redis_client
+from bge_m3.settings import PACKAGED_MANIFEST, Settings, SettingsError, redact_url
 from bge_m3.tinymodel import build
+from tests.support import BGE_M3
 from verify.manifest import load_manifest
 
 
@@ -81,6 +84,27 @@ def test_settings_layering():
         Settings.from_env({"BGE_M3_RESULT_TTL": "60", "BGE_M3_TIME_LIMIT": "600"})
 
 
+def test_malformed_settings_name_their_variable():
+    with pytest.raises(SettingsError, match=r"BGE_M3_MAX_TEXTS must be an integer, not 'abc'"):
+        Settings.from_env({"BGE_M3_MAX_TEXTS": "abc"})
+    with pytest.raises(SettingsError, match=r"BGE_M3_SYNC_TIMEOUT must be a number"):
+        Settings.from_env({"BGE_M3_SYNC_TIMEOUT": "soon"})
+    with pytest.raises(SettingsError, match="REDIS_URL must start with") as raised:
+        Settings.from_env({"REDIS_URL": "http://:s3cret@h/0"})
+    assert "s3cret" not in str(raised.value)
+    # redis-py's socket form is taken, in kombu's spelling (kombu has no unix:// transport).
+    url = Settings.from_env({"REDIS_URL": "unix:///run/r.sock?db=3"}).redis_url
+    assert url == "redis+socket:///run/r.sock?virtual_host=3"
+    assert redis_client(url).connection_pool.connection_kwargs["db"] == 3
+
+
+def test_a_malformed_setting_stops_a_command_with_one_line():
+    env = {**os.environ, "BGE_M3_MAX_TEXTS": "abc"}
+    proc = subprocess.run([BGE_M3, "api"], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "bge-m3 api: BGE_M3_MAX_TEXTS must be an integer, not 'abc'"
+
+
 def test_redact_url():
     assert redact_url("redis://:s3cret@h:6379/0") == "redis://:***@h:6379/0"
     assert "s3cret" not in redact_url("rediss://user:s3cret@h/0")
@@ -107,8 +131,6 @@ def test_cli_help_lists_commands():
 
 
 def test_manifest_command_matches_tiny_model_manifest(tiny_model, tmp_path):
-    from tests.support import BGE_M3
-
     out = tmp_path / "m.json"
     proc = subprocess.run([BGE_M3, "manifest", str(tiny_model.dir), "-o", str(out)],
                           capture_output=True, text=True, timeout=60)
