@@ -26,12 +26,17 @@ GRACE_SECONDS = 30
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bge-m3 api", description="Run the HTTP API under gunicorn.")
-    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="gunicorn processes")
-    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="threads per process")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                        help=f"gunicorn processes (default: {DEFAULT_WORKERS})")
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                        help=f"threads per process (default: {DEFAULT_THREADS})")
     parser.add_argument("--host", help="bind address (default: BGE_M3_HOST)")
     parser.add_argument("--port", type=int, help="bind port (default: BGE_M3_PORT)")
     parser.add_argument("--access-log", action="store_true", help="write gunicorn's access log to stderr")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.workers < 1 or args.threads < 1:
+        parser.error("--workers and --threads must be at least 1")
+    return args
 
 
 def options(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:

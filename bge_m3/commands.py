@@ -19,5 +19,5 @@ def tiny_model_main(argv: list[str]) -> int:
     manifest = build(args.dir, full=args.full, seed=args.seed)
     print(f"model written to {args.dir}")
     print(f"manifest written to {manifest}")
-    print(f"use: BGE_M3_MODEL_DIR={args.dir} BGE_M3_MANIFEST={manifest} bge-m3 up")
+    print(f"use: BGE_M3_MODEL_DIR={args.dir} BGE_M3_MANIFEST={manifest} BGE_M3_AUTO_DOWNLOAD=0 bge-m3 up")
     return 0

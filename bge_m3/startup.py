@@ -1,6 +1,7 @@
 """Starting the stack's processes and knowing when they serve: commands, URLs, the ready wait."""
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -38,6 +39,16 @@ def probe_host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
+def exit_status(returncode: int | None) -> str:
+    """How a child ended, as a person reads it: 'status 1' or 'killed by SIGKILL'."""
+    if returncode is not None and returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            pass
+    return f"status {returncode}"
+
+
 def _tail(path: Path, lines: int = 5) -> str:
     try:
         text = path.read_text(errors="replace").strip().splitlines()[-lines:]
@@ -60,7 +71,7 @@ def wait_until_ready(supervisor, redis_url: str, hostnames: list[str], readyz_ur
         while not stopping():
             child = supervisor.exited()
             if child is not None:
-                raise StartProblem(f"{child.name} exited with status {child.proc.returncode} "
+                raise StartProblem(f"{child.name} exited with {exit_status(child.proc.returncode)} "
                                    f"before ready; log {child.log}:{_tail(child.log)}")
             try:
                 missing = [h for h in hostnames if not client.exists(WORKER_PREFIX + h)]

@@ -18,7 +18,7 @@ from bge_m3.accelerator import EnvironmentProblem, detect
 from bge_m3.redisproc import EmbeddedRedis, RedisProblem, eviction_warning, local_url, ping
 from bge_m3.settings import Settings, env_is_set, redact_url
 from bge_m3.supervisor import API_GRACE, REDIS_GRACE, Supervisor
-from bge_m3.startup import StartProblem, child_command, probe_host, wait_until_ready
+from bge_m3.startup import StartProblem, child_command, exit_status, probe_host, wait_until_ready
 
 STEPS = 5
 
@@ -166,7 +166,7 @@ class Up:
         while self.stop_signal is None:
             child = self.supervisor.exited()
             if child is not None:
-                print(f"{child.name} (pid {child.pid}) exited with status {child.proc.returncode}; "
+                print(f"{child.name} (pid {child.pid}) exited with {exit_status(child.proc.returncode)}; "
                       f"see {child.log}; stopping", flush=True)
                 return 1
             if time.monotonic() >= next_check:  # a Redis not started here can go away alone
@@ -221,9 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         "find or start Redis, start worker(s) and the API, and wait until /readyz answers. "
         "Settings come from the environment (see the README); Ctrl-C stops everything."))
     parser.add_argument("--workers", type=int, default=1, metavar="N",
-                        help="worker processes to start (GPU mode: spread over the GPUs)")
+                        help="worker processes to start (GPU mode: spread over the GPUs; default: 1)")
     parser.add_argument("--ready-timeout", type=float, default=900.0, metavar="SECONDS",
-                        help="how long to wait for /readyz (the first model load can be slow)")
+                        help="how long to wait for /readyz (the first model load can be slow; default: 900)")
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")

@@ -103,6 +103,8 @@ def test_a_malformed_setting_stops_a_command_with_one_line():
     proc = subprocess.run([BGE_M3, "api"], capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "bge-m3 api: BGE_M3_MAX_TEXTS must be an integer, not 'abc'"
+    proc = subprocess.run([BGE_M3, "api", "--workers", "0"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--workers and --threads must be at least 1" in proc.stderr
 
 
 def test_redact_url():

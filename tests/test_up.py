@@ -363,6 +363,13 @@ def test_up_process_never_imports_torch():
     assert done.stdout.strip() == "[]"
 
 
+def test_a_child_killed_by_a_signal_is_named_so():
+    from bge_m3.startup import exit_status
+
+    assert exit_status(-signal.SIGKILL) == "killed by SIGKILL"
+    assert exit_status(1) == "status 1" and exit_status(-200) == "status -200"
+
+
 def test_start_server_sh_is_bge_m3_up():
     root = Path(__file__).resolve().parent.parent
     done = subprocess.run(["bash", str(root / "start_server.sh"), "--help"], capture_output=True,

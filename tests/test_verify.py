@@ -102,6 +102,8 @@ def test_missing_file_has_its_own_exit_code(model, tiny_model, capsys):
     code, out, _ = run_verify(model, tiny_model.manifest, capsys)
     assert code == EXIT_MISSING
     assert "MISSING  config.json" in out
+    code, _, err = run_verify(model.parent / "no-such-folder", tiny_model.manifest, capsys)
+    assert code == EXIT_MISSING and "(the folder does not exist)" in err
 
 
 def test_symlink_outside_the_folder_is_refused(model, tiny_model, tmp_path, capsys):

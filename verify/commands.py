@@ -75,7 +75,8 @@ def verify_main(argv: list[str]) -> int:
         print(f"verified {len(report.files)} files of {where} "
               f"(manifest {report.manifest_digest[:12]})")
     else:
-        print(f"FAILED: {len(report.failures)} of {len(report.files)} files of {where}",
+        absent = "" if settings.model_dir.is_dir() else " (the folder does not exist)"
+        print(f"FAILED: {len(report.failures)} of {len(report.files)} files of {where}{absent}",
               file=sys.stderr)
     return code
 
@@ -83,7 +84,8 @@ def verify_main(argv: list[str]) -> int:
 def download_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bge-m3 download", description=(
         "Fetch missing or bad model files from BGE_M3_ENDPOINTS (in order, resumable, "
-        "retried), then verify. Exit 0 verified, 2 bad manifest, 5 download failed."))
+        "retried), then verify. Exit 0 verified, 1 the model folder itself failed, 2 bad manifest, "
+        "5 download failed."))
     _folder_args(parser)
     args = parser.parse_args(argv)
     settings = _settings(args)

@@ -77,7 +77,7 @@ def check(settings: Settings) -> Verified:
             log.error("Verification failed: %s", failure.describe())
         names = ", ".join(f.path for f in report.failures)
         raise GateRefused(f"model folder {settings.model_dir} does not match manifest "
-                          f"{manifest.repo_id}@{manifest.revision[:7]} ({names}); refusing to serve")
+                          f"{manifest.repo_id}@{manifest.revision[:7]} ({names})")
     log.info("Verified %d files of %s@%s in %s (manifest %s)", len(report.files), manifest.repo_id,
              manifest.revision[:7], settings.model_dir, report.manifest_digest[:12])
     return Verified(manifest, report)
