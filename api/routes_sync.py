@@ -19,7 +19,6 @@ from api.auth import owner
 from api.errors import ApiError
 from api.results import item_out, total_tokens
 from api.routes_jobs import backend, job_url
-from api.scoring import scores
 from api.validation import embed_request, embeddings_request, json_body, score_request
 from bge_m3.records import Job
 
@@ -41,7 +40,10 @@ def run(params: dict[str, Any], workers: list[dict[str, Any]] | None = None) -> 
         raise ApiError(504, "timeout",
                        f"job {done.id} did not finish within {state.settings.sync_timeout:g} s; "
                        f"poll {job_url(done.id)}",
-                       headers={"Location": job_url(done.id)}, extra={"job_id": done.id})
+                       # OpenAI's SDKs retry a 504 twice by default, which would start the
+                       # same work twice more while this job still runs; this header stops them.
+                       headers={"Location": job_url(done.id), "x-should-retry": "false"},
+                       extra={"job_id": done.id})
     if first:
         state.metrics.observe_job(done)
     if done.status == "cancelled":
@@ -97,6 +99,8 @@ def embeddings():
 
 @bp.post("/v1/score")
 def score():
+    from api.scoring import scores  # numpy, loaded by the first score request only
+
     state = backend()
     weights, params = score_request(json_body(), state.settings)
     job, result = run(params)

@@ -122,3 +122,20 @@ def test_concurrent_requests_under_gthread(server):
     for got, want in ((together[0], alone[0]), (together[-1], alone[1])):
         assert max(abs(a - b) for a, b in zip(got, want)) < 1e-5
     assert len({tuple(v) for v in together}) == len(texts)
+
+
+def test_the_openai_client_does_not_retry_a_sync_timeout(base_settings, live_worker, redis_server):
+    """A 504 leaves its job running; the SDK's default two retries would start two more."""
+    from api import create_app
+    from bge_m3.records import job_key
+
+    app = create_app(base_settings.replace(sync_timeout=0.0))
+    client = openai.OpenAI(base_url="http://api.test/v1", api_key="unused",  # default max_retries: 2
+                           http_client=httpx.Client(transport=httpx.WSGITransport(app=app)))
+    db = redis_server.client(0)
+    before = set(db.scan_iter(job_key("*")))
+    with pytest.raises(openai.APIStatusError) as timed_out:
+        client.embeddings.create(model="bge-m3", input=TEXTS)
+    assert timed_out.value.status_code == 504
+    assert timed_out.value.response.headers["x-should-retry"] == "false"
+    assert len(set(db.scan_iter(job_key("*"))) - before) == 1

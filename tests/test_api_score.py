@@ -1,9 +1,11 @@
 """``/v1/score`` equals FlagEmbedding's scores on the tiny model (the worker runs the model; the API
-computes the scores in pure Python from the job result)."""
+computes the scores from the job result, with numpy)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from api import scoring
 from api.scoring import colbert, hybrid, lexical
 
 QUERY = "what is the weather like today"
@@ -20,12 +22,20 @@ def flag_model(tiny_model):
     return BGEM3FlagModel(str(tiny_model.dir), use_fp16=False, devices="cpu")
 
 
-def test_pure_python_scores_match_definitions():
+def test_scores_match_definitions(monkeypatch):
     assert lexical({"indices": [1, 5, 9], "values": [0.5, 1.0, 2.0]},
                    {"indices": [5, 9, 11], "values": [3.0, 0.25, 7.0]}) == 3.5
-    q = [[1.0, 0.0], [0.0, 1.0]]
-    d = [[0.6, 0.8], [-1.0, 0.0]]
+    q = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    d = np.array([[0.6, 0.8], [-1.0, 0.0]], dtype=np.float32)
     assert colbert(q, d) == pytest.approx((0.6 + 0.8) / 2)
+    assert colbert(q, d[:0]) == 0.0 and colbert(q[:0], d) == 0.0
+    # Taken in blocks of query rows, a long query scores the same as in one product.
+    rng = np.random.default_rng(0)
+    q, d = rng.standard_normal((300, 16), dtype=np.float32), rng.standard_normal((200, 16), dtype=np.float32)
+    whole = colbert(q, d)
+    monkeypatch.setattr(scoring, "BLOCK_ENTRIES", 1000)
+    assert colbert(q, d) == pytest.approx(whole, rel=1e-6)
+    assert whole == pytest.approx(float((q @ d.T).max(axis=1).mean()), rel=1e-5)
     assert hybrid(1.0, 0.5, 0.25, [0.4, 0.2, 0.4]) == pytest.approx(0.4 + 0.1 + 0.1)
     assert hybrid(1.0, 0.5, 0.25, [1, 1, 1]) == pytest.approx(1.75 / 3)
     assert hybrid(1.0, 0.5, 0.25, [1e300, 0, 1e300]) == pytest.approx(0.625)  # no overflow
@@ -61,3 +71,13 @@ def test_score_equals_flagembedding(client, live_worker, flag_model, weights):
             float(flag_model.colbert_score(enc["colbert_vecs"][0], enc["colbert_vecs"][i])),
             abs=COLBERT_TOLERANCE)
     assert len({round(s["hybrid"], 6) for s in got}) > 1, "every document scored the same"
+
+
+def test_a_score_over_the_token_pair_limit_is_413(client, live_worker, monkeypatch):
+    """The ColBERT work grows with query tokens x document tokens; past the limit, 413 with both
+    counts, not minutes of one API thread."""
+    monkeypatch.setattr(scoring, "MAX_COLBERT_PAIRS", 50)
+    r = client.post("/v1/score", json={"query": QUERY, "documents": DOCUMENTS})
+    assert r.status_code == 413, r.get_json()
+    error = r.get_json()["error"]
+    assert error["code"] == "score_too_large" and "more than the limit of 50" in error["message"]
