@@ -17,7 +17,7 @@ OPENAI_PATHS = frozenset({"/v1/embeddings"})
 """Routes whose errors use OpenAI's shape (``type`` beside ``code`` and ``message``)."""
 
 OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-                405: "invalid_request_error", 413: "invalid_request_error",
+                405: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
                 422: "invalid_request_error", 429: "rate_limit_error"}
 """HTTP status -> OpenAI error ``type``; anything else is a ``server_error``."""
 

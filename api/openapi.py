@@ -9,7 +9,9 @@ from bge_m3.settings import Settings
 MESSAGES = {400: "Malformed JSON, wrong types, empty texts, unknown mode or field",
             401: "Missing or wrong API key (only when BGE_M3_API_KEYS is set)",
             404: "Unknown or expired job, or another key's job", 409: "The job cannot be cancelled",
-            413: "Body over BGE_M3_MAX_BODY_BYTES, or more texts than BGE_M3_MAX_TEXTS",
+            413: "Body over BGE_M3_MAX_BODY_BYTES, or more texts than BGE_M3_MAX_TEXTS "
+                 "(/v1/score: more query x document token pairs than its limit)",
+            415: "The body is not declared application/json, or is compressed",
             422: "A text is longer than max_length and truncate is false",
             429: "More queued jobs than BGE_M3_MAX_QUEUED", 500: "The worker failed the job",
             503: "Redis down, queue unreachable, or (sync routes) no ready worker",
@@ -64,13 +66,13 @@ def document(settings: Settings) -> dict[str, Any]:
     wait = {"name": "wait", "in": "query", "required": False,
             "description": "Long-poll: seconds to wait for the job to finish (capped at 30)",
             "schema": {"type": "number", "minimum": 0}}
-    sync_errors = (400, 409, 413, 422, 429, 500, 503, 504)
+    sync_errors = (400, 409, 413, 415, 422, 429, 500, 503, 504)
     accepted = _ok("JobAccepted", "Queued", headers=LOCATION)
     accepted["links"] = {  # lets schemathesis (stateful) and clients follow the new job
         "GetJob": {"operationId": "getJob", "parameters": {"job_id": "$response.body#/id"}},
         "CancelJob": {"operationId": "cancelJob", "parameters": {"job_id": "$response.body#/id"}}}
     paths = {
-        "/v1/jobs": {"post": _op("Submit an embedding job", {202: accepted}, (400, 413, 429, 503),
+        "/v1/jobs": {"post": _op("Submit an embedding job", {202: accepted}, (400, 413, 415, 429, 503),
                                  body="JobRequest", op_id="createJob")},
         "/v1/jobs/{job_id}": {
             "get": _op("Read a job (optionally long-poll)", {200: _ok("Job", "The job")},

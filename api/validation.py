@@ -63,8 +63,9 @@ def _body_bytes() -> bytes:
 
 
 def json_body() -> dict[str, Any]:
-    """The request body as a JSON object; 400 for bad UTF-8, bad JSON, a duplicate key or a
-    non-object, 413 for a body over the limit."""
+    """The request body as a JSON object; 415 for a body not declared JSON or compressed, 400 for
+    bad UTF-8, bad JSON, a duplicate key or a non-object, 413 for a body over the limit."""
+    _check_media()
     raw = _body_bytes()
     try:
         text = raw.decode("utf-8")
@@ -72,11 +73,29 @@ def json_body() -> dict[str, Any]:
         raise ApiError(400, "invalid_utf8", "request body is not valid UTF-8") from None
     try:
         body = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
-    except (ValueError, RecursionError) as exc:
+    except RecursionError:
+        raise ApiError(400, "invalid_json", "request body is nested too deeply") from None
+    except ValueError as exc:
+        if "integer string conversion" in str(exc):  # Python's own limit, worded for Python users
+            raise ApiError(400, "invalid_json", "request body has a number of over 4300 digits") from None
         raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "request body must be a JSON object")
     return body
+
+
+def _check_media() -> None:
+    """Only ``application/json`` (or a ``+json`` type): a browser sends text/plain, forms and
+    multipart cross-site without a CORS preflight, so accepting them would let any web page
+    submit jobs to a server without keys. No compression: the body limit counts wire bytes."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise ApiError(415, "unsupported_media_type", f"Content-Encoding {encoding!r} is not supported; "
+                       "send the JSON body uncompressed")
+    kind = request.mimetype
+    if kind != "application/json" and not (kind.startswith("application/") and kind.endswith("+json")):
+        raise ApiError(415, "unsupported_media_type", f"the body must be JSON with Content-Type: "
+                       f"application/json, not {kind or 'none'!r}")
 
 
 def bad(message: str, param: str | None = None) -> ApiError:

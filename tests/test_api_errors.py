@@ -74,6 +74,33 @@ def test_openai_integral_numbers_are_integers(base_settings):
     assert dimensions == 1024 and type(dimensions) is int and params["texts"] == [""]
 
 
+def test_bodies_are_read_as_declared_json_only(client):
+    """A form, text/plain or multipart body is what a browser sends cross-site without a CORS
+    preflight: refused, so a web page cannot submit jobs to a server without keys."""
+    body = b'{"texts": ["a"]}'
+    for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None):
+        r = client.post("/v1/jobs", data=body, content_type=kind)
+        assert r.status_code == 415, (kind, r.data)
+        assert r.get_json()["error"]["code"] == "unsupported_media_type"
+    import gzip
+    r = client.post("/v1/jobs", data=gzip.compress(body), content_type="application/json",
+                    headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 415 and "Content-Encoding 'gzip'" in r.get_json()["error"]["message"]
+    r = client.post("/v1/embeddings", data=b'{"input": "a", "model": "m"}', content_type="text/plain")
+    assert r.status_code == 415 and r.get_json()["error"]["type"] == "invalid_request_error"
+    assert client.post("/v1/jobs", data=body, content_type="application/json; charset=utf-8").status_code == 202
+    assert client.post("/v1/jobs", data=body, content_type="application/vnd.api+json").status_code == 202
+
+
+def test_python_limits_are_worded_for_clients(client):
+    for body, fragment in ((b'{"texts": ["a"], "max_length": ' + b"9" * 5000 + b"}", "over 4300 digits"),
+                           (b"[" * 100_000 + b"]" * 100_000, "nested too deeply")):
+        r = client.post("/v1/jobs", data=body, content_type="application/json")
+        error = r.get_json()["error"]
+        assert r.status_code == 400 and fragment in error["message"], error
+        assert "sys." not in error["message"] and "recursion" not in error["message"]
+
+
 def test_body_over_limit_is_413(base_settings):
     client = create_app(base_settings.replace(max_body_bytes=1000)).test_client()
     r = client.post("/v1/jobs", json={"texts": ["x" * 2000]})

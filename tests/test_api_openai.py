@@ -93,7 +93,8 @@ def test_gunicorn_routes_over_http(server):
     assert list(r.json()) == ["embeddings", "dimension", "mode", "latency_ms", "usage"]
     assert httpx.get(base + "/readyz").status_code == 200
     assert httpx.get(base + "/v1/models").status_code == 401
-    r = httpx.post(base + "/v1/jobs", content=b"x" * 100, headers=headers)
+    r = httpx.post(base + "/v1/jobs", content=b"x" * 100,
+                   headers={**headers, "Content-Type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
     r = httpx.get(base + "/nowhere", headers=headers)
     assert r.status_code == 404 and r.headers["content-type"] == "application/json"
