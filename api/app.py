@@ -10,6 +10,7 @@ from flask import Flask, Response, request
 from api import auth, errors
 from api.metrics import Metrics
 from api.service import Backend
+from api.waits import WaitSlots
 from bge_m3.settings import Settings
 
 log = logging.getLogger("bge_m3.api")
@@ -25,9 +26,12 @@ class State:
     settings: Settings
     backend: Backend
     metrics: Metrics
+    waits: WaitSlots
 
 
-def create_app(settings: Settings | None = None) -> Flask:
+def create_app(settings: Settings | None = None, wait_slots: int | None = None) -> Flask:
+    """``wait_slots``: request threads that may wait on jobs at once (``api.waits``); None, no
+    bound (``bge-m3 api`` sets it from its thread count)."""
     settings = settings or Settings.from_env()
     app = Flask(__name__)
     app.config["SETTINGS"] = settings
@@ -36,7 +40,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.url_map.strict_slashes = False
     backend = Backend(settings)
     metrics = Metrics(backend.redis)
-    app.extensions["bge_m3"] = State(settings, backend, metrics)
+    app.extensions["bge_m3"] = State(settings, backend, metrics, WaitSlots(wait_slots))
 
     metrics.install(app)
     auth.install(app, settings.api_keys)

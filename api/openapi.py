@@ -14,7 +14,7 @@ MESSAGES = {400: "Malformed JSON, wrong types, empty texts, unknown mode or fiel
             415: "The body is not declared application/json, or is compressed",
             422: "A text is longer than max_length and truncate is false",
             429: "More queued jobs than BGE_M3_MAX_QUEUED", 500: "The worker failed the job",
-            503: "Redis down, queue unreachable, or (sync routes) no ready worker",
+            503: "Redis down, queue unreachable, or (sync routes) no ready worker or no free wait slot",
             504: "The job did not finish within BGE_M3_SYNC_TIMEOUT; poll it by id",
             414: "Request line too long (refused by the HTTP server, as JSON)",
             431: "Headers too large (refused by the HTTP server, as JSON)"}

@@ -9,6 +9,7 @@ from api.auth import owner
 from api.errors import ApiError
 from api.results import job_out
 from api.validation import job_request, json_body
+from api.waits import BUSY_RETRY_AFTER
 from bge_m3.jobs import MAX_WAIT_SECONDS
 from bge_m3.queue import QUEUE_NAME
 from bge_m3.records import TERMINAL, Job
@@ -67,7 +68,10 @@ def get_job(job_id: str):
     seconds = wait_seconds()
     job = state.backend.visible(job_id, owner())
     if seconds > 0 and job.status not in TERMINAL:
-        job = state.backend.store.wait(job_id, seconds)
+        with state.waits.slot() as free:
+            if not free:  # answer now, as a long-poll may; the reserved threads stay free
+                return read(job), 200, {"Retry-After": BUSY_RETRY_AFTER}
+            job = state.backend.store.wait(job_id, seconds)
         if job is None:
             raise ApiError(404, "job_not_found", f"job {job_id} expired while waiting")
     return read(job)

@@ -20,6 +20,7 @@ from api.errors import ApiError
 from api.results import item_out, total_tokens
 from api.routes_jobs import backend, job_url
 from api.validation import embed_request, embeddings_request, json_body, score_request
+from api.waits import BUSY_RETRY_AFTER
 from bge_m3.records import Job
 
 bp = Blueprint("sync", __name__)
@@ -33,7 +34,12 @@ def run(params: dict[str, Any], workers: list[dict[str, Any]] | None = None) -> 
     state = backend()
     if workers is None:
         state.backend.require_worker()
-    done, result, first = state.backend.run(params, owner(), state.settings.sync_timeout)
+    with state.waits.slot() as free:
+        if not free:  # before anything is created: a retry is safe
+            raise ApiError(503, "busy", "every request thread that may wait on a job is waiting; "
+                           "retry shortly, or submit to /v1/jobs and poll",
+                           headers={"Retry-After": BUSY_RETRY_AFTER})
+        done, result, first = state.backend.run(params, owner(), state.settings.sync_timeout)
     if done is None:
         raise ApiError(500, "job_lost", "the job disappeared before it finished")
     if done.status in ("queued", "running"):

@@ -14,8 +14,17 @@ from bge_m3.settings import Settings
 DEFAULT_WORKERS = 1
 """gunicorn processes. One process keeps /metrics' request counters whole; scale threads first."""
 
-DEFAULT_THREADS = 32
+DEFAULT_THREADS = 64
 """Threads per process = requests in flight at once (each long-poll or sync call holds one)."""
+
+RESERVED_THREADS = 8
+"""Threads per process kept out of waits on jobs (``api.waits``), for health checks, submits and
+reads; a quarter of the threads when there are fewer than 32."""
+
+
+def wait_slots(threads: int) -> int:
+    """Threads of ``threads`` that may wait on jobs at once: all but the reserved ones."""
+    return max(1, threads - max(1, min(RESERVED_THREADS, threads // 4)))
 
 MAX_REQUEST_LINE = 8190
 """Bytes of the HTTP request line gunicorn accepts (its maximum; past it: 414 JSON)."""
@@ -86,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                     self.cfg.set(key, value)
 
         def load(self):
-            app = create_app(settings)
+            app = create_app(settings, wait_slots=wait_slots(args.threads))
             heap.freeze()  # in the gunicorn worker, after the fork (the app is not preloaded)
             return app
 

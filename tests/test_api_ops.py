@@ -133,3 +133,42 @@ def test_api_never_imports_torch(code, base_settings):
     proc = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60,
                           env={**base_settings.env(), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_waits_leave_threads_for_quick_routes(base_settings, redis_server, live_worker, tmp_path):
+    """Under gunicorn with 4 threads, 3 may wait on jobs. With 3 long-polls held, a fourth
+    answers at once (Retry-After), a sync call gets 503 busy before creating anything, and the
+    health check, a submit and a read are served by the reserved thread."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from api.serve import wait_slots
+    from bge_m3.jobs import JobStore
+    from bge_m3.records import job_key
+    from tests.stack_support import start_api
+
+    assert wait_slots(4) == 3 and wait_slots(64) == 56 and wait_slots(1) == 1
+    store = JobStore(redis_server.client(0), 600)
+    held = [store.create({"texts": ["never sent to a worker"]}) for _ in range(4)]  # stay queued
+    api = start_api(base_settings, tmp_path, threads=4)
+    try:
+        with api.client() as http, ThreadPoolExecutor(3) as pool:
+            polls = [pool.submit(http.get, f"/v1/jobs/{job.id}?wait=15") for job in held[:3]]
+            time.sleep(1.0)  # the three are waiting in Redis now
+            t0 = time.monotonic()
+            early = http.get(f"/v1/jobs/{held[3].id}?wait=15")
+            assert early.status_code == 200 and early.json()["status"] == "queued"
+            assert early.headers["Retry-After"] == "1" and time.monotonic() - t0 < 5
+            before = set(redis_server.client(0).scan_iter(job_key("*")))
+            busy = http.post("/embed", json={"texts": ["a"]})
+            assert busy.status_code == 503 and busy.json()["error"]["code"] == "busy"
+            assert busy.headers["Retry-After"] == "1"
+            assert set(redis_server.client(0).scan_iter(job_key("*"))) == before  # nothing created
+            assert http.get("/healthz", timeout=5).status_code == 200
+            assert http.post("/v1/jobs", json={"texts": ["a"]}, timeout=5).status_code == 202
+            assert all(not p.done() for p in polls)  # still waiting, as asked
+            for job in held[:3]:
+                store.cancel(job.id)
+            assert [p.result().json()["status"] for p in polls] == ["cancelled"] * 3
+    finally:
+        api.stop()
