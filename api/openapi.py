@@ -8,7 +8,7 @@ from bge_m3.settings import Settings
 
 MESSAGES = {400: "Malformed JSON, wrong types, empty texts, unknown mode or field",
             401: "Missing or wrong API key (only when BGE_M3_API_KEYS is set)",
-            404: "Unknown or expired job, or another key's job", 409: "The job cannot be cancelled",
+            404: "Unknown or expired job, another key's job, or (models) an unknown model", 409: "The job cannot be cancelled",
             413: "Body over BGE_M3_MAX_BODY_BYTES, or more texts than BGE_M3_MAX_TEXTS "
                  "(/v1/score: more query x document token pairs than its limit)",
             415: "The body is not declared application/json, or is compressed",
@@ -93,6 +93,9 @@ def document(settings: Settings) -> dict[str, Any]:
                                       "content": {"application/json": {"schema": ref("NotReady")}}}},
                                (), secured=False)},
         "/v1/models": {"get": _op("Models served by ready workers", {200: _ok("Models", "Models")}, (503,))},
+        "/v1/models/{model}": {"get": _op(
+            "One model of /v1/models (OpenAI's models.retrieve)", {200: _ok("Model", "The model")}, (404, 503),
+            params=[{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}])},
         "/metrics": {"get": _op("Prometheus metrics", {200: {
             "description": "Prometheus text format",
             "content": {"text/plain": {"schema": {"type": "string"}}}}}, (), secured=False)},

@@ -38,11 +38,24 @@ def readyz():
 
 @bp.get("/v1/models")
 def models():
-    state = backend()
-    workers = [{k: w.get(k) for k in WORKER_FIELDS} for w in ready_workers(state.backend.redis)]
-    names = ["bge-m3", *sorted({str(w["model"]) for w in workers if w.get("model")} - {"bge-m3"})]
-    data = [{"id": name, "object": "model", "created": 0, "owned_by": "BAAI"} for name in names]
-    return {"object": "list", "data": data, "workers": workers}
+    workers = [{k: w.get(k) for k in WORKER_FIELDS} for w in ready_workers(backend().backend.redis)]
+    return {"object": "list", "data": [_model(name) for name in _names(workers)], "workers": workers}
+
+
+@bp.get("/v1/models/<path:model>")
+def model(model: str):
+    """OpenAI's ``models.retrieve``: a name ``/v1/models`` lists, else 404."""
+    if model not in _names(ready_workers(backend().backend.redis)):
+        return error_response(404, "model_not_found", f"no model {model!r}; GET /v1/models lists them")
+    return _model(model)
+
+
+def _names(workers: list[dict]) -> list[str]:
+    return ["bge-m3", *sorted({str(w["model"]) for w in workers if w.get("model")} - {"bge-m3"})]
+
+
+def _model(name: str) -> dict:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "BAAI"}
 
 
 @bp.get("/metrics")

@@ -106,9 +106,9 @@ def schemas(settings: Settings) -> dict[str, Any]:
                       "workers": INT}, ("status", "redis", "workers")),
         "NotReady": obj({"error": error_body, "redis": {"type": "boolean"}, "workers": INT},
                         ("error", "redis", "workers")),
+        "Model": obj({"id": STR, "object": STR, "created": INT, "owned_by": STR}, ("id", "object")),
         "Models": obj({"object": {"type": "string", "enum": ["list"]},
-                       "data": {"type": "array", "items": obj({"id": STR, "object": STR, "created": INT,
-                                                               "owned_by": STR}, ("id", "object"))},
+                       "data": {"type": "array", "items": ref("Model")},
                        "workers": {"type": "array", "items": {"type": "object"}}},
                       ("object", "data", "workers")),
     }

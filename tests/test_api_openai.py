@@ -78,6 +78,10 @@ def test_openai_client_errors(server):
     with pytest.raises(openai.BadRequestError) as bad_dims:
         client.embeddings.create(model="bge-m3", input="a", dimensions=8)
     assert bad_dims.value.code == "dimensions_unsupported"
+    assert client.models.retrieve("bge-m3").id == "bge-m3"
+    assert [m.id for m in client.models.list()][0] == "bge-m3"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("text-embedding-3-small")
     with pytest.raises(openai.AuthenticationError) as unauthorized:
         openai.OpenAI(base_url=base + "/v1", api_key="sk-wrong", max_retries=0).embeddings.create(
             model="bge-m3", input="a")

@@ -1,6 +1,7 @@
 """Operations routes, OpenAPI accuracy, outages (Redis down, broker down) and the torch-free import."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -58,7 +59,7 @@ def test_metrics(client, live_worker):
 def test_openapi_describes_every_route(app, client, live_worker):
     doc = client.get("/openapi.json").get_json()
     assert doc["openapi"].startswith("3.1")
-    flask_routes = {(rule.rule.replace("<job_id>", "{job_id}"), method.lower())
+    flask_routes = {(re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), method.lower())
                     for rule in app.url_map.iter_rules() if rule.endpoint.split(".")[0] in
                     ("jobs", "sync", "ops") for method in rule.methods - {"HEAD", "OPTIONS"}}
     documented = {(path, method) for path, ops in doc["paths"].items() for method in ops}
@@ -79,6 +80,8 @@ def test_openapi_describes_every_route(app, client, live_worker):
     for mode in ("dense", "all"):
         conforms(doc, "/embed", "post", client.post("/embed", json={"texts": ["a"], "mode": mode}))
     conforms(doc, "/embed", "post", client.post("/embed", json={"texts": []}))
+    conforms(doc, "/v1/models/{model}", "get", client.get("/v1/models/bge-m3"))
+    conforms(doc, "/v1/models/{model}", "get", client.get("/v1/models/no/such-model"))
     conforms(doc, "/v1/embeddings", "post",
              client.post("/v1/embeddings", json={"input": "a", "model": "bge-m3"}))
     conforms(doc, "/v1/embeddings", "post", client.post("/v1/embeddings", json={"input": 3}))
