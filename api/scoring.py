@@ -22,8 +22,9 @@ from api.errors import ApiError
 
 MAX_COLBERT_PAIRS = 1 << 27
 """Query tokens x document tokens (summed over documents) one /v1/score request may ask for:
-about 137 GFLOP on the real model, a few seconds of one API thread. An 8,192-token query
-against 16,384 document tokens, or a 32-token query against 8,000 documents of 512 tokens."""
+about 137 GFLOP on the real model, a few seconds of one core (``bge-m3 api`` gives numpy one
+thread). An 8,192-token query against 16,384 document tokens, or a 32-token query against 8,000
+documents of 512 tokens."""
 
 BLOCK_ENTRIES = 1 << 22
 """Similarity entries computed at once (16 MB of float32): a long query against a long document

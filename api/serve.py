@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from typing import Any
 
 from bge_m3 import heap
@@ -83,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     from api.app import create_app
 
     server_errors.install()
+    # One core per /v1/score product (numpy's OpenBLAS would take them all for each), so that
+    # concurrent scores share the cores and leave the request threads theirs; set before numpy.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     args = parse(list(argv or []))
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level.upper(),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import json
 import math
+import sys
 from typing import Any
 
 from flask import request
@@ -77,7 +78,8 @@ def json_body() -> dict[str, Any]:
         raise ApiError(400, "invalid_json", "request body is nested too deeply") from None
     except ValueError as exc:
         if "integer string conversion" in str(exc):  # Python's own limit, worded for Python users
-            raise ApiError(400, "invalid_json", "request body has a number of over 4300 digits") from None
+            raise ApiError(400, "invalid_json", f"request body has a number of over "
+                           f"{sys.get_int_max_str_digits()} digits") from None
         raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "request body must be a JSON object")

@@ -41,7 +41,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "unacked_restore_throttle": 1,
     }
     return {
-        "broker_url": settings.redis_url,
+        "broker_url": broker_url(settings.redis_url),
         "result_backend": None,  # job state lives in bge_m3.jobs, not Celery's backend
         "task_ignore_result": True,
         "task_serializer": "json",
@@ -93,6 +93,17 @@ def task_message(job_id: str) -> str:
             "body_encoding": "base64", "delivery_tag": str(uuid.uuid4()),
         },
     })
+
+
+def broker_url(url: str) -> str:
+    """A Redis URL in kombu's spelling: redis-py's ``unix:///path?db=N`` becomes
+    ``redis+socket:///path?virtual_host=N`` (kombu has no unix:// transport)."""
+    if not url.startswith("unix://"):
+        return url
+    path, mark, query = url[len("unix://"):].partition("?")
+    query = "&".join("virtual_host=" + part[3:] if part.startswith("db=") else part
+                     for part in query.split("&")) if query else ""
+    return f"redis+socket://{path}{mark}{query}"
 
 
 def redis_client(url: str, **kwargs: Any):

@@ -40,7 +40,10 @@ local s = redis.call('HGET', KEYS[1], 'status')
 if not s then return {'missing', 0} end
 if s ~= 'queued' and s ~= 'running' then return {s, 0} end
 if ARGV[4] ~= '' and not redis.call('SET', KEYS[2], ARGV[6], 'NX', 'EX', ARGV[4]) then
-  return {'leased', 0}
+  if s ~= 'running' or redis.call('GET', KEYS[2]) ~= ARGV[6] then return {'leased', 0} end
+  -- This delivery's own claim, whose reply was lost: the same answer again, no new attempt.
+  return {'running', tonumber(redis.call('HGET', KEYS[1], 'attempts')),
+          redis.call('HGET', KEYS[1], 'params') or '', redis.call('HGET', KEYS[1], 'created_at')}
 end
 local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 if tonumber(n) > tonumber(ARGV[2]) then return {'exhausted', n} end
@@ -56,7 +59,8 @@ return {'running', n, redis.call('HGET', KEYS[1], 'params') or '', redis.call('H
 """KEYS: job hash, lease key. ARGV: started_at, max attempts, worker, lease ttl ('' = no lease),
 seconds the record must at least live on once running (0: as it is), the lease's value.
 Returns {state, attempt[, params, created_at]}: 'running', 'leased', 'exhausted', or the
-terminal or 'missing' state that means skip."""
+terminal or 'missing' state that means skip. Claiming again with the lease's own value (a retry
+after a lost reply) answers 'running' again without counting another attempt."""
 
 FINISH = """
 local s = redis.call('HGET', KEYS[1], 'status')
@@ -100,12 +104,12 @@ CANCEL = """
 local s = redis.call('HGET', KEYS[1], 'status')
 if not s then return 'missing' end
 if s ~= 'queued' then return s end
-redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
 local message = redis.call('HGET', KEYS[1], 'message')
 if message and KEYS[4] then
-  redis.call('LREM', KEYS[4], 1, message)
-  redis.call('HDEL', KEYS[1], 'message')
+  redis.pcall('LREM', KEYS[4], 1, message)  -- best effort: an unusable queue must not stop the cancel
 end
+redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
+redis.call('HDEL', KEYS[1], 'message')
 if redis.call('HGET', KEYS[1], 'notify') then
   redis.call('RPUSH', KEYS[3], 'cancelled')
   local ttl = redis.call('TTL', KEYS[1])
@@ -116,7 +120,8 @@ return 'ok'
 """
 """KEYS: job hash, events channel, done list[, queue]. ARGV: finished_at. Cancels only a queued
 job, and takes its message off the queue when a worker has not taken it yet (the queue's depth
-is what ``BGE_M3_MAX_QUEUED`` and the autoscaling metric count)."""
+is what ``BGE_M3_MAX_QUEUED`` and the autoscaling metric count); a message a worker took and put
+back was rewritten by kombu and stays, to be skipped by the worker that takes it."""
 
 OBSERVE = """
 local s = redis.call('HGET', KEYS[1], 'status')

@@ -22,7 +22,8 @@ def _default_model_dir() -> Path:
 
 
 REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://", "unix://")
-"""URL forms REDIS_URL may take; ``unix://`` (redis-py's) is stored as kombu's ``redis+socket://``."""
+"""URL forms REDIS_URL may take; Celery gets ``unix://`` (redis-py's) in kombu's spelling
+(``bge_m3.queue.broker_url``)."""
 
 
 class SettingsError(ValueError):
@@ -93,10 +94,6 @@ class Settings:
         for key in ("model_dir", "manifest", "log_dir", "data_dir"):
             if key in values:
                 values[key] = Path(values[key]).expanduser()
-        if isinstance(values.get("redis_url"), str) and values["redis_url"].startswith("unix://"):
-            # kombu has no unix:// transport; it names the database virtual_host.
-            values["redis_url"] = ("redis+socket://" + values["redis_url"][len("unix://"):]
-                                   .replace("db=", "virtual_host="))
         settings = cls(**values)
         settings.validate()
         return settings

@@ -33,9 +33,10 @@ def record(redis: Any, hostname: str) -> dict[str, Any] | None:
     """``hostname``'s readiness record, or None when it has not announced itself within READY_TTL."""
     raw = redis.get(WORKER_PREFIX + hostname)
     try:
-        return json.loads(raw) if raw else None
+        record = json.loads(raw) if raw else None
     except ValueError:
         return None
+    return record if isinstance(record, dict) else None
 
 
 def withdraw(redis: Any, hostname: str) -> None:

@@ -149,6 +149,7 @@ def test_waits_leave_threads_for_quick_routes(base_settings, redis_server, live_
     from bge_m3.jobs import JobStore
     from bge_m3.records import job_key
     from tests.stack_support import start_api
+    from tests.support import wait_for
 
     assert wait_slots(4) == 3 and wait_slots(64) == 56 and wait_slots(1) == 1
     store = JobStore(redis_server.client(0), 600)
@@ -156,12 +157,20 @@ def test_waits_leave_threads_for_quick_routes(base_settings, redis_server, live_
     api = start_api(base_settings, tmp_path, threads=4)
     try:
         with api.client() as http, ThreadPoolExecutor(3) as pool:
-            polls = [pool.submit(http.get, f"/v1/jobs/{job.id}?wait=15") for job in held[:3]]
-            time.sleep(1.0)  # the three are waiting in Redis now
+            def hold(job_id: str):  # a long-poll refused a slot (by the probe below) asks again
+                while "Retry-After" in (r := http.get(f"/v1/jobs/{job_id}?wait=60")).headers:
+                    time.sleep(0.05)
+                return r
+            polls = [pool.submit(hold, job.id) for job in held[:3]]
+
+            def refused_a_slot() -> bool:  # a short wait answered at once: all three hold theirs
+                early = http.get(f"/v1/jobs/{held[3].id}?wait=2")
+                assert early.status_code == 200 and early.json()["status"] == "queued"
+                return early.headers.get("Retry-After") == "1"
+            wait_for(refused_a_slot, 30, interval=0.1, what="the wait slots all held")
             t0 = time.monotonic()
-            early = http.get(f"/v1/jobs/{held[3].id}?wait=15")
-            assert early.status_code == 200 and early.json()["status"] == "queued"
-            assert early.headers["Retry-After"] == "1" and time.monotonic() - t0 < 5
+            early = http.get(f"/v1/jobs/{held[3].id}?wait=60")
+            assert early.headers["Retry-After"] == "1" and time.monotonic() - t0 < 30
             before = set(redis_server.client(0).scan_iter(job_key("*")))
             busy = http.post("/embed", json={"texts": ["a"]})
             assert busy.status_code == 503 and busy.json()["error"]["code"] == "busy"

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from bge_m3.queue import redis_client
+from bge_m3.queue import broker_url, make_celery, redis_client
 from bge_m3.settings import PACKAGED_MANIFEST, Settings, SettingsError, redact_url
 from bge_m3.tinymodel import build
 from tests.support import BGE_M3
@@ -92,10 +92,12 @@ def test_malformed_settings_name_their_variable():
     with pytest.raises(SettingsError, match="REDIS_URL must start with") as raised:
         Settings.from_env({"REDIS_URL": "http://:s3cret@h/0"})
     assert "s3cret" not in str(raised.value)
-    # redis-py's socket form is taken, in kombu's spelling (kombu has no unix:// transport).
-    url = Settings.from_env({"REDIS_URL": "unix:///run/r.sock?db=3"}).redis_url
-    assert url == "redis+socket:///run/r.sock?virtual_host=3"
-    assert redis_client(url).connection_pool.connection_kwargs["db"] == 3
+    # redis-py's socket form is taken; Celery gets it in kombu's spelling (it has no unix://).
+    url = Settings.from_env({"REDIS_URL": "unix:///run/db=x/r.sock?db=3&password=db=9"}).redis_url
+    assert broker_url(url) == "redis+socket:///run/db=x/r.sock?virtual_host=3&password=db=9"
+    assert make_celery(Settings(redis_url=url)).conf.broker_url == broker_url(url)
+    assert redis_client(broker_url(url)).connection_pool.connection_kwargs["db"] == 3
+    assert broker_url("redis://h:6379/0") == "redis://h:6379/0"
 
 
 def test_a_malformed_setting_stops_a_command_with_one_line():

@@ -255,6 +255,30 @@ def test_claim_sets_the_holder_and_keeps_a_started_record_alive(redis_db):
     assert redis_db.ttl(job_key(long_lived.id)) > 3000
 
 
+def test_a_claim_retried_after_a_lost_reply_is_answered_again(redis_db):
+    """START ran but its reply was lost: the same delivery asking again (same lease value) gets
+    the same claim, with no second attempt counted; any other delivery is told it is leased."""
+    jobs = store(redis_db)
+    job = jobs.create({"texts": ["a"]})
+    kw = {"max_attempts": 3, "worker": "w1", "lease": "lease:r", "lease_ttl": 30}
+    first = jobs.claim(job.id, holder="w1|i1|t1", **kw)
+    again = jobs.claim(job.id, holder="w1|i1|t1", **kw)
+    assert (again.state, again.attempt, again.params) == ("running", 1, {"texts": ["a"]}) == \
+        (first.state, first.attempt, first.params)
+    assert jobs.claim(job.id, holder="w1|i1|t2", **kw).state == "leased"
+    assert jobs.get(job.id).attempts == 1
+
+
+def test_a_cancel_takes_the_message_off_the_queue(redis_db):
+    jobs = store(redis_db)
+    job = jobs.create({"texts": ["a"]}, message='{"m": 1}', queue="q")
+    other = jobs.create({"texts": ["b"]}, message='{"m": 2}', queue="q")
+    assert jobs.cancel(job.id, "q") == "ok" and redis_db.lrange("q", 0, -1) == ['{"m": 2}']
+    redis_db.delete("q")
+    redis_db.set("q", "not a list")  # an unusable queue does not stop the cancel
+    assert jobs.cancel(other.id, "q") == "ok" and jobs.get(other.id).status == "cancelled"
+
+
 def test_a_lease_is_released_only_by_its_holder(redis_db):
     jobs = store(redis_db)
     redis_db.set("lease:y", "w1", ex=30)

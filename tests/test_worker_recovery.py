@@ -47,7 +47,8 @@ def test_a_lease_left_by_a_gone_worker_is_taken_over(base_settings, redis_server
     """A cold shutdown hands the unacked message back at once while its lease (time_limit long)
     stays. The next delivery waits while the holder still announces itself, and takes the job
     over once it does not, instead of waiting out the lease. A lease left by an earlier process
-    under this worker's own hostname (a restart keeps the name) is gone too."""
+    under this worker's own hostname (a restart keeps the name) is gone too; one taken by another
+    live process under the same name is not."""
     from bge_m3 import workers
     from worker.lease import LEASE_PREFIX
 
@@ -61,8 +62,11 @@ def test_a_lease_left_by_a_gone_worker_is_taken_over(base_settings, redis_server
         gone = queue.store.create({"texts": ["held by a dead worker"], "modes": ["dense"]})
         queue.redis.set(LEASE_PREFIX + gone.id, "ghost@gone|g1|t2", ex=600)
         mine = queue.store.create({"texts": ["held by this hostname's last process"], "modes": ["dense"]})
-        queue.redis.set(LEASE_PREFIX + mine.id, f"{worker.hostname}|before-restart|t3", ex=600)
-        for job in (alive, gone, mine):
+        # Taken 5 minutes ago (600 s lease, 300 s left), before this process started.
+        queue.redis.set(LEASE_PREFIX + mine.id, f"{worker.hostname}|before-restart|t3", ex=300)
+        twin = queue.store.create({"texts": ["held by a live twin under this hostname"], "modes": ["dense"]})
+        queue.redis.set(LEASE_PREFIX + twin.id, f"{worker.hostname}|live-twin|t4", ex=600)
+        for job in (alive, gone, mine, twin):
             queue.send(job.id)
 
         assert queue.wait(gone.id, 30).status == "succeeded"
@@ -70,9 +74,17 @@ def test_a_lease_left_by_a_gone_worker_is_taken_over(base_settings, redis_server
         assert "lease holder ghost@gone is gone; taking the job over" in worker.output()
         assert f"lease holder {worker.hostname} is gone; taking the job over" in worker.output()
         assert queue.store.get(alive.id).status == "queued"  # waited for, not run twice
+        # A lease taken after this process started is not a previous process's: two workers
+        # may share a name. It is waited for, looked at every heartbeat, and not stolen.
+        wait_for(lambda: f"Job {twin.id} is being run by another delivery" in worker.output(), 30,
+                 what="the twin's job waited for")
         workers.withdraw(queue.redis, "other@alive")  # the live holder stops announcing itself
         job = queue.wait(alive.id, 2 * workers.HEARTBEAT_INTERVAL + 20)
         assert job.status == "succeeded" and job.attempts == 1
+        assert queue.store.get(twin.id).status == "queued"
+        assert f"Job {twin.id}: its lease holder" not in worker.output()
+        assert queue.store.cancel(twin.id) == "ok"  # wakes its waiting delivery, which skips it
+        wait_for(lambda: f"Job {twin.id} skipped: cancelled" in worker.output(), 30, what="twin skipped")
     finally:
         worker.stop()
         queue.close()

@@ -14,6 +14,7 @@ token makes each delivery's lease its own, so a delivery only ever releases the 
 """
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from dataclasses import dataclass
@@ -53,9 +54,12 @@ class Lease:
         rt.store.release_lease(self.key, self.holder)
 
 
-def holder_gone(rt: Runtime, holder: str) -> bool:
-    """Whether the process that took a lease no longer announces itself: its readiness record
-    is gone, or now belongs to another process under the same hostname. A holder in this very
+def holder_gone(rt: Runtime, holder: str, taken_at: float) -> bool:
+    """Whether the process that took a lease (at ``taken_at``, Unix time) no longer announces
+    itself: no readiness record under its hostname, or one of a process that started after the
+    lease was taken (a restart under the same name). A record of another instance that started
+    before is taken for the holder's: two live workers may share a hostname (neither given
+    ``--hostname``), and stealing a live lease would run the job twice. A holder in this very
     process (another of its threads runs the job) is never gone."""
     hostname, instance = holder, ""
     if holder.count("|") >= 2:
@@ -63,7 +67,12 @@ def holder_gone(rt: Runtime, holder: str) -> bool:
     if instance == rt.instance:
         return False
     record = workers.record(rt.redis, hostname)
-    return record is None or bool(instance) and record.get("instance") != instance
+    if record is None:
+        return True
+    if instance and record.get("instance") == instance:
+        return False
+    started_at = record.get("started_at")
+    return isinstance(started_at, (int, float)) and started_at > taken_at
 
 
 def claim(rt: Runtime, job_id: str, lease: Lease) -> Claim:
@@ -71,8 +80,9 @@ def claim(rt: Runtime, job_id: str, lease: Lease) -> Claim:
     holds it (woken by the job's end; else the holder is looked at again every heartbeat).
 
     A Redis error here (a failover, a dropped subscription) must not end the job: another
-    delivery may be running it. The claim is tried again for up to the lease's life, dropping
-    first a lease this delivery may have taken before the reply was lost; then ``Unclaimed``."""
+    delivery may be running it. The claim is tried again for up to the lease's life (a claim
+    whose reply was lost is recognised by its lease value and answered again); then, with this
+    delivery's lease dropped if it holds one, ``Unclaimed``."""
     ttl = rt.settings.time_limit
     waiting, failing_since = False, None
     while True:
@@ -82,8 +92,8 @@ def claim(rt: Runtime, job_id: str, lease: Lease) -> Claim:
                                      keep_for=ttl + RECORD_MARGIN_SECONDS)
             if claimed.state != "leased":
                 return claimed
-            holder = rt.redis.get(lease.key)
-            if holder and holder_gone(rt, holder):
+            holder, left_ms = rt.redis.get(lease.key), rt.redis.pttl(lease.key)
+            if holder and holder_gone(rt, holder, time.time() - ttl + max(0, left_ms) / 1000):
                 log.warning("Job %s: its lease holder %s is gone; taking the job over", job_id,
                             holder.split("|")[0])
                 rt.store.release_lease(lease.key, holder)
@@ -92,15 +102,13 @@ def claim(rt: Runtime, job_id: str, lease: Lease) -> Claim:
                 log.warning("Job %s is being run by another delivery (%s); waiting for it", job_id,
                             (holder or "?").split("|")[0])
                 waiting = True
-            rt.store.wait(job_id, min(workers.HEARTBEAT_INTERVAL, max(0.1, rt.redis.pttl(lease.key) / 1000)))
+            rt.store.wait(job_id, min(workers.HEARTBEAT_INTERVAL, max(0.1, left_ms / 1000)))
             failing_since = None
         except redis.RedisError as exc:
             failing_since = failing_since or time.monotonic()
             if time.monotonic() - failing_since > ttl:
+                with contextlib.suppress(redis.RedisError):  # if a lost reply left it ours
+                    lease.release(rt)
                 raise Unclaimed(f"job {job_id} could not be claimed: {type(exc).__name__}") from exc
             log.warning("Job %s: Redis failed while claiming (%s); trying again", job_id, type(exc).__name__)
-            try:
-                lease.release(rt)
-            except redis.RedisError:
-                pass
             time.sleep(1.0)

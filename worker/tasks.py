@@ -24,6 +24,9 @@ def embed(self: Any, job_id: str, **_ignored: Any) -> str:
         raise Reject(str(exc), requeue=True) from exc
     except Exception as exc:  # noqa: BLE001 - a bug before the claim; the job must still end
         log.exception("Job %s: internal error before it was claimed", job_id)
-        rt.store.fail(job_id, "internal_error", f"internal error ({type(exc).__name__}); the "
-                      "worker's log has the details under this job's id")
+        try:
+            rt.store.fail(job_id, "internal_error", f"internal error ({type(exc).__name__}); the "
+                          "worker's log has the details under this job's id")
+        except Exception as again:  # noqa: BLE001 - Redis is gone too: another delivery ends it
+            raise Reject(f"job {job_id} could not be recorded", requeue=True) from again
         return "failed"
