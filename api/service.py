@@ -112,7 +112,8 @@ class Backend:
             yield
         except QueueFull as full:
             raise ApiError(429, "queue_full",
-                           f"{full.depth} jobs are queued (BGE_M3_MAX_QUEUED={self.settings.max_queued})",
+                           f"{full.depth} {'job is' if full.depth == 1 else 'jobs are'} queued "
+                           f"(BGE_M3_MAX_QUEUED={self.settings.max_queued})",
                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
         except redis_lib.exceptions.ResponseError as exc:  # e.g. the queue key is not a list
             log.warning("enqueue failed: %s", exc)

@@ -350,6 +350,9 @@ def test_api_key_is_asked_for_kept_in_session_and_sent(base_settings, live_worke
     server = _serve(base_settings.replace(api_keys=(key,)))
     try:
         page = open_page(server.url)
+        # /readyz is open to all, the rest is not: the strip says a key is needed before a run.
+        page.wait_for_function(
+            "() => document.querySelector('#st-ready').textContent.includes('an API key is needed')")
         page.fill("#texts", "\n".join(THREE_TEXTS))
         page.click("#run-embed")
         error = page.locator("#embed-error")
@@ -359,6 +362,7 @@ def test_api_key_is_asked_for_kept_in_session_and_sent(base_settings, live_worke
 
         page.fill("#api-key", key)
         page.press("#api-key", "Tab")
+        page.wait_for_function("() => document.querySelector('#st-ready').dataset.state === 'ok'")
         job_id = run_embed(page, THREE_TEXTS, "dense")
         assert not error.is_visible()
         assert server.job(job_id, key=key)["id"] == job_id  # created under this key
@@ -384,11 +388,13 @@ def test_errors_show_inline_in_plain_words(served, open_page):
 
 
 def test_usable_at_phone_width(served, open_page, tmp_path):
-    page = open_page(served.url, width=390, height=844)
-    run_embed(page, THREE_TEXTS, "all")
-    assert page.locator("#heatmap td.cell").count() == 9
+    """Also with a long unbroken token (a URL), which used to widen the ColBERT table and the page."""
+    texts = [*THREE_TEXTS, "see https://example.com/docs/bge-m3/embedding-service/readme.html"]
+    page = open_page(served.url, width=375, height=812)
+    run_embed(page, texts, "all")
+    assert page.locator("#heatmap td.cell").count() == 16
     no_horizontal_overflow(page)
-    assert page.locator("#run-embed").bounding_box()["width"] <= 390
+    assert page.locator("#run-embed").bounding_box()["width"] <= 375
     page.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
 
 
@@ -430,6 +436,49 @@ def test_a_job_with_no_worker_says_so_and_cancel_cancels_it(base_settings, redis
     finally:
         server.close()
         redis_server.client(STATUS_DB).flushdb()
+
+
+def test_cancel_while_the_job_is_submitted_cancels_the_job(base_settings, redis_server, open_page):
+    """Cancel pressed while the POST is in flight: the job the server creates anyway is found and
+    cancelled, not left to run unseen."""
+    redis_server.client(STATUS_DB).flushdb()
+    server = _serve(base_settings.replace(redis_url=redis_server.url(STATUS_DB)))
+    try:
+        page = open_page(server.url)
+        held = []
+        page.route("**/v1/jobs", lambda route: held.append(route))  # the submit waits here
+        page.fill("#texts", "cancelled on its way in")
+        page.click("#run-embed")
+        while not held:
+            page.wait_for_timeout(20)
+        page.click("#cancel-embed")
+        held[0].continue_()
+        error = page.locator("#embed-error")
+        error.wait_for(state="visible")
+        assert "cancelled" in error.text_content(), error.text_content()
+        db = redis_server.client(STATUS_DB)
+        (key,) = list(db.scan_iter("bge-m3:job:*"))
+        assert db.hget(key, "status") == "cancelled"
+    finally:
+        server.close()
+        redis_server.client(STATUS_DB).flushdb()
+
+
+def test_redis_down_is_named_and_the_queue_depth_unknown(base_settings, open_page, tmp_path):
+    from tests.support import RedisServer
+
+    redis = RedisServer(tmp_path / "redis")
+    server = _serve(base_settings.replace(redis_url=redis.url(0)))
+    try:
+        page = open_page(server.url)
+        page.wait_for_function("() => document.querySelector('#st-queue').textContent === 'queue: 0'")
+        redis.stop()
+        page.wait_for_function(
+            "() => document.querySelector('#st-ready').textContent.startsWith('Redis is down')")
+        assert page.text_content("#st-queue") == "queue: —"
+    finally:
+        server.close()
+        redis.stop()
 
 
 def test_one_text_and_sparse_only_show_honest_facts(served, open_page):

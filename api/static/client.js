@@ -69,7 +69,13 @@ export async function call(method, path, body, signal) {
     if (signal && signal.aborted) throw new ApiError("stopped", 0, "aborted");
     throw new ApiError("cannot reach the API: the server is down or the network failed", 0, "network");
   }
-  const raw = await res.text();
+  let raw;
+  try {
+    raw = await res.text();
+  } catch (e) {  // the body was cut: aborted by the caller, or the connection dropped
+    if (signal && signal.aborted) throw new ApiError("stopped", 0, "aborted");
+    throw new ApiError("cannot reach the API: the connection dropped", 0, "network");
+  }
   let data = null;
   try { data = raw ? JSON.parse(raw) : null; } catch (e) { data = null; }
   if (!res.ok) {
@@ -111,8 +117,11 @@ async function stopJob(self, id) {
 /** Submit a job and long-poll it to a terminal state; onStatus sees each intermediate status
  * (and a note when it waits with no worker ready). Aborting ``signal`` cancels the job. */
 export async function runJob(body, onStatus = () => {}, signal = undefined) {
-  const { data: created } = await call("POST", "/v1/jobs", body, signal);
+  // The submit is not aborted: a job the server created while the page stopped listening would
+  // run unseen. The abort is acted on once its id is known.
+  const { data: created } = await call("POST", "/v1/jobs", body);
   const self = (created.links && created.links.self) || `/v1/jobs/${encodeURIComponent(created.id)}`;
+  if (signal && signal.aborted) await stopJob(self, created.id);
   let job = created;
   onStatus(job.status || "queued", await queuedNote(job));
   while (!TERMINAL.has(job.status)) {

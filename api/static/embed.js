@@ -188,6 +188,7 @@ async function submit(event) {
   const maxLength = parseInt($("#max-length").value, 10);
   if (!Number.isNaN(maxLength)) body.max_length = maxLength;
   button.disabled = true;
+  $("#embed-results").hidden = true;  // the last run's results are not this run's
   const controller = new AbortController();
   const cancel = $("#cancel-embed");
   const onCancel = () => controller.abort();

@@ -71,6 +71,7 @@ async function score() {
     scored = true;
   } catch (e) {
     if (mine !== sequence) return;
+    $("#score-results").hidden = true;  // a ranking under other weights or documents
     showError(error, e instanceof ApiError ? e.message : `something went wrong in the page: ${e.message}`);
   } finally {
     if (mine === sequence) showProgress(progress, "");

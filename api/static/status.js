@@ -76,17 +76,22 @@ function set(id, text, state) {
 export async function refreshStatus() {
   const [ready, models] = await Promise.all([getBody("/readyz"), get("/v1/models")]);
   const workers = models.ok ? workerList(models.data) : [];
-  const readyCount = typeof first(ready.data, ["workers", "ready_workers"]) === "number"
-    ? first(ready.data, ["workers", "ready_workers"]) : workers.length;
+  const count = first(ready.data, ["workers", "error.workers", "ready_workers"]);
+  const readyCount = typeof count === "number" ? count : workers.length;
+  // /readyz is open to all; the routes behind it are not when keys are configured.
+  const keyNeeded = models.status === 401;
+  const redisDown = first(ready.data, ["error.code"]) === "redis_unavailable"
+    || first(ready.data, ["redis", "error.redis"]) === false;
   if (ready.status === 0) {
     set("#st-ready", "cannot reach the API", "down");
+  } else if (ready.ok && keyNeeded) {
+    set("#st-ready", apiKey() ? "ready, but the API key is wrong" : "ready; an API key is needed: enter it at the top", "down");
   } else if (ready.ok) {
     set("#st-ready", "ready", "ok");
   } else if (ready.status === 401) {
     set("#st-ready", "API key needed", "down");
   } else {
     const why = reason(ready.data);
-    const redisDown = ready.data && ready.data.redis === false;
     const head = redisDown ? "Redis is down" : readyCount ? "not ready" : "no worker ready";
     set("#st-ready", why ? `${head}: ${why}` : head, "down");
   }
@@ -110,7 +115,7 @@ export async function refreshStatus() {
     : "manifest: —");
   let depth = first(ready.data, ["queue_depth", "queue.depth"]);
   if (depth == null && models.ok) depth = first(models.data, ["queue_depth"]);
-  if (depth == null) {
+  if (depth == null && !redisDown) {  // with Redis down the metric says 0, which is not known
     const metrics = await getBody("/metrics");
     if (metrics.ok) depth = queueFromMetrics(metrics.raw);
   }
