@@ -190,6 +190,16 @@ def assert_matrix(page, expected, tolerance: float = 1e-5) -> None:
         assert float(label) == pytest.approx(expected[i][j], abs=0.0005 + tolerance), (i, j, label)
 
 
+def assert_the_one_job_cancelled(page, redis_server) -> None:
+    """The page says the job was cancelled, and the console's database holds it, cancelled."""
+    error = page.locator("#embed-error")
+    error.wait_for(state="visible")
+    assert "cancelled" in error.text_content(), error.text_content()
+    db = redis_server.client(STATUS_DB)
+    (key,) = list(db.scan_iter("bge-m3:job:*"))
+    assert db.hget(key, "status") == "cancelled"
+
+
 def no_horizontal_overflow(page) -> None:
     width = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
     assert width[0] <= width[1], f"page is {width[0]}px wide in a {width[1]}px window"
@@ -426,13 +436,8 @@ def test_a_job_with_no_worker_says_so_and_cancel_cancels_it(base_settings, redis
         page.wait_for_function(
             "() => document.querySelector('#embed-progress').textContent.includes('no worker is ready')")
         page.click("#cancel-embed")
-        error = page.locator("#embed-error")
-        error.wait_for(state="visible")
-        assert "cancelled" in error.text_content()
+        assert_the_one_job_cancelled(page, redis_server)
         assert page.is_hidden("#cancel-embed") and page.is_enabled("#run-embed")
-        db = redis_server.client(STATUS_DB)
-        (key,) = list(db.scan_iter("bge-m3:job:*"))
-        assert db.hget(key, "status") == "cancelled"
     finally:
         server.close()
         redis_server.client(STATUS_DB).flushdb()
@@ -453,12 +458,7 @@ def test_cancel_while_the_job_is_submitted_cancels_the_job(base_settings, redis_
             page.wait_for_timeout(20)
         page.click("#cancel-embed")
         held[0].continue_()
-        error = page.locator("#embed-error")
-        error.wait_for(state="visible")
-        assert "cancelled" in error.text_content(), error.text_content()
-        db = redis_server.client(STATUS_DB)
-        (key,) = list(db.scan_iter("bge-m3:job:*"))
-        assert db.hget(key, "status") == "cancelled"
+        assert_the_one_job_cancelled(page, redis_server)
     finally:
         server.close()
         redis_server.client(STATUS_DB).flushdb()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 
 import numpy as np
+import pytest
 
 from tests.support import settings_on_db, spawn_worker, wait_for
 from tests.worker_support import Queue
@@ -14,6 +15,26 @@ VISIBILITY = 12
 """Seconds before the dead worker's message is restored (the worker sweeps every 3 s then). The
 job's time limit is one less, and the restarted worker needs about 1.3 s of it for the whole job
 on a quiet 2-core VM: a wide margin for a slow day."""
+
+
+@pytest.fixture
+def long_lease_stack(base_settings, redis_server, tmp_path):
+    """A queue and a worker whose leases last 600 s: no wait here ends by a lease's expiry."""
+    settings = settings_on_db(base_settings, redis_server, "kill", time_limit=600)
+    queue = Queue(settings)
+    worker = spawn_worker(settings, tmp_path)
+    yield queue, worker
+    worker.stop()
+    queue.close()
+
+
+def held_by_a_live_worker(queue: Queue, job_id: str) -> None:
+    """The job's lease taken by ``other@alive``, a worker process that announces itself."""
+    from bge_m3 import workers
+    from worker.lease import LEASE_PREFIX
+
+    queue.redis.set(LEASE_PREFIX + job_id, "other@alive|a1|t1", ex=600)
+    workers.announce(queue.redis, "other@alive", {"hostname": "other@alive", "instance": "a1"})
 
 
 def test_sigkill_mid_job_then_restart_completes_the_job(base_settings, redis_server, tmp_path):
@@ -43,7 +64,7 @@ def test_sigkill_mid_job_then_restart_completes_the_job(base_settings, redis_ser
         queue.close()
 
 
-def test_a_lease_left_by_a_gone_worker_is_taken_over(base_settings, redis_server, tmp_path):
+def test_a_lease_left_by_a_gone_worker_is_taken_over(long_lease_stack):
     """A cold shutdown hands the unacked message back at once while its lease (time_limit long)
     stays. The next delivery waits while the holder still announces itself, and takes the job
     over once it does not, instead of waiting out the lease. A lease left by an earlier process
@@ -52,68 +73,53 @@ def test_a_lease_left_by_a_gone_worker_is_taken_over(base_settings, redis_server
     from bge_m3 import workers
     from worker.lease import LEASE_PREFIX
 
-    settings = settings_on_db(base_settings, redis_server, "kill", time_limit=600)
-    queue = Queue(settings)
-    worker = spawn_worker(settings, tmp_path)
-    try:
-        alive = queue.store.create({"texts": ["held by a live worker"], "modes": ["dense"]})
-        queue.redis.set(LEASE_PREFIX + alive.id, "other@alive|a1|t1", ex=600)
-        workers.announce(queue.redis, "other@alive", {"hostname": "other@alive", "instance": "a1"})
-        gone = queue.store.create({"texts": ["held by a dead worker"], "modes": ["dense"]})
-        queue.redis.set(LEASE_PREFIX + gone.id, "ghost@gone|g1|t2", ex=600)
-        mine = queue.store.create({"texts": ["held by this hostname's last process"], "modes": ["dense"]})
-        # Taken 5 minutes ago (600 s lease, 300 s left), before this process started.
-        queue.redis.set(LEASE_PREFIX + mine.id, f"{worker.hostname}|before-restart|t3", ex=300)
-        twin = queue.store.create({"texts": ["held by a live twin under this hostname"], "modes": ["dense"]})
-        queue.redis.set(LEASE_PREFIX + twin.id, f"{worker.hostname}|live-twin|t4", ex=600)
-        for job in (alive, gone, mine, twin):
-            queue.send(job.id)
+    queue, worker = long_lease_stack
+    alive = queue.store.create({"texts": ["held by a live worker"], "modes": ["dense"]})
+    held_by_a_live_worker(queue, alive.id)
+    gone = queue.store.create({"texts": ["held by a dead worker"], "modes": ["dense"]})
+    queue.redis.set(LEASE_PREFIX + gone.id, "ghost@gone|g1|t2", ex=600)
+    mine = queue.store.create({"texts": ["held by this hostname's last process"], "modes": ["dense"]})
+    # Taken 5 minutes ago (600 s lease, 300 s left), before this process started.
+    queue.redis.set(LEASE_PREFIX + mine.id, f"{worker.hostname}|before-restart|t3", ex=300)
+    twin = queue.store.create({"texts": ["held by a live twin under this hostname"], "modes": ["dense"]})
+    queue.redis.set(LEASE_PREFIX + twin.id, f"{worker.hostname}|live-twin|t4", ex=600)
+    for job in (alive, gone, mine, twin):
+        queue.send(job.id)
 
-        assert queue.wait(gone.id, 30).status == "succeeded"
-        assert queue.wait(mine.id, 30).status == "succeeded"
-        assert "lease holder ghost@gone is gone; taking the job over" in worker.output()
-        assert f"lease holder {worker.hostname} is gone; taking the job over" in worker.output()
-        assert queue.store.get(alive.id).status == "queued"  # waited for, not run twice
-        # A lease taken after this process started is not a previous process's: two workers
-        # may share a name. It is waited for, looked at every heartbeat, and not stolen.
-        wait_for(lambda: f"Job {twin.id} is being run by another delivery" in worker.output(), 30,
-                 what="the twin's job waited for")
-        workers.withdraw(queue.redis, "other@alive")  # the live holder stops announcing itself
-        job = queue.wait(alive.id, 2 * workers.HEARTBEAT_INTERVAL + 20)
-        assert job.status == "succeeded" and job.attempts == 1
-        assert queue.store.get(twin.id).status == "queued"
-        assert f"Job {twin.id}: its lease holder" not in worker.output()
-        assert queue.store.cancel(twin.id) == "ok"  # wakes its waiting delivery, which skips it
-        wait_for(lambda: f"Job {twin.id} skipped: cancelled" in worker.output(), 30, what="twin skipped")
-    finally:
-        worker.stop()
-        queue.close()
+    assert queue.wait(gone.id, 30).status == "succeeded"
+    assert queue.wait(mine.id, 30).status == "succeeded"
+    assert "lease holder ghost@gone is gone; taking the job over" in worker.output()
+    assert f"lease holder {worker.hostname} is gone; taking the job over" in worker.output()
+    assert queue.store.get(alive.id).status == "queued"  # waited for, not run twice
+    # A lease taken after this process started is not a previous process's: two workers
+    # may share a name. It is waited for, looked at every heartbeat, and not stolen.
+    wait_for(lambda: f"Job {twin.id} is being run by another delivery" in worker.output(), 30,
+             what="the twin's job waited for")
+    workers.withdraw(queue.redis, "other@alive")  # the live holder stops announcing itself
+    job = queue.wait(alive.id, 2 * workers.HEARTBEAT_INTERVAL + 20)
+    assert job.status == "succeeded" and job.attempts == 1
+    assert queue.store.get(twin.id).status == "queued"
+    assert f"Job {twin.id}: its lease holder" not in worker.output()
+    assert queue.store.cancel(twin.id) == "ok"  # wakes its waiting delivery, which skips it
+    wait_for(lambda: f"Job {twin.id} skipped: cancelled" in worker.output(), 30, what="twin skipped")
 
 
-def test_a_waiting_delivery_survives_a_dropped_connection(base_settings, redis_server, tmp_path):
+def test_a_waiting_delivery_survives_a_dropped_connection(long_lease_stack):
     """A delivery waiting for the lease's holder loses its subscription (a failover, a proxy
     restart): the job it does not own must not fail; it waits again and runs the job once the
     holder is gone."""
     from bge_m3 import workers
-    from worker.lease import LEASE_PREFIX
 
-    settings = settings_on_db(base_settings, redis_server, "kill", time_limit=600)
-    queue = Queue(settings)
-    worker = spawn_worker(settings, tmp_path)
-    try:
-        job = queue.store.create({"texts": ["held elsewhere"], "modes": ["dense"]})
-        queue.redis.set(LEASE_PREFIX + job.id, "other@alive|a1|t1", ex=600)
-        workers.announce(queue.redis, "other@alive", {"hostname": "other@alive", "instance": "a1"})
-        queue.send(job.id)
-        wait_for(lambda: "is being run by another delivery (other@alive)" in worker.output(), 30,
-                 what="the delivery waiting")
-        wait_for(lambda: queue.redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub") > 0, 10,
-                 what="its subscription dropped")
-        wait_for(lambda: "Redis failed while claiming" in worker.output(), 15, what="the error seen")
-        assert queue.store.get(job.id).status == "queued", queue.store.get(job.id)
-        workers.withdraw(queue.redis, "other@alive")
-        done = queue.wait(job.id, 2 * workers.HEARTBEAT_INTERVAL + 20)
-        assert done.status == "succeeded" and done.attempts == 1, (done.status, done.error)
-    finally:
-        worker.stop()
-        queue.close()
+    queue, worker = long_lease_stack
+    job = queue.store.create({"texts": ["held elsewhere"], "modes": ["dense"]})
+    held_by_a_live_worker(queue, job.id)
+    queue.send(job.id)
+    wait_for(lambda: "is being run by another delivery (other@alive)" in worker.output(), 30,
+             what="the delivery waiting")
+    wait_for(lambda: queue.redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub") > 0, 10,
+             what="its subscription dropped")
+    wait_for(lambda: "Redis failed while claiming" in worker.output(), 15, what="the error seen")
+    assert queue.store.get(job.id).status == "queued", queue.store.get(job.id)
+    workers.withdraw(queue.redis, "other@alive")
+    done = queue.wait(job.id, 2 * workers.HEARTBEAT_INTERVAL + 20)
+    assert done.status == "succeeded" and done.attempts == 1, (done.status, done.error)
