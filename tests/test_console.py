@@ -499,8 +499,17 @@ def test_one_text_and_sparse_only_show_honest_facts(served, open_page):
 def test_a_large_batch_draws_a_bounded_heatmap(served, open_page):
     texts = [f"text number {i} about topic {i % 7}" for i in range(45)]
     page = open_page(served.url)
-    job_id = run_embed(page, texts, "dense")
+    job_id = run_embed(page, texts, "all")
     assert page.text_content("#f-texts") == "45"
     assert len(items(served.job(job_id))) == 45
     assert page.locator("#heatmap td.cell").count() == 40 * 40
-    assert "first 40 of 45 texts" in page.text_content("#heat-caption")
+    for caption in ("#heat-caption", "#sparse-cut", "#colbert-cut"):
+        assert "first 40 of 45 texts" in page.text_content(caption), caption
+    # Scrolled to its far corner, the matrix still shows which texts its cells belong to.
+    wrap = ".heat-wrap:has(#heatmap)"
+    page.eval_on_selector(wrap, "w => { w.scrollLeft = w.scrollWidth; w.scrollTop = w.scrollHeight; }")
+    box = page.locator(wrap).bounding_box()
+    assert page.evaluate(f"() => document.querySelector('{wrap}').scrollLeft") > 0
+    row_label = page.locator('#heatmap th[scope="row"]').last.bounding_box()
+    column_label = page.locator('#heatmap th[scope="col"]').last.bounding_box()
+    assert abs(row_label["x"] - box["x"]) < 4 and abs(column_label["y"] - box["y"]) < 4

@@ -131,6 +131,12 @@ function renderChips(sparse) {
       ...(chips.length ? chips : [el("span", { class: "caption", text: "no weighted tokens" })]));
   });
   $("#sparse-chips").replaceChildren(...rows);
+  $("#sparse-cut").textContent = cutNote(rows.length);
+}
+
+/** Says so when a card shows only the first texts of a larger batch ("" otherwise). */
+function cutNote(shown) {
+  return state.texts.length > shown ? `first ${shown} of ${state.texts.length} texts` : "";
 }
 
 function renderColbert(colbert) {
@@ -147,6 +153,7 @@ function renderColbert(colbert) {
       el("td", { class: "num vectors", text: String(vecs.length) }));
   });
   $("#colbert-table tbody").replaceChildren(...rows);
+  $("#colbert-cut").textContent = cutNote(rows.length);
 }
 
 function totalTokens(job) {
