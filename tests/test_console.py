@@ -443,6 +443,26 @@ def test_a_job_with_no_worker_says_so_and_cancel_cancels_it(base_settings, redis
         redis_server.client(STATUS_DB).flushdb()
 
 
+def test_a_running_job_is_shown_running(base_settings, redis_server, worker_factory, open_page):
+    """The page learns a job's status when a long-poll returns, and a long-poll returns at the
+    job's end: its first waits are short, so a job that runs for seconds is shown running."""
+    redis_server.client(STATUS_DB).flushdb()
+    settings = base_settings.replace(redis_url=redis_server.url(STATUS_DB), test_faults=True)
+    worker_factory(settings)
+    server = _serve(settings)
+    try:
+        page = open_page(server.url)
+        page.fill("#texts", "BGE_M3_TEST_FAULT:sleep=6")  # the job's thread sleeps 6 s, then runs
+        page.click("#run-embed")
+        page.wait_for_function(
+            "() => document.querySelector('#embed-progress').textContent.includes('job running')",
+            timeout=5_000)
+        page.locator("#embed-results").wait_for(state="visible")
+    finally:
+        server.close()
+        redis_server.client(STATUS_DB).flushdb()
+
+
 def test_cancel_while_the_job_is_submitted_cancels_the_job(base_settings, redis_server, open_page):
     """Cancel pressed while the POST is in flight: the job the server creates anyway is found and
     cancelled, not left to run unseen."""

@@ -5,6 +5,10 @@ export const KEY_STORAGE = "bge-m3.api-key";
 export const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 /** Seconds one long-poll may wait; the API bounds it at 30 too. */
 export const WAIT_SECONDS = 30;
+/** Seconds the first long-poll waits. A long-poll answers at the job's end, so the page learns a
+ * queued job has started only when one returns: the waits start short and double up to
+ * WAIT_SECONDS, so "running" shows within a second or two of the start. */
+export const FIRST_WAIT_SECONDS = 1;
 
 export class ApiError extends Error {
   constructor(message, status = 0, code = "") {
@@ -124,9 +128,11 @@ export async function runJob(body, onStatus = () => {}, signal = undefined) {
   if (signal && signal.aborted) await stopJob(self, created.id);
   let job = created;
   onStatus(job.status || "queued", await queuedNote(job));
+  let wait = FIRST_WAIT_SECONDS;
   while (!TERMINAL.has(job.status)) {
     try {
-      ({ data: job } = await call("GET", `${self}?wait=${WAIT_SECONDS}`, undefined, signal));
+      ({ data: job } = await call("GET", `${self}?wait=${wait}`, undefined, signal));
+      wait = Math.min(wait * 2, WAIT_SECONDS);
     } catch (e) {
       if (signal && signal.aborted) await stopJob(self, created.id);
       throw e;
