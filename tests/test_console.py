@@ -325,6 +325,23 @@ def test_score_ranking_follows_the_weight_sliders(served, open_page, tmp_path):
     page.screenshot(path=str(tmp_path / "score.png"), full_page=True)
 
 
+def test_score_sends_max_length_and_truncate(served, open_page):
+    page = open_page(served.url)
+    page.click("#tab-score")
+    page.fill("#query", QUERY)
+    page.fill("#documents", "a document far longer than four tokens, about the weather today")
+    page.fill("#score-max-length", "4")
+    page.uncheck("#score-truncate")
+    page.click("#run-score")
+    error = page.locator("#score-error")
+    error.wait_for(state="visible")
+    assert "could not be embedded" in error.text_content() and "4" in error.text_content()
+    page.check("#score-truncate")
+    page.click("#run-score")
+    page.locator("#score-results").wait_for(state="visible")
+    assert page.locator("#ranking tbody tr").count() == 1
+
+
 def test_status_strip_shows_worker_then_no_worker_ready(base_settings, redis_server,
                                                         worker_factory, open_page, tmp_path):
     redis_server.client(STATUS_DB).flushdb()

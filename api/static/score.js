@@ -65,7 +65,10 @@ async function score() {
   showError(error, "");
   showProgress(progress, "scoring…");
   try {
-    const { data } = await call("POST", "/v1/score", { query, documents, weights });
+    const body = { query, documents, weights, truncate: $("#score-truncate").checked };
+    const maxLength = parseInt($("#score-max-length").value, 10);
+    if (!Number.isNaN(maxLength)) body.max_length = maxLength;
+    const { data } = await call("POST", "/v1/score", body);
     if (mine !== sequence) return;
     render(documents, weights, data);
     scored = true;
