@@ -32,12 +32,14 @@ class _RedisGauges:
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
-            depth, workers, up = queue_depth(self.redis), len(ready_workers(self.redis)), 1
+            depth, workers = queue_depth(self.redis), len(ready_workers(self.redis))
         except Exception:  # a scrape must still answer when Redis is down
-            depth, workers, up = 0, 0, 0
-        yield GaugeMetricFamily("bge_m3_queue_depth", "Jobs waiting in the queue", value=depth)
-        yield GaugeMetricFamily("bge_m3_ready_workers", "Verified, ready workers", value=workers)
-        yield GaugeMetricFamily("bge_m3_redis_up", "1 when Redis answered this scrape", value=up)
+            depth = workers = None
+        if depth is not None:  # unknown while Redis is down: absent, not a zero an autoscaler acts on
+            yield GaugeMetricFamily("bge_m3_queue_depth", "Jobs waiting in the queue", value=depth)
+            yield GaugeMetricFamily("bge_m3_ready_workers", "Verified, ready workers", value=workers)
+        yield GaugeMetricFamily("bge_m3_redis_up", "1 when Redis answered this scrape",
+                                value=0 if depth is None else 1)
 
 
 class Metrics:

@@ -97,13 +97,20 @@ def task_message(job_id: str) -> str:
 
 def broker_url(url: str) -> str:
     """A Redis URL in kombu's spelling: redis-py's ``unix:///path?db=N`` becomes
-    ``redis+socket:///path?virtual_host=N`` (kombu has no unix:// transport)."""
-    if not url.startswith("unix://"):
+    ``redis+socket:///path?virtual_host=N`` (kombu has no unix:// transport), and a socket URL's
+    ``password=`` query value, which kombu ignores, moves into the URL's userinfo."""
+    if not url.startswith(("unix://", "redis+socket://")):
         return url
-    path, mark, query = url[len("unix://"):].partition("?")
-    query = "&".join("virtual_host=" + part[3:] if part.startswith("db=") else part
-                     for part in query.split("&")) if query else ""
-    return f"redis+socket://{path}{mark}{query}"
+    path, _, query = url.split("://", 1)[1].partition("?")
+    parts, password = [], None
+    for part in filter(None, query.split("&")):
+        if part.lower().startswith("password="):
+            password = part[len("password="):]
+        else:
+            parts.append("virtual_host=" + part[3:] if part.startswith("db=") else part)
+    if password is not None and "@" not in path:
+        path = f":{password}@{path}"
+    return f"redis+socket://{path}" + (f"?{'&'.join(parts)}" if parts else "")
 
 
 def redis_client(url: str, **kwargs: Any):

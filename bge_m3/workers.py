@@ -44,9 +44,13 @@ def withdraw(redis: Any, hostname: str) -> None:
 
 
 def ready_workers(redis: Any) -> list[dict[str, Any]]:
+    """Records of the workers that take jobs now: announced, and ``accepting`` (not draining for
+    a shutdown, not between broker connections). A record that is not accepting still says the
+    process is alive, which its job leases go by (``worker.lease``)."""
     keys = sorted(redis.scan_iter(match=WORKER_PREFIX + "*", count=100))
     out = []
     for raw in redis.mget(keys) if keys else []:
-        if raw:
-            out.append(json.loads(raw))
+        record = json.loads(raw) if raw else None
+        if isinstance(record, dict) and record.get("accepting", True):
+            out.append(record)
     return out

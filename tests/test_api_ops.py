@@ -108,7 +108,10 @@ def test_redis_down_is_503_and_no_orphan(base_settings, tmp_path):
     r = client.get("/readyz")
     assert r.status_code == 503 and "Redis" in r.get_json()["error"]["message"]
     assert client.get("/healthz").status_code == 200
-    assert "bge_m3_redis_up 0.0" in client.get("/metrics").get_data(as_text=True)
+    exposition = client.get("/metrics").get_data(as_text=True)
+    assert "bge_m3_redis_up 0.0" in exposition
+    # Unknown while Redis is down: absent, not a zero that an autoscaler would act on.
+    assert "bge_m3_queue_depth" not in exposition and "bge_m3_ready_workers" not in exposition
     server.start()  # the AOF brings back what was written before the outage, and nothing else
     redis = server.client(0)
     assert len(list(redis.scan_iter("bge-m3:job:*"))) == redis.llen(QUEUE_NAME) == 1

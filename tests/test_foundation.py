@@ -94,7 +94,7 @@ def test_malformed_settings_name_their_variable():
     assert "s3cret" not in str(raised.value)
     # redis-py's socket form is taken; Celery gets it in kombu's spelling (it has no unix://).
     url = Settings.from_env({"REDIS_URL": "unix:///run/db=x/r.sock?db=3&password=db=9"}).redis_url
-    assert broker_url(url) == "redis+socket:///run/db=x/r.sock?virtual_host=3&password=db=9"
+    assert broker_url(url) == "redis+socket://:db=9@/run/db=x/r.sock?virtual_host=3"
     assert make_celery(Settings(redis_url=url)).conf.broker_url == broker_url(url)
     assert redis_client(broker_url(url)).connection_pool.connection_kwargs["db"] == 3
     assert broker_url("redis://h:6379/0") == "redis://h:6379/0"

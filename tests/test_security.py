@@ -7,6 +7,7 @@ import re
 import uuid
 
 import httpx
+import pytest
 
 from api import create_app
 from bge_m3.jobs import JobStore
@@ -98,11 +99,15 @@ def test_cancel_by_another_key_is_404_and_the_job_stays_queued(base_settings, re
         api.stop()
 
 
-def test_redis_password_never_in_logs_or_models(base_settings, worker_factory, tmp_path):
+@pytest.mark.parametrize("form", ["kombu", "redis-py"])
+def test_redis_password_never_in_logs_or_models(base_settings, worker_factory, tmp_path, form):
+    """Both socket URL forms: kombu's (password in the userinfo) and redis-py's (``unix://`` with
+    ``password=`` in the query, which kombu alone would ignore and never connect)."""
     password = f"pw-{uuid.uuid4().hex}"
     redis = RedisServer(tmp_path / "auth-redis", password=password)
     try:
-        settings = base_settings.replace(redis_url=redis.url(0))
+        url = redis.url(0) if form == "kombu" else f"unix://{redis.socket}?db=0&password={password}"
+        settings = base_settings.replace(redis_url=url)
         assert password in settings.redis_url and password not in redact_url(settings.redis_url)
         worker = worker_factory(settings)
         api = start_api(settings, tmp_path, access_log=True)
@@ -118,7 +123,7 @@ def test_redis_password_never_in_logs_or_models(base_settings, worker_factory, t
         finally:
             api.stop()
         # A wrong password: refused, and neither password is echoed.
-        wrong = settings.replace(redis_url=redis.url(0).replace(password, "not-the-password"))
+        wrong = settings.replace(redis_url=url.replace(password, "not-the-password"))
         bad_api = start_api(wrong, tmp_path)
         try:
             r = httpx.get(bad_api.url + "/readyz")

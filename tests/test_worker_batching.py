@@ -124,6 +124,7 @@ def test_readiness_record(served, tiny_model):
     assert info["manifest_digest"] == manifest.digest()
     assert info["max_batch_tokens"] == BATCH_TOKENS and info["dimension"] == 32
     assert info["device"] == "cpu" and info["dtype"] == "float32" and info["pid"] == worker.proc.pid
+    assert info["accepting"] is True and len(info["instance"]) == 16  # consuming, not draining
     # torch, transformers and the model are frozen out of the collector after the warm-up.
     assert info["frozen_objects"] > 100_000
     assert 0 < queue.redis.ttl("bge-m3:worker:" + worker.hostname) <= 15

@@ -123,3 +123,51 @@ def test_a_waiting_delivery_survives_a_dropped_connection(long_lease_stack):
     workers.withdraw(queue.redis, "other@alive")
     done = queue.wait(job.id, 2 * workers.HEARTBEAT_INTERVAL + 20)
     assert done.status == "succeeded" and done.attempts == 1, (done.status, done.error)
+
+
+def test_a_draining_worker_is_not_ready_but_finishes_its_job(base_settings, redis_server, tmp_path):
+    """SIGTERM starts a warm shutdown: the running job finishes, and from the first moment the
+    worker is no longer counted ready (sync calls would wait on a worker that takes nothing);
+    its record stays, saying it is alive, for its job's lease, until it exits."""
+    from bge_m3 import workers
+
+    settings = settings_on_db(base_settings, redis_server, "kill", test_faults=True)
+    queue = Queue(settings)
+    worker = spawn_worker(settings, tmp_path)
+    try:
+        assert [w["hostname"] for w in workers.ready_workers(queue.redis)] == [worker.hostname]
+        job_id = queue.submit(["BGE_M3_TEST_FAULT:sleep=4", "then encoded"])
+        wait_for(lambda: queue.store.get(job_id).status == "running", 30, what="job running")
+        worker.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: not workers.ready_workers(queue.redis), 5, interval=0.05, what="not ready")
+        assert worker.proc.poll() is None and workers.is_announced(queue.redis, worker.hostname)
+        assert queue.wait(job_id, 30).status == "succeeded"
+        assert worker.proc.wait(30) == 0
+        assert not workers.is_announced(queue.redis, worker.hostname)
+    finally:
+        worker.stop()
+        queue.close()
+
+
+def test_a_worker_between_broker_connections_is_not_ready(base_settings, redis_server, tmp_path):
+    """The consumer's connection drops (a failover): until it is back the worker takes nothing,
+    and says so in its record; then it is ready again and serves."""
+    settings = settings_on_db(base_settings, redis_server, "kill")
+    queue = Queue(settings)
+    worker = spawn_worker(settings, tmp_path)
+    try:
+        def consumer_ids() -> list[str]:  # the connection blocked in BRPOP on the queue
+            return [c["id"] for c in queue.redis.client_list() if c.get("cmd") in ("brpop", "blpop")]
+        wait_for(consumer_ids, 15, what="the consumer waiting for messages")
+        for client_id in consumer_ids():
+            queue.redis.execute_command("CLIENT", "KILL", "ID", client_id)
+        wait_for(lambda: "Consumer connected to the broker: accepting jobs" in worker.output(), 30,
+                 what="the consumer back")
+        output = worker.output()
+        lost = output.index("Consumer lost the broker: not accepting jobs until it reconnects")
+        assert lost < output.index("Consumer connected to the broker: accepting jobs")
+        job_id = queue.submit(["served again"])
+        assert queue.wait(job_id, 30).status == "succeeded"
+    finally:
+        worker.stop()
+        queue.close()

@@ -61,7 +61,8 @@ def create_app(settings: Settings | None = None):
     app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True,
              max_retries=settings.max_retries, ignore_result=True)(tasks.embed)
 
-    from worker import signals
+    from worker import signals, steps
 
     signals.connect(app)
+    app.steps["consumer"].add(steps.Consuming)
     return app

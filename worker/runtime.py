@@ -73,6 +73,8 @@ class Runtime:
         self._flush_lock = threading.RLock()
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
+        self._consuming = False  # the Celery consumer holds a broker connection (worker.steps)
+        self._draining = False  # a warm shutdown began: running jobs finish, no new ones come
 
     def boot(self) -> "Runtime":
         self.verified = gate.check(self.settings)
@@ -134,6 +136,7 @@ class Runtime:
             "max_length": self.max_length(), "pid": os.getpid(),
             "frozen_objects": self.frozen_objects,
             "started_at": self.started_at, "instance": self.instance,
+            "accepting": self._consuming and not self._draining,
         }
 
     def max_length(self) -> int:
@@ -143,15 +146,43 @@ class Runtime:
 
     def ready(self) -> None:
         """Announce readiness now and keep it fresh until shutdown."""
-        try:
-            workers.announce(self.redis, self.hostname, self.info())
-        except Exception as exc:  # noqa: BLE001 - Celery would swallow it; the heartbeat retries
-            log.warning("readiness not announced yet (%s); retrying every %.0f s", exc,
-                        workers.HEARTBEAT_INTERVAL)
+        self._announce()
         log.info("Ready: %s consuming queue with %d threads, %s-token batches", self.hostname,
                  self.settings.worker_threads, f"{self.settings.max_batch_tokens:,}")
         self._heartbeat = threading.Thread(target=self._beat, name="bge-m3-heartbeat", daemon=True)
         self._heartbeat.start()
+
+    def _announce(self) -> None:
+        try:
+            workers.announce(self.redis, self.hostname, self.info())
+        except Exception as exc:  # noqa: BLE001 - Celery would swallow it; the heartbeat retries
+            log.warning("readiness not announced now (%s); retrying every %.0f s", exc,
+                        workers.HEARTBEAT_INTERVAL)
+
+    def set_consuming(self, consuming: bool) -> None:
+        """The consumer got (or lost) its broker connection: ready only while it has one, since a
+        worker that cannot take messages would only make sync callers wait for their timeout."""
+        if consuming == self._consuming:
+            return
+        self._consuming = consuming
+        if self._heartbeat is None or self._stop.is_set() or self._draining:
+            return  # not announced yet (ready() will), or going away anyway
+        if consuming:
+            log.info("Consumer connected to the broker: accepting jobs")
+        else:
+            log.warning("Consumer lost the broker: not accepting jobs until it reconnects")
+        self._announce()
+
+    def drain(self) -> None:
+        """A warm shutdown began: the jobs running finish, but no new one will be taken, so the
+        record says not accepting at once (not when the last job ends). It stays, alive, for the
+        leases of those jobs."""
+        if self._draining:
+            return
+        self._draining = True
+        log.info("Draining: %s takes no new jobs; the running ones finish", self.hostname)
+        if self._heartbeat is not None and not self._stop.is_set():
+            self._announce()
 
     def _beat(self) -> None:
         while not self._stop.wait(workers.HEARTBEAT_INTERVAL):

@@ -67,6 +67,13 @@ def connect(app: Any) -> None:
             runtime._current.shutdown()
             log.info("Worker %s stopped", runtime._current.hostname)
 
+    def on_shutting_down(sender: Any = None, **_: Any) -> None:
+        from worker import runtime
+
+        if runtime._current is not None and sender == runtime._current.hostname:
+            runtime._current.drain()
+
     signals.worker_init.connect(on_init, weak=False)
     signals.worker_ready.connect(on_ready, weak=False)
+    signals.worker_shutting_down.connect(on_shutting_down, weak=False)
     signals.worker_shutdown.connect(on_shutdown, weak=False)
