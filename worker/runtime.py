@@ -71,6 +71,7 @@ class Runtime:
         self._counts: collections.Counter[str] = collections.Counter()
         self._counts_lock = threading.Lock()
         self._flush_lock = threading.RLock()
+        self._announce_lock = threading.Lock()  # a record read before a state change lands before it
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
         self._consuming = False  # the Celery consumer holds a broker connection (worker.steps)
@@ -152,9 +153,13 @@ class Runtime:
         self._heartbeat = threading.Thread(target=self._beat, name="bge-m3-heartbeat", daemon=True)
         self._heartbeat.start()
 
+    def _announce_now(self) -> None:
+        with self._announce_lock:
+            workers.announce(self.redis, self.hostname, self.info())
+
     def _announce(self) -> None:
         try:
-            workers.announce(self.redis, self.hostname, self.info())
+            self._announce_now()
         except Exception as exc:  # noqa: BLE001 - Celery would swallow it; the heartbeat retries
             log.warning("readiness not announced now (%s); retrying every %.0f s", exc,
                         workers.HEARTBEAT_INTERVAL)
@@ -187,7 +192,7 @@ class Runtime:
     def _beat(self) -> None:
         while not self._stop.wait(workers.HEARTBEAT_INTERVAL):
             try:
-                workers.announce(self.redis, self.hostname, self.info())
+                self._announce_now()
                 with self._flush_lock:  # see count(): a job's end waits for this flush
                     self.count().execute()  # batches of jobs that ended without a terminal write
             except Exception as exc:  # noqa: BLE001 - keep beating through a Redis blip
