@@ -31,12 +31,15 @@ def is_announced(redis: Any, hostname: str) -> bool:
 
 def record(redis: Any, hostname: str) -> dict[str, Any] | None:
     """``hostname``'s readiness record, or None when it has not announced itself within READY_TTL."""
-    raw = redis.get(WORKER_PREFIX + hostname)
+    return _parse(redis.get(WORKER_PREFIX + hostname))
+
+
+def _parse(raw: str | None) -> dict[str, Any] | None:
     try:
-        record = json.loads(raw) if raw else None
+        parsed = json.loads(raw) if raw else None
     except ValueError:
         return None
-    return record if isinstance(record, dict) else None
+    return parsed if isinstance(parsed, dict) else None
 
 
 def withdraw(redis: Any, hostname: str) -> None:
@@ -50,7 +53,7 @@ def ready_workers(redis: Any) -> list[dict[str, Any]]:
     keys = sorted(redis.scan_iter(match=WORKER_PREFIX + "*", count=100))
     out = []
     for raw in redis.mget(keys) if keys else []:
-        record = json.loads(raw) if raw else None
-        if isinstance(record, dict) and record.get("accepting", True):
-            out.append(record)
+        parsed = _parse(raw)
+        if parsed is not None and parsed.get("accepting", True):
+            out.append(parsed)
     return out
