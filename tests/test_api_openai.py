@@ -8,10 +8,18 @@ import httpx
 import openai
 import pytest
 
+from api.serve import wait_slots
 from tests.support import BGE_M3, free_port, wait_for, worker_env
 
 KEY = "sk-test-4f1c9e2a"
 TEXTS = ["今天天气真好", "阳光明媚", "the quick brown fox"]
+
+
+THREADS = 16
+"""Request threads of the test's gunicorn process: enough wait slots (``api.serve.wait_slots``)
+for every concurrent client below, so none is refused as ``busy``."""
+CLIENTS = 8
+"""Clients that publish and wait at the same time in the gthread test."""
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +28,7 @@ def server(base_settings, live_worker, tmp_path_factory):
     log = tmp_path_factory.mktemp("gunicorn") / "api.log"
     settings = base_settings.replace(api_keys=(KEY, "sk-other"), host="127.0.0.1", port=port)
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([BGE_M3, "api", "--workers", "1", "--threads", "8", "--access-log"],
+        proc = subprocess.Popen([BGE_M3, "api", "--workers", "1", "--threads", str(THREADS), "--access-log"],
                                 env=worker_env(settings), stdout=fh, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     base = f"http://127.0.0.1:{port}"
@@ -119,7 +127,8 @@ def test_concurrent_requests_under_gthread(server):
         assert r.status_code == 200, r.text
         return r.json()["embeddings"][0]
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
+    assert CLIENTS <= wait_slots(THREADS)  # else the test would measure the busy guard instead
+    with ThreadPoolExecutor(max_workers=CLIENTS) as pool:
         together = list(pool.map(embed, texts))
     alone = [embed(texts[0]), embed(texts[-1])]
     # Each text got its own vector back (co-batched texts are padded differently: float noise).
