@@ -251,7 +251,9 @@ def test_sticky_device_errors_are_told_from_recoverable_ones(message, sticky):
     assert is_sticky(RuntimeError(message)) is sticky
 
 
-def test_a_sticky_device_error_is_not_retried_in_halves():
+def test_a_sticky_device_error_is_not_retried_in_halves(caplog):
+    from worker.pending import JobTrace
+
     calls, failed = [], []
 
     def forward(rows, wants):
@@ -261,13 +263,31 @@ def test_a_sticky_device_error_is_not_retried_in_halves():
     batcher = Batcher(forward, max_batch_tokens=1000, wait_ms=0, on_device_failed=failed.append)
     batcher.start()
     try:
-        futures = batcher.submit([[1], [2, 3], [4, 5, 6], [7]], frozenset({"dense"}))
-        for future in futures:
-            with pytest.raises(RuntimeError, match="device-side assert"):
-                future.result(10)
+        with caplog.at_level("CRITICAL", logger="bge_m3.worker"):
+            futures = batcher.submit([[1], [2, 3], [4, 5, 6], [7]], frozenset({"dense"}),
+                                     JobTrace(job="job-7f3a"))
+            for future in futures:
+                with pytest.raises(RuntimeError, match="device-side assert"):
+                    future.result(10)
         assert calls == [4] and len(failed) == 1  # one pass, one report, no halving retries
+        lines = [r.getMessage() for r in caplog.records if r.levelname == "CRITICAL"]
+        assert len(lines) == 1 and "(jobs job-7f3a)" in lines[0], lines  # which job to look at
     finally:
         batcher.stop()
+
+
+def test_a_failed_pass_names_its_jobs_and_counts_the_rest():
+    from concurrent.futures import Future
+
+    from worker.pending import JOBS_NAMED, JobTrace, Pending, job_names
+
+    traces = [JobTrace(job=f"j{i}") for i in range(JOBS_NAMED + 3)]
+    batch = [Pending([1], frozenset({"dense"}), Future(), t) for t in (traces[0], *traces)]
+    named = job_names(batch)
+    assert named.startswith("j0, j1, ") and named.count("j0") == 1  # each job once, in order
+    assert named.endswith(f"j{JOBS_NAMED - 1} (+3 more)") and f"j{JOBS_NAMED}," not in named
+    assert job_names(batch[:2]) == "j0"
+    assert job_names([Pending([1], frozenset(), Future(), JobTrace())]) == "?"
 
 
 def test_a_small_job_behind_a_big_one_waits_one_window_at_most():

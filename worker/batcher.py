@@ -32,7 +32,8 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
 from worker.device import is_sticky
-from worker.pending import Arrival, BatchStats, JobTrace, Pending, RunBatch, StartBatch
+from worker.pending import (Arrival, BatchStats, JobTrace, Pending, RunBatch, StartBatch,
+                            job_names)
 from worker.planning import plan_batches
 
 WINDOW_BATCHES = 4
@@ -173,7 +174,8 @@ class Batcher:
                 live = [p for p in window if p.future.set_running_or_notify_cancel()]
                 self._run_all(plan_batches(live, self.max_batch_tokens, self.pass_tokens))
             except Exception as exc:  # noqa: BLE001 - the model's only thread must outlive a bug
-                log.exception("Window of %d texts failed outside a forward pass", len(window))
+                log.exception("Window of %d texts (jobs %s) failed outside a forward pass",
+                              len(window), job_names(window))
                 for item in window:
                     if not item.future.done():
                         item.future.set_exception(exc)
@@ -203,8 +205,8 @@ class Batcher:
         try:
             finish = self.start_batch([p.ids for p in batch], [p.want for p in batch])
         except Exception as exc:  # noqa: BLE001 - isolate the failing text, spare the rest
-            log.warning("Batch %d of %d texts failed to start (%s); running it alone", number,
-                        len(batch), exc)
+            log.warning("Batch %d of %d texts (jobs %s) failed to start (%s); running it alone",
+                        number, len(batch), job_names(batch), exc)
             self._run(batch)
             return None
         return batch, number, finish, t0
@@ -216,7 +218,8 @@ class Batcher:
         try:
             rows = finish()
         except Exception as exc:  # noqa: BLE001 - run it again alone, isolating the failing text
-            log.warning("Batch %d of %d texts failed (%s); running it again", number, len(batch), exc)
+            log.warning("Batch %d of %d texts (jobs %s) failed (%s); running it again", number,
+                        len(batch), job_names(batch), exc)
             self._run(batch)
             return
         t1 = time.perf_counter()
@@ -235,9 +238,11 @@ class Batcher:
                 return
             if len(batch) == 1:
                 batch[0].future.set_exception(exc)
-                log.warning("Batch %d: text of %d tokens failed: %s", number, len(batch[0].ids), exc)
+                log.warning("Batch %d: a text of %d tokens (job %s) failed: %s", number,
+                            len(batch[0].ids), job_names(batch), exc)
                 return
-            log.warning("Batch %d of %d texts failed (%s); retrying in halves", number, len(batch), exc)
+            log.warning("Batch %d of %d texts (jobs %s) failed (%s); retrying in halves", number,
+                        len(batch), job_names(batch), exc)
             half = len(batch) // 2
             self._run(batch[:half])
             self._run(batch[half:])
@@ -249,7 +254,8 @@ class Batcher:
         """The device is gone for good: halving the batch would only fail every half. The handler
         runs first (the worker exits there, so its jobs are redelivered rather than failed for
         texts that did nothing wrong); without one, the batch's texts get the error."""
-        log.critical("Batch %d: the device failed and cannot recover: %s", number, exc)
+        log.critical("Batch %d (jobs %s): the device failed and cannot recover: %s", number,
+                     job_names(batch), exc)
         if self.on_device_failed is not None:
             self.on_device_failed(exc)
         for item in batch:

@@ -104,7 +104,7 @@ def _run(rt: Runtime, job_id: str, claimed: Claim, arrival: Arrival) -> str:
         log.info("Job %s failed: %s", job_id, exc)
         return "failed"
     faults.inject(texts, claimed.attempt, settings.test_faults)  # test-only; a no-op by default
-    trace = JobTrace()
+    trace = JobTrace(job=job_id)
     phases = {"tokenize_ms": (time.perf_counter() - tokenizing) * 1000}
     tokens = sum(len(r) for r in rows)
     manifest = rt.verified.manifest

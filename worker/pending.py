@@ -24,6 +24,19 @@ class JobTrace:
     jobs sharing a pass share); written by the thread running the passes only."""
     passes: set[int] = field(default_factory=set)
     forward_ms: float = 0.0
+    job: str = ""  # the job's id, for log lines that name the jobs a failed pass carried
+
+
+JOBS_NAMED = 8
+"""Job ids a log line about one pass names before it only counts the rest: a full pass of
+one-text jobs carries hundreds of them."""
+
+
+def job_names(batch: Sequence["Pending"]) -> str:
+    """The distinct jobs of ``batch``, in order of appearance, for a log line: "a, b (+3 more)"."""
+    jobs = list(dict.fromkeys(p.trace.job or "?" for p in batch))
+    named = ", ".join(jobs[:JOBS_NAMED])
+    return named + (f" (+{len(jobs) - JOBS_NAMED} more)" if len(jobs) > JOBS_NAMED else "")
 
 
 @dataclass
