@@ -460,9 +460,11 @@ def test_a_job_with_no_worker_says_so_and_cancel_cancels_it(base_settings, redis
         redis_server.client(STATUS_DB).flushdb()
 
 
-def test_a_running_job_is_shown_running(base_settings, redis_server, worker_factory, open_page):
+def test_a_running_job_is_shown_running_and_cancel_links_to_it(base_settings, redis_server,
+                                                               worker_factory, open_page):
     """The page learns a job's status when a long-poll returns, and a long-poll returns at the
-    job's end: its first waits are short, so a job that runs for seconds is shown running."""
+    job's end: its first waits are short, so a job that runs for seconds is shown running. Cancel
+    then cannot stop it (it started): the page stops waiting and links to the job, which goes on."""
     redis_server.client(STATUS_DB).flushdb()
     settings = base_settings.replace(redis_url=redis_server.url(STATUS_DB), test_faults=True)
     worker_factory(settings)
@@ -474,7 +476,16 @@ def test_a_running_job_is_shown_running(base_settings, redis_server, worker_fact
         page.wait_for_function(
             "() => document.querySelector('#embed-progress').textContent.includes('job running')",
             timeout=5_000)
-        page.locator("#embed-results").wait_for(state="visible")
+        page.click("#cancel-embed")
+        link = page.locator("#embed-error a")
+        link.wait_for(state="visible")
+        assert "already started and goes on" in page.text_content("#embed-error")
+        href = link.get_attribute("href")
+        assert href.startswith("/v1/jobs/") and link.text_content() == f"GET {href}"
+        with urllib.request.urlopen(server.url + href + "?wait=30", timeout=40) as answer:
+            job = json.load(answer)
+        assert job["status"] == "succeeded", job  # it went on; the link shows its result
+        assert page.is_hidden("#embed-results") and page.is_enabled("#run-embed")
     finally:
         server.close()
         redis_server.client(STATUS_DB).flushdb()

@@ -11,10 +11,12 @@ export const WAIT_SECONDS = 30;
 export const FIRST_WAIT_SECONDS = 1;
 
 export class ApiError extends Error {
-  constructor(message, status = 0, code = "") {
+  /** ``link``: a URL the message points to (shown as a link after it), or "". */
+  constructor(message, status = 0, code = "", link = "") {
     super(message);
     this.status = status;
     this.code = code;
+    this.link = link;
   }
 }
 
@@ -111,7 +113,7 @@ async function stopJob(self, id) {
     await call("DELETE", self);
   } catch (e) {
     if (e instanceof ApiError && e.status === 409) {
-      throw new ApiError(`stopped waiting; the job had already started and goes on: GET ${self}`, 0, "aborted");
+      throw new ApiError("stopped waiting; the job had already started and goes on:", 0, "aborted", self);
     }
     throw e;
   }

@@ -16,8 +16,12 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-export function showError(node, message) {
+/** ``link``: a same-origin URL the message points to, appended as a link ("GET <url>"). */
+export function showError(node, message, link = "") {
   node.textContent = message || "";
+  if (message && link) {
+    node.append(" ", el("a", { href: link, target: "_blank", rel: "noopener", text: `GET ${link}` }));
+  }
   node.hidden = !message;
 }
 

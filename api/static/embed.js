@@ -215,7 +215,8 @@ async function submit(event) {
     $("#embed-results").hidden = false;
     $("#embed-results").dataset.job = job.id;
   } catch (e) {
-    showError(error, e instanceof ApiError ? e.message : `something went wrong in the page: ${e.message}`);
+    showError(error, e instanceof ApiError ? e.message : `something went wrong in the page: ${e.message}`,
+      e instanceof ApiError ? e.link : "");
   } finally {
     showProgress(progress, "");
     cancel.removeEventListener("click", onCancel);
