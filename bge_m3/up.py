@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bge_m3 import ports
 from bge_m3.accelerator import EnvironmentProblem, detect
+from bge_m3.folderlock import FolderTaken, claim
 from bge_m3.redisproc import EmbeddedRedis, RedisProblem, eviction_warning, local_url, ping
 from bge_m3.settings import Settings, env_is_set, redact_url
 from bge_m3.supervisor import API_GRACE, REDIS_GRACE, Supervisor
@@ -49,6 +50,7 @@ class Up:
         self.supervisor = Supervisor({})
         self.stop_signal: int | None = None
         self.signals = 0
+        self.locks: list = []  # open lock files (bge_m3.folderlock), held until this process exits
 
     # -- output -------------------------------------------------------------------------
     @staticmethod
@@ -61,7 +63,7 @@ class Up:
         except Interrupted as exc:
             self.status(number, name, f"stopped: {exc}")
             raise
-        except (Failed, EnvironmentProblem, RedisProblem, StartProblem, OSError) as exc:
+        except (Failed, EnvironmentProblem, RedisProblem, StartProblem, FolderTaken, OSError) as exc:
             # OSError: an unwritable log or data folder, an address that cannot be bound.
             self.status(number, name, f"FAILED: {exc}")
             raise Failed(str(exc)) from None
@@ -102,6 +104,8 @@ class Up:
         s = self.settings
         if not ports.is_free(s.host, s.port):
             raise Failed(ports.describe_taken(s.host, s.port))
+        # checked with the port: a second stack on another port would share the first's logs
+        self.locks.append(claim(s.log_dir, "log folder", "BGE_M3_LOG_DIR"))
         return f"port {s.port} on {s.host} is free"
 
     def redis(self) -> str:
@@ -120,6 +124,7 @@ class Up:
             raise Failed(f"nothing answers Redis on 127.0.0.1:{port} but the port is taken by "
                          f"{ports.owner(port) or 'another process'}; set REDIS_URL or "
                          "BGE_M3_EMBEDDED_REDIS_PORT")
+        self.locks.append(claim(s.data_dir, "data folder", "BGE_M3_DATA_DIR"))
         self.embedded = EmbeddedRedis(port, s.data_dir, s.log_dir / "redis.log")
         self.embedded.start(self._spawn_redis)
         self.redis_url = self.embedded.url

@@ -200,10 +200,12 @@ def test_up_serves_the_seed_request_and_sigint_stops_every_process(up_env, runs,
     assert "fsync" in (tmp_path / "logs" / "redis.log").read_text()
 
 
-def _nothing_started(run: UpRun, env: dict[str, str], tmp_path: Path) -> None:
-    assert not re.search(r"^\[[45]/5\]", run.output, re.M), run.output
-    assert not (tmp_path / "logs").exists(), "a log means a child process was started"
-    assert not (tmp_path / "data").exists()
+def _nothing_started(run: UpRun, env: dict[str, str], tmp_path: Path, failed_at: int = 3) -> None:
+    """Nothing ran after step ``failed_at`` (the one that printed FAILED), and no child started."""
+    assert not re.search(rf"^\[[{failed_at + 1}-5]/5\]", run.output, re.M), run.output
+    # the folder itself may exist (step 3 locks it); a log in it means a child was started
+    assert not list((tmp_path / "logs").glob("*.log")), "a log means a child process was started"
+    assert not (tmp_path / "data" / "redis").exists()  # the embedded Redis's folder
     port = env["BGE_M3_EMBEDDED_REDIS_PORT"]
     with pytest.raises(RedisDown):
         redis_client(f"redis://127.0.0.1:{port}/0", socket_connect_timeout=1).ping()
@@ -254,7 +256,45 @@ def test_redis_url_that_does_not_answer_fails_clearly_without_leaking_the_passwo
     line = next(line for line in run.lines if line.startswith("[4/5]"))
     assert "FAILED" in line and "REDIS_URL" in line and "does not answer" in line
     assert "s3cret-pw" not in run.output
-    assert not (tmp_path / "logs").exists()
+    assert not list((tmp_path / "logs").glob("*.log"))
+
+
+@pytest.mark.parametrize("folder,step,setting", [("logs", 3, "BGE_M3_LOG_DIR"),
+                                                   ("data", 4, "BGE_M3_DATA_DIR")])
+def test_a_folder_another_stack_uses_fails_naming_it_and_its_holder(up_env, runs, tmp_path,
+                                                                    folder, step, setting):
+    """Two stacks on different ports must not append to one api.log, nor run two redis-servers
+    on one append-only file: the second stops at the step that would share the folder."""
+    from bge_m3.folderlock import claim
+
+    held = claim(tmp_path / folder, "held by the test", "-")  # this test process is the holder
+    try:
+        run = runs({**up_env, "CPU_ONLY": "1"})
+        assert run.finish() == 1
+    finally:
+        held.close()
+    line = next(line for line in run.lines if line.startswith(f"[{step}/5]"))
+    assert "FAILED" in line and str(tmp_path / folder) in line, run.output
+    assert f"pid {os.getpid()}" in line and setting in line
+    _nothing_started(run, up_env, tmp_path, failed_at=step)
+
+
+def test_a_folder_lock_dies_with_its_holder(tmp_path):
+    """A stack killed with SIGKILL leaves no stale lock: the kernel drops a flock with its holder."""
+    from bge_m3.folderlock import FolderTaken, claim
+
+    code = ("import sys, time; from pathlib import Path; from bge_m3.folderlock import claim; "
+            "h = claim(Path(sys.argv[1]), 'x', 'X'); print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(FolderTaken, match=rf"log folder {re.escape(str(tmp_path))} .*pid {holder.pid}\)"):
+            claim(tmp_path, "log folder", "BGE_M3_LOG_DIR")
+    finally:
+        holder.kill()
+        holder.wait(10)
+    claim(tmp_path, "log folder", "BGE_M3_LOG_DIR").close()
 
 
 def test_missing_redis_server_binary_says_how_to_get_one(up_env, runs, tmp_path):
