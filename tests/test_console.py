@@ -358,7 +358,8 @@ def test_status_strip_shows_worker_then_no_worker_ready(base_settings, redis_ser
         assert "device: cpu" in strip.lower()
         assert "@" in page.text_content("#st-model")
         assert "verified" in page.text_content("#st-manifest")
-        assert page.text_content("#st-queue") == "queue: 0"
+        # the queue depth comes from /metrics, fetched after the readiness is shown
+        page.wait_for_function("() => document.querySelector('#st-queue').textContent === 'queue: 0'")
         page.screenshot(path=str(tmp_path / "ready.png"))
 
         worker.stop()
@@ -471,18 +472,20 @@ def test_a_running_job_is_shown_running_and_cancel_links_to_it(base_settings, re
     server = _serve(settings)
     try:
         page = open_page(server.url)
-        page.fill("#texts", "BGE_M3_TEST_FAULT:sleep=6")  # the job's thread sleeps 6 s, then runs
+        # The page looks at ~1, 3 and 7 s (waits of 1, 2, 4 s); the job sleeps past all of them,
+        # so it is still running when Cancel is pressed, however late the worker claims it.
+        page.fill("#texts", "BGE_M3_TEST_FAULT:sleep=15")
         page.click("#run-embed")
         page.wait_for_function(
             "() => document.querySelector('#embed-progress').textContent.includes('job running')",
-            timeout=5_000)
+            timeout=10_000)
         page.click("#cancel-embed")
         link = page.locator("#embed-error a")
         link.wait_for(state="visible")
         assert "already started and goes on" in page.text_content("#embed-error")
         href = link.get_attribute("href")
         assert href.startswith("/v1/jobs/") and link.text_content() == f"GET {href}"
-        with urllib.request.urlopen(server.url + href + "?wait=30", timeout=40) as answer:
+        with urllib.request.urlopen(server.url + href + "?wait=60", timeout=70) as answer:
             job = json.load(answer)
         assert job["status"] == "succeeded", job  # it went on; the link shows its result
         assert page.is_hidden("#embed-results") and page.is_enabled("#run-embed")

@@ -146,7 +146,9 @@ def test_4_job_over_the_time_limit_fails_and_is_never_run_twice(faulty, worker_f
 
 def test_5_sigterm_mid_job_finishes_running_jobs_and_loses_none(faulty, worker_factory, reference):
     settings, queue = faulty
-    settings = settings.replace(worker_threads=2)
+    # The slow jobs' 2 s sleep counts against the hard limit: 3 s would leave a loaded box 1 s
+    # for the rest of the job. Nothing here waits for a redelivery, so the longer limits cost nothing.
+    settings = settings.replace(worker_threads=2, time_limit=10, visibility_timeout=20)
     first = worker_factory(settings)
     slow = [queue.submit([SLEEP.format(2), f"slow {i}"]) for i in range(2)]
     for job_id in slow:

@@ -126,7 +126,7 @@ def test_create_and_await_is_one_round_trip_that_never_blocks_on_a_refusal(redis
     kw = {"owner": "o", "timeout": 1.0, "message": "m", "queue": "q", "max_queued": 1}
     started = time.monotonic()
     job, result, first = jobs.create_and_await({"texts": ["a"]}, job_id="a" * 32, **kw)
-    assert 0.9 < time.monotonic() - started < 1.5  # nothing finished it: the wait ran its time
+    assert 0.9 < time.monotonic() - started < 3  # nothing finished it: the wait ran its time
     assert (job.status, job.owner, result, first) == ("queued", "o", None, False)
     assert redis_db.lrange("q", 0, -1) == ["m"] and jobs.get("a" * 32).params == {"texts": ["a"]}
     started = time.monotonic()

@@ -180,7 +180,12 @@ class _Forward:
         return [len(r) for r in rows]
 
 
-def test_failing_text_fails_alone_and_jobs_share_passes():
+def test_failing_text_fails_alone_and_jobs_share_passes(monkeypatch):
+    from worker import batcher as batcher_module
+
+    # the window waits for the announced arrival (closed right after the second submit), not
+    # 50 ms that a stalled machine could spend between the two submits
+    monkeypatch.setattr(batcher_module, "ARRIVAL_WAIT_MS", 3000.0)
     forward = _Forward()
     batcher = Batcher(forward, max_batch_tokens=1000, wait_ms=50)
     batcher.start()
