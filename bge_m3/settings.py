@@ -88,6 +88,8 @@ class Settings:
             if raw is None or raw == "":
                 continue
             values[name] = _parse(types[name], raw, var)
+        if values.get("hf_token"):  # a token read from a secret file or .env ends in a newline
+            values["hf_token"] = values["hf_token"].strip() or None
         if _truthy(env.get("CPU_ONLY", "")):
             values["device"] = "cpu"
         values.update(overrides)
@@ -114,6 +116,10 @@ class Settings:
             raise SettingsError("BGE_M3_TORCH_THREADS must be 0 (torch's default) or more")
         if not 1 <= self.max_length <= 8192:
             raise SettingsError("BGE_M3_MAX_LENGTH must be between 1 and 8192")
+        if self.hf_token and any(c.isspace() or not c.isprintable() for c in self.hf_token):
+            # not shown: it is a secret, and the HTTP error it would cause would print it
+            raise SettingsError("HF_TOKEN holds a space or a control character (its value is not "
+                                "shown); a hub token is one printable word")
         if self.time_limit >= self.visibility_timeout:
             raise SettingsError("BGE_M3_TIME_LIMIT must stay below BGE_M3_VISIBILITY_TIMEOUT")
         if self.result_ttl <= self.time_limit:  # the record's TTL runs from the job's creation

@@ -179,16 +179,20 @@ def test_an_endpoint_that_never_answers_a_connect_is_skipped_after_one_file(
     assert any("connect timed out" in line for line in lines)
 
 
-def test_an_endpoint_redirecting_to_a_bad_url_falls_back_to_the_next(hub, manifest, tmp_path):
-    """requests raises neither Timeout nor ConnectionError for a redirect to ftp:// (or a bad
-    URL): that endpoint fails the file, and the next endpoint serves it."""
+@pytest.mark.parametrize("location", ["ftp://cdn.example/blob", "http://[::1/blob",
+                                      "http://127.0.0.1:99999/blob"])
+def test_an_endpoint_redirecting_to_a_bad_url_falls_back_to_the_next(hub, manifest, tmp_path,
+                                                                      location):
+    """requests raises neither Timeout nor ConnectionError for a redirect to ftp://, and URL
+    parsing raises ValueError for a broken IPv6 literal or a port out of range (with a token
+    set, its origin is compared): each fails that endpoint only, and the next one serves."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class Redirect(BaseHTTPRequestHandler):
         def do_HEAD(self):
             self.send_response(302)
-            self.send_header("Location", "ftp://cdn.example/blob")
+            self.send_header("Location", location)
             self.send_header("Content-Length", "0")
             self.end_headers()
 
@@ -207,6 +211,49 @@ def test_an_endpoint_redirecting_to_a_bad_url_falls_back_to_the_next(hub, manife
         server.server_close()
     assert_verified(tmp_path / "m", manifest)
     assert all(hub.body_gets[f.path] == 1 for f in manifest.files)
+    assert any("trying the next endpoint" in line for line in lines), lines
+
+
+def test_secrets_never_reach_a_log_line(hub, manifest, tmp_path):
+    """A token with a trailing newline (read from a secret file) makes requests refuse the header
+    and quote it in its error; a mirror URL may carry user:password. Neither is printed."""
+    lines: list[str] = []
+    with pytest.raises(DownloadError) as failed:
+        ensure_model(tmp_path / "a", manifest, [hub.url], token=TOKEN + "\n", log=lines.append,
+                     policy=FAST)
+    said = "\n".join(lines) + str(failed.value)
+    assert "InvalidHeader" in said and "Bearer ***" in said, said  # the error is still told
+    assert TOKEN not in said
+    lines.clear()
+    with_password = hub.url.replace("http://", "http://mirror-user:S3CRET-pw@")
+    fetch(tmp_path / "b", manifest, with_password, lines=lines)
+    assert_verified(tmp_path / "b", manifest)
+    assert lines and not any("S3CRET-pw" in line for line in lines), lines
+    assert any("http://***@127.0.0.1" in line for line in lines), lines
+
+
+def test_a_damaged_file_is_repaired_by_the_worker_gate_alone(hub, manifest, tiny_model, tmp_path):
+    """With auto-download on, the gate replaces a wrong file even when nothing is missing (it once
+    downloaded only when some file was absent, so a lone damaged file refused the worker)."""
+    from bge_m3.settings import Settings
+    from worker import gate
+
+    dest = tmp_path / "m"
+    shutil.copytree(tiny_model.dir, dest)
+    data = bytearray((dest / BIG).read_bytes())
+    data[-100] ^= 0xFF
+    (dest / BIG).write_bytes(bytes(data))
+    settings = Settings.from_env({}, model_dir=dest, manifest=tiny_model.manifest,
+                                 endpoints=(hub.url,), auto_download=True)
+    verified = gate.check(settings)
+    assert verified.report.ok
+    assert_verified(dest, manifest)
+    assert {p for p, n in hub.body_gets.items() if n} == {BIG}
+    with pytest.raises(gate.GateRefused):  # off: the same damage refuses, as before
+        data = bytearray((dest / BIG).read_bytes())
+        data[-100] ^= 0xFF
+        (dest / BIG).write_bytes(bytes(data))
+        gate.check(settings.replace(auto_download=False))
 
 
 def test_wrong_linked_etag_skips_that_endpoint_for_that_file(hub, mirror, manifest, tmp_path):

@@ -100,6 +100,16 @@ def test_malformed_settings_name_their_variable():
     assert broker_url("redis://h:6379/0") == "redis://h:6379/0"
 
 
+def test_hf_token_is_trimmed_and_a_broken_one_is_refused_unshown():
+    # a secret file's trailing newline would otherwise make every hub request fail (and quote it)
+    assert Settings.from_env({"HF_TOKEN": " hf_abc123\r\n"}).hf_token == "hf_abc123"
+    assert Settings.from_env({"HF_TOKEN": "\n"}).hf_token is None
+    for broken in ("hf_abc 123", "hf_abc\n123", "hf_abc\x00"):
+        with pytest.raises(SettingsError, match="HF_TOKEN holds a space or a control") as raised:
+            Settings.from_env({"HF_TOKEN": broken})
+        assert "abc" not in str(raised.value)
+
+
 def test_a_malformed_setting_stops_a_command_with_one_line():
     env = {**os.environ, "BGE_M3_MAX_TEXTS": "abc"}
     proc = subprocess.run([BGE_M3, "api"], capture_output=True, text=True, timeout=60, env=env)

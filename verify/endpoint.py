@@ -30,6 +30,16 @@ READ_TIMEOUT = 60.0
 """Seconds without a byte from the server before the attempt counts as a timeout."""
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_BEARER = re.compile(r"(?i)(bearer\s+)[^\s'\"]+")
+_USERINFO = re.compile(r"(//)[^/@\s]*@")
+
+
+def scrub(text: str, token: str | None = None) -> str:
+    """``text`` with the token, any bearer credential and any URL's user:password replaced by
+    ``***``: an HTTP library's error may quote the header or the URL it could not send."""
+    if token:
+        text = text.replace(token, "***")
+    return _USERINFO.sub(r"\1***@", _BEARER.sub(r"\1***", text))
 
 
 @dataclass(frozen=True)
@@ -101,7 +111,8 @@ class Endpoint:
         self.token = token
 
     def __str__(self) -> str:
-        return self.base
+        """The base URL for log lines and sidecars, without any user:password in it."""
+        return scrub(self.base)
 
     def file_url(self, repo_id: str, revision: str, path: str) -> str:
         return hf_hub_url(repo_id, path, revision=revision, endpoint=self.base)
@@ -116,28 +127,38 @@ class Endpoint:
                  follow: str) -> requests.Response:
         """One request with hand-followed redirects (``follow``: ``all`` or ``relative``)."""
         for _ in range(MAX_REDIRECTS + 1):
+            resp = None
             try:
-                resp = self.session.request(method, url, headers=self._headers(url, headers),
-                                            allow_redirects=False, stream=True,
-                                            timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
-            except requests.ConnectTimeout as exc:  # a Timeout too: no answer at all, unreachable
-                raise TransientError(f"{method} connect timed out: {_short(exc)}",
-                                     connection=True) from None
-            except requests.Timeout as exc:
-                raise TransientError(f"{method} timed out: {type(exc).__name__}") from None
-            except requests.ConnectionError as exc:
-                raise TransientError(f"{method} connection error: {_short(exc)}",
-                                     connection=True) from None
-            except requests.RequestException as exc:  # a bad URL or redirect: try the next endpoint
-                raise EndpointError(f"{method} {type(exc).__name__}: {_short(exc)}") from None
-            location = resp.headers.get("Location")
-            if not resp.is_redirect or not location:
-                return resp
-            if follow == "relative" and urlsplit(location).netloc:
-                return resp  # the CDN hop: its headers are the metadata we want
-            resp.close()
-            url = urljoin(url, location)
+                resp = self._send(method, url, headers)
+                location = resp.headers.get("Location")
+                if not resp.is_redirect or not location:
+                    return resp
+                if follow == "relative" and urlsplit(location).netloc:
+                    return resp  # the CDN hop: its headers are the metadata we want
+                resp.close()
+                url = urljoin(url, location)
+            except ValueError as exc:  # a bad IPv6 literal, a port out of range: this endpoint only
+                if resp is not None:
+                    resp.close()
+                raise EndpointError(f"{method}: malformed URL or redirect: "
+                                    f"{scrub(str(exc), self.token)[:160]}") from None
         raise EndpointError(f"{method}: more than {MAX_REDIRECTS} redirects")
+
+    def _send(self, method: str, url: str, headers: dict[str, str]) -> requests.Response:
+        try:
+            return self.session.request(method, url, headers=self._headers(url, headers),
+                                        allow_redirects=False, stream=True,
+                                        timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
+        except requests.ConnectTimeout as exc:  # a Timeout too: no answer at all, unreachable
+            raise TransientError(f"{method} connect timed out: {_short(exc, self.token)}",
+                                 connection=True) from None
+        except requests.Timeout as exc:
+            raise TransientError(f"{method} timed out: {type(exc).__name__}") from None
+        except requests.ConnectionError as exc:
+            raise TransientError(f"{method} connection error: {_short(exc, self.token)}",
+                                 connection=True) from None
+        except requests.RequestException as exc:  # a bad URL or header: try the next endpoint
+            raise EndpointError(f"{method} {type(exc).__name__}: {_short(exc, self.token)}") from None
 
     def head(self, repo_id: str, revision: str, path: str) -> RemoteMeta:
         url = self.file_url(repo_id, revision, path)
@@ -158,8 +179,8 @@ class Endpoint:
         return self._request("GET", self.file_url(repo_id, revision, path), headers, follow="all")
 
 
-def _short(exc: BaseException) -> str:
-    text = str(exc)
+def _short(exc: BaseException, token: str | None = None) -> str:
+    text = scrub(str(exc), token)
     for marker in ("Connection refused", "Connection reset", "Remote end closed",
                    "Name or service not known", "timed out"):
         if marker in text:

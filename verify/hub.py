@@ -11,7 +11,7 @@ import hashlib
 
 import requests
 
-from verify.endpoint import Endpoint
+from verify.endpoint import Endpoint, scrub
 from verify.errors import ManifestError, VerifyError
 from verify.manifest import FileEntry, Manifest, parse_manifest
 from verify.transfer import READ_CHUNK
@@ -45,8 +45,8 @@ def manifest_from_hub(repo_id: str, revision: str, endpoint: str, token: str | N
     try:
         info = api.model_info(repo_id, revision=revision, files_metadata=True)
     except Exception as exc:  # huggingface_hub raises many types; all mean "no metadata"
-        raise VerifyError(f"{endpoint}: model_info({repo_id}@{revision}) failed: "
-                          f"{type(exc).__name__}: {str(exc)[:200]}") from None
+        raise VerifyError(f"{scrub(endpoint)}: model_info({repo_id}@{revision}) failed: "
+                          f"{type(exc).__name__}: {scrub(str(exc), token)[:200]}") from None
     commit = info.sha or revision
     session = requests.Session()
     remote = Endpoint(endpoint, session, token)
@@ -69,6 +69,6 @@ def manifest_from_hub(repo_id: str, revision: str, endpoint: str, token: str | N
         raise ManifestError(f"{repo_id}@{revision}: no files matched")
     # Validated like any manifest: a hub listing an unsafe path must not get one past us.
     return parse_manifest({"repo_id": repo_id, "revision": commit,
-                           "note": f"built from {endpoint} metadata for {repo_id}@{revision}",
+                           "note": f"built from {scrub(endpoint)} metadata for {repo_id}@{revision}",
                            "files": [{"path": e.path, "size": e.size, "sha256": e.sha256}
                                      for e in sorted(entries, key=lambda e: e.path)]})

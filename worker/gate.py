@@ -1,8 +1,9 @@
 """The start-up gate: nothing is consumed until the model folder matches the manifest.
 
 Order: load the manifest → require both heads in it → verify every file (size,
-SHA-256) → when files are missing and auto-download is on, fetch them and
-verify again → refuse with one log line per failing file.
+SHA-256) → when any file fails and auto-download is on, fetch what is missing and
+replace what is wrong (the bad copy is deleted), then verify again → refuse with one
+log line per failing file.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from bge_m3.settings import Settings
 from verify.errors import VerifyError
 from verify.manifest import Manifest, load_manifest
-from verify.verifier import MISSING, Report, verify_folder
+from verify.verifier import Report, verify_folder
 
 REQUIRED_FILES = ("config.json", "colbert_linear.pt", "sparse_linear.pt")
 """Files the manifest itself must pin; without the heads FlagEmbedding would use random ones."""
@@ -47,13 +48,15 @@ def _require_pinned(manifest: Manifest) -> None:
 
 
 def _download(settings: Settings, manifest: Manifest) -> bool:
-    """Fetch missing files with verify.download.ensure_model; False when that is unavailable."""
+    """Fetch missing and wrong files with verify.download.ensure_model; False when that is
+    unavailable."""
     try:
         from verify.download import ensure_model
     except ImportError:
         log.error("auto-download is on but verify.download.ensure_model is not available")
         return False
-    log.info("Downloading missing model files for %s@%s", manifest.repo_id, manifest.revision[:7])
+    log.info("Downloading missing or damaged model files for %s@%s", manifest.repo_id,
+             manifest.revision[:7])
     ensure_model(settings.model_dir, manifest, settings.endpoints, settings.hf_token)
     return True
 
@@ -66,7 +69,9 @@ def check(settings: Settings) -> Verified:
         raise GateRefused(f"manifest {settings.manifest}: {exc}") from None
     _require_pinned(manifest)
     report = verify_folder(settings.model_dir, manifest)
-    if not report.ok and settings.auto_download and any(f.status == MISSING for f in report.failures):
+    # Any failure, not only a missing file: a damaged one is what `bge-m3 up` and `download`
+    # repair too, and whether it is repaired must not hinge on another file being absent.
+    if not report.ok and settings.auto_download:
         try:
             if _download(settings, manifest):
                 report = verify_folder(settings.model_dir, manifest)
