@@ -132,3 +132,35 @@ def test_a_forking_pool_is_refused_before_the_model_loads(base_settings, redis_s
     assert "would fork the model" in output and "Model loaded" not in output
     assert queue.store.get(job_id).status == "queued" and queue.redis.llen(QUEUE_NAME) == 1
     queue.close()
+
+
+def test_the_loaded_files_are_the_hashed_ones_whatever_is_renamed_over_them(tiny_model, tmp_path):
+    """The gate keeps each verified file open and the model is read through those descriptors:
+    a file renamed over a verified one between the hash and the load (a download with another
+    manifest on a shared volume) is not what gets loaded. Every real worker start in these tests
+    loads through such a view too."""
+    import os
+
+    from bge_m3.settings import Settings
+    from verify.hashes import file_sha256
+    from verify.manifest import load_manifest
+    from worker import gate
+    from worker.model import verified_view
+
+    folder = _copy_model(tiny_model, tmp_path / "model")
+    manifest = load_manifest(tiny_model.manifest)
+    verified = gate.check(Settings.from_env({}, model_dir=folder, manifest=tiny_model.manifest,
+                                            auto_download=False))
+    try:
+        assert set(verified.handles) == {f.path for f in manifest.files}
+        for entry in manifest.files:  # every pinned file swapped after it was hashed
+            swap = folder / f".swap-{entry.path.replace('/', '_')}"
+            swap.write_bytes(b"\0" * entry.size)
+            os.replace(swap, folder / entry.path)
+        view = verified_view(folder, [f.path for f in manifest.files], verified.handles)
+        for entry in manifest.files:
+            assert file_sha256(view / entry.path) == entry.sha256, entry.path
+            assert file_sha256(folder / entry.path) != entry.sha256  # the path holds the swap
+    finally:
+        verified.release()
+    assert verified.handles == {}

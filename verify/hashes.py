@@ -8,11 +8,12 @@ CHUNK_SIZE = 8 * 1024 * 1024
 """Bytes hashed per ``update`` call: large enough that hashlib releases the GIL and syscalls amortise."""
 
 
-def update_from_file(digest, path: str | Path, limit: int | None = None,
+def update_from_file(digest, path: str | Path | int, limit: int | None = None,
                      chunk_size: int = CHUNK_SIZE) -> int:
-    """Feed ``path`` (its first ``limit`` bytes when given) into ``digest``; return bytes read."""
+    """Feed ``path`` (its first ``limit`` bytes when given) into ``digest``; return bytes read.
+    ``path`` may be an open descriptor, read from where it stands and left open."""
     total = 0
-    with open(path, "rb", buffering=0) as fh:
+    with open(path, "rb", buffering=0, closefd=not isinstance(path, int)) as fh:
         buf = bytearray(chunk_size)
         view = memoryview(buf)
         while limit is None or total < limit:
@@ -25,7 +26,7 @@ def update_from_file(digest, path: str | Path, limit: int | None = None,
     return total
 
 
-def file_sha256(path: str | Path, chunk_size: int = CHUNK_SIZE) -> str:
+def file_sha256(path: str | Path | int, chunk_size: int = CHUNK_SIZE) -> str:
     digest = hashlib.sha256()
     update_from_file(digest, path, chunk_size=chunk_size)
     return digest.hexdigest()

@@ -1,7 +1,9 @@
 """Check a model folder against a manifest: existence, regular file inside the folder, size, SHA-256."""
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -69,27 +71,46 @@ def resolve_inside(folder: Path, rel: str) -> Path | None:
     return target
 
 
-def check_file(folder: Path, entry: FileEntry) -> FileResult:
+def check_file(folder: Path, entry: FileEntry, keep: dict[str, int] | None = None) -> FileResult:
+    """Check one file, reading it through one descriptor. With ``keep``, the descriptor of a file
+    that verified is left open in ``keep[entry.path]``: whoever loads it then reads the very
+    bytes that were hashed, whatever is renamed over the path meanwhile (``worker.model``)."""
     path = Path(folder) / entry.path
     if not path.exists() and not path.is_symlink():
         return FileResult(entry.path, MISSING, entry.size, expected_sha256=entry.sha256)
     real = resolve_inside(folder, entry.path)
     if real is None or not real.is_file():
         return FileResult(entry.path, UNSAFE, entry.size, expected_sha256=entry.sha256)
-    size = real.stat().st_size
-    if size != entry.size:
-        return FileResult(entry.path, SIZE, entry.size, size, entry.sha256)
-    actual = file_sha256(real)
-    status = OK if actual == entry.sha256 else HASH
-    return FileResult(entry.path, status, entry.size, size, entry.sha256, actual)
+    try:
+        fd: int | None = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:  # a link raced in after the check above
+            raise
+        return FileResult(entry.path, UNSAFE, entry.size, expected_sha256=entry.sha256)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):  # a link or device raced in after the check above
+            return FileResult(entry.path, UNSAFE, entry.size, expected_sha256=entry.sha256)
+        if info.st_size != entry.size:
+            return FileResult(entry.path, SIZE, entry.size, info.st_size, entry.sha256)
+        actual = file_sha256(fd)
+        status = OK if actual == entry.sha256 else HASH
+        if status == OK and keep is not None:
+            keep[entry.path], fd = fd, None
+        return FileResult(entry.path, status, entry.size, info.st_size, entry.sha256, actual)
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
-def verify_folder(folder: str | Path, manifest: Manifest, workers: int | None = None) -> Report:
-    """Verify every manifest file; biggest files first so parallel hashing finishes together."""
+def verify_folder(folder: str | Path, manifest: Manifest, workers: int | None = None,
+                  keep: dict[str, int] | None = None) -> Report:
+    """Verify every manifest file; biggest files first so parallel hashing finishes together.
+    ``keep``: collects the open descriptors of the files that verified (``check_file``)."""
     folder = Path(folder)
     order = sorted(manifest.files, key=lambda f: -f.size)
     workers = workers or min(8, (os.cpu_count() or 2), len(order))
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = dict(zip([e.path for e in order], pool.map(lambda e: check_file(folder, e), order)))
+        results = dict(zip([e.path for e in order], pool.map(lambda e: check_file(folder, e, keep), order)))
     return Report(str(folder), manifest.repo_id, manifest.revision, manifest.digest(),
                   [results[e.path] for e in manifest.files])

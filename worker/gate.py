@@ -8,7 +8,8 @@ log line per failing file.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 
 from bge_m3.settings import Settings
 from verify.errors import VerifyError
@@ -35,6 +36,21 @@ class GateRefused(Exception):
 class Verified:
     manifest: Manifest
     report: Report
+    handles: dict[str, int] = field(default_factory=dict)
+    """Open descriptors of the files as hashed, by manifest path: the model is loaded through
+    them (``worker.model.verified_view``), then ``release()`` closes them."""
+
+    def release(self) -> None:
+        _close(self.handles)
+
+
+def _close(handles: dict[str, int]) -> None:
+    for fd in handles.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    handles.clear()
 
 
 def _require_pinned(manifest: Manifest) -> None:
@@ -68,16 +84,19 @@ def check(settings: Settings) -> Verified:
     except VerifyError as exc:
         raise GateRefused(f"manifest {settings.manifest}: {exc}") from None
     _require_pinned(manifest)
-    report = verify_folder(settings.model_dir, manifest)
+    handles: dict[str, int] = {}
+    report = verify_folder(settings.model_dir, manifest, keep=handles)
     # Any failure, not only a missing file: a damaged one is what `bge-m3 up` and `download`
     # repair too, and whether it is repaired must not hinge on another file being absent.
     if not report.ok and settings.auto_download:
         try:
             if _download(settings, manifest):
-                report = verify_folder(settings.model_dir, manifest)
+                _close(handles)  # a file replaced by the download is another file now
+                report = verify_folder(settings.model_dir, manifest, keep=handles)
         except VerifyError as exc:
             log.error("download failed: %s", exc)
     if not report.ok:
+        _close(handles)
         for failure in report.failures:
             log.error("Verification failed: %s", failure.describe())
         names = ", ".join(f.path for f in report.failures)
@@ -85,4 +104,4 @@ def check(settings: Settings) -> Verified:
                           f"{manifest.repo_id}@{manifest.revision[:7]} ({names})")
     log.info("Verified %d files of %s@%s in %s (manifest %s)", len(report.files), manifest.repo_id,
              manifest.revision[:7], settings.model_dir, report.manifest_digest[:12])
-    return Verified(manifest, report)
+    return Verified(manifest, report, handles)

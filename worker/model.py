@@ -13,7 +13,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 try:  # optional-import seam (infinity_emb style): the API install has no torch
     import numpy as np
@@ -51,11 +51,22 @@ class BatchOutput:
     ids: Any = None       # [B, L] int64 input ids, padded with the pad id
 
 
-def verified_view(model_dir: Path, paths: Sequence[str]) -> Path:
-    """A fresh folder holding symlinks to exactly ``paths`` inside ``model_dir``."""
+FD_LINKS = Path("/proc/self/fd")
+"""Where Linux shows this process's open descriptors as links that open the very file each holds."""
+
+
+def verified_view(model_dir: Path, paths: Sequence[str], handles: Mapping[str, int] | None = None) -> Path:
+    """A fresh folder holding symlinks to exactly ``paths`` inside ``model_dir``: no unpinned file
+    beside them can be picked up. With ``handles`` (the gate's open descriptors, by path) and
+    Linux's ``/proc``, each link points at the descriptor, so the loader reads the bytes that were
+    hashed even if a file is renamed over the path after verification; else at the path."""
     view = Path(tempfile.mkdtemp(prefix="bge-m3-verified-"))
+    by_fd = bool(handles) and FD_LINKS.is_dir()
     for rel in paths:
-        target = Path(os.path.realpath(Path(model_dir) / rel))
+        if by_fd and rel in handles:
+            target = FD_LINKS / str(handles[rel])
+        else:
+            target = Path(os.path.realpath(Path(model_dir) / rel))
         link = view / rel
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(target)

@@ -90,12 +90,14 @@ class Runtime:
         faults.load_delay(self.settings.test_load_delay)  # test-only; 0 by default
         self.placement = choose(self.settings.device, model_module.torch)
         manifest = self.verified.manifest
-        view = model_module.verified_view(self.settings.model_dir, [f.path for f in manifest.files])
+        view = model_module.verified_view(self.settings.model_dir, [f.path for f in manifest.files],
+                                          self.verified.handles)
         t0 = time.perf_counter()
         try:
             m3 = model_module.M3Model(view, self.placement)
         finally:  # only links; what was read is in memory (or mapped) by now
             shutil.rmtree(view, ignore_errors=True)
+            self.verified.release()
         self.encoder = Encoder(m3, self.settings.colbert_dtype)
         log.info("Model loaded: %s@%s (%s, %d-dim) in %.1f s", manifest.repo_id, manifest.revision[:7],
                  self.placement.label, m3.hidden, time.perf_counter() - t0)
