@@ -164,3 +164,29 @@ def test_the_loaded_files_are_the_hashed_ones_whatever_is_renamed_over_them(tiny
     finally:
         verified.release()
     assert verified.handles == {}
+
+
+def test_a_manifest_repinning_the_packaged_repo_is_logged(tmp_path, caplog):
+    """BGE_M3_MANIFEST may replace the packaged pin (an upgrade), but never silently when it names
+    the same repository: edited hashes would verify edited files."""
+    from bge_m3.settings import PACKAGED_MANIFEST
+    from verify.manifest import load_manifest
+    from worker import gate
+
+    def warnings(manifest) -> list[str]:
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="bge_m3.worker"):
+            gate._warn_if_repinned(manifest)
+        return [r.getMessage() for r in caplog.records]
+
+    packaged = load_manifest(PACKAGED_MANIFEST)
+    assert warnings(packaged) == []
+    data = json.loads(PACKAGED_MANIFEST.read_text())
+    data["files"][0]["sha256"] = "0" * 64
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(data))
+    (line,) = warnings(load_manifest(edited))
+    assert "not the packaged pin" in line and load_manifest(edited).digest()[:12] in line
+    data["repo_id"] = "someone/else"
+    edited.write_text(json.dumps(data))
+    assert warnings(load_manifest(edited)) == []

@@ -11,7 +11,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from bge_m3.settings import Settings
+from bge_m3.settings import PACKAGED_MANIFEST, Settings
 from verify.errors import VerifyError
 from verify.manifest import Manifest, load_manifest
 from verify.verifier import Report, verify_folder
@@ -77,6 +77,19 @@ def _download(settings: Settings, manifest: Manifest) -> bool:
     return True
 
 
+def _warn_if_repinned(manifest: Manifest) -> None:
+    """A manifest for the packaged repository that is not the packaged pin (other hashes, another
+    revision) is allowed, as a deliberate upgrade, but said: edited hashes verify edited files."""
+    try:
+        packaged = load_manifest(PACKAGED_MANIFEST)
+    except VerifyError:
+        return
+    if manifest.repo_id == packaged.repo_id and manifest.digest() != packaged.digest():
+        log.warning("Manifest for %s is not the packaged pin (%s@%s, digest %s): this one says "
+                    "%s, digest %s", manifest.repo_id, packaged.repo_id, packaged.revision[:7],
+                    packaged.digest()[:12], manifest.revision[:7], manifest.digest()[:12])
+
+
 def check(settings: Settings) -> Verified:
     """Verify the model folder or raise GateRefused (after logging every failing file)."""
     try:
@@ -84,6 +97,7 @@ def check(settings: Settings) -> Verified:
     except VerifyError as exc:
         raise GateRefused(f"manifest {settings.manifest}: {exc}") from None
     _require_pinned(manifest)
+    _warn_if_repinned(manifest)
     handles: dict[str, int] = {}
     report = verify_folder(settings.model_dir, manifest, keep=handles)
     # Any failure, not only a missing file: a damaged one is what `bge-m3 up` and `download`
