@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from flask import request
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException
 
 from api.errors import ApiError
 from bge_m3.settings import Settings
@@ -49,17 +49,26 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _body_bytes() -> bytes:
-    """The raw body; 413 above MAX_CONTENT_LENGTH, with or without a Content-Length."""
-    raw = request.get_data(cache=True)  # raises 413 when Content-Length says too much
+    """The raw body; 413 above MAX_CONTENT_LENGTH, with or without a Content-Length; 400 for a
+    body the server cannot read (broken chunked framing)."""
+    try:
+        raw = request.get_data(cache=True)  # raises 413 when Content-Length says too much
+    except HTTPException:
+        raise
+    except Exception as exc:  # noqa: BLE001 - gunicorn's InvalidChunkSize, ChunkMissingTerminator…
+        raise ApiError(400, "invalid_body", "the request body could not be read: "
+                       f"{type(exc).__name__} (malformed chunked encoding?)") from None
     limit = request.max_content_length
     if limit is not None and request.content_length is None and len(raw) >= limit:
-        # A chunked body is read up to the limit and then silently cut (werkzeug's LimitedStream):
-        # one more byte tells a body of exactly the limit from a longer one.
+        # A chunked body is read up to the limit and then cut (werkzeug's LimitedStream, which
+        # refuses any read past it): one more byte, from the server's own stream, tells a body
+        # of exactly the limit from a longer one.
         try:
-            request.stream.read(1)
-        except RequestEntityTooLarge:
-            raise ApiError(413, "payload_too_large",
-                           "request body is larger than BGE_M3_MAX_BODY_BYTES") from None
+            more = request.environ["wsgi.input"].read(1)
+        except Exception:  # noqa: BLE001 - a broken framing after the limit: too long anyway
+            more = b"?"
+        if more:
+            raise ApiError(413, "payload_too_large", "request body is larger than BGE_M3_MAX_BODY_BYTES")
     return raw
 
 

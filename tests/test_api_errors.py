@@ -112,7 +112,11 @@ def test_body_over_limit_is_413(base_settings):
 
 def test_chunked_body_over_limit_is_413_under_gunicorn(base_settings, tmp_path):
     """Without a Content-Length werkzeug reads a body up to the limit and stops silently; the
-    API must still answer 413, not parse the cut body (400) or accept what was cut (202)."""
+    API must still answer 413, not parse the cut body (400) or accept what was cut (202), and
+    take a body of exactly the limit (202). Broken chunked framing is 400, not 500."""
+    import socket
+    from urllib.parse import urlsplit
+
     import httpx
 
     from tests.stack_support import start_api
@@ -129,6 +133,21 @@ def test_chunked_body_over_limit_is_413_under_gunicorn(base_settings, tmp_path):
         small = httpx.post(api.url + "/v1/jobs", content=chunked(b'{"texts": ["a"], "x": 1}'),
                            headers={"Content-Type": "application/json"}, timeout=10)
         assert small.status_code == 400 and "unknown field" in small.json()["error"]["message"]
+        for size, status in ((1000, 202), (1001, 413)):  # the limit is 1000 bytes
+            body = b'{"texts": ["a"]}'.ljust(size)
+            r = httpx.post(api.url + "/v1/jobs", content=chunked(body),
+                           headers={"Content-Type": "application/json"}, timeout=10)
+            assert r.status_code == status, (size, r.text)
+        where = urlsplit(api.url)
+        for framing in (b"zz\r\nabc\r\n0\r\n\r\n", b"3\r\nabcXY0\r\n\r\n"):
+            with socket.create_connection((where.hostname, where.port), timeout=10) as conn:
+                conn.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + framing)
+                answer = b""
+                while chunk := conn.recv(65536):
+                    answer += chunk
+            assert answer.startswith(b"HTTP/1.1 400") and b'"invalid_body"' in answer, answer
+        assert "Traceback" not in api.output()
     finally:
         api.stop()
 
