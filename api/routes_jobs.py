@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 from flask import Blueprint, current_app, request
 
@@ -13,6 +14,9 @@ from api.waits import BUSY_RETRY_AFTER
 from bge_m3.jobs import MAX_WAIT_SECONDS
 from bge_m3.queue import QUEUE_NAME
 from bge_m3.records import TERMINAL, Job
+
+WAIT_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?", re.ASCII)
+"""What ``?wait=`` accepts: a JSON number (a negative one is then refused as such)."""
 
 bp = Blueprint("jobs", __name__)
 
@@ -43,10 +47,10 @@ def wait_seconds() -> float:
     raw = request.args.get("wait")
     if raw is None:  # an empty ?wait= is not a number: 400, as the schema says
         return 0.0
-    try:
-        seconds = float(raw)
-    except ValueError:
-        raise ApiError(400, "invalid_request", "wait must be a number of seconds") from None
+    # JSON's number syntax in ASCII: float() alone also takes "1_0", "+1", " 1", "１" and "١"
+    if not WAIT_NUMBER.fullmatch(raw):
+        raise ApiError(400, "invalid_request", "wait must be a number of seconds")
+    seconds = float(raw)
     if not math.isfinite(seconds) or seconds < 0:
         raise ApiError(400, "invalid_request", "wait must be a non-negative number of seconds")
     return min(seconds, MAX_WAIT_SECONDS)
