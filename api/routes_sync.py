@@ -10,8 +10,9 @@ these routes map that failure to 422.
 """
 from __future__ import annotations
 
+import re
 import time
-from typing import Any
+from typing import Any, Callable
 
 from flask import Blueprint
 
@@ -28,9 +29,16 @@ bp = Blueprint("sync", __name__)
 FAILURE_STATUS = {"too_long": 422, "invalid_request": 400, "too_many_texts": 413}
 """Job error code -> HTTP status; any other failure is the service's fault (500)."""
 
-def run(params: dict[str, Any], workers: list[dict[str, Any]] | None = None) -> tuple[Job, dict[str, Any]]:
+TEXT_INDEX = re.compile(r"\btexts\[(\d+)\]")
+"""How a worker's error names a text; a route whose texts came in other fields renames it."""
+
+
+def run(params: dict[str, Any], workers: list[dict[str, Any]] | None = None,
+        field: Callable[[int], str] | None = None) -> tuple[Job, dict[str, Any]]:
     """Submit, wait, and return (job, stored result), or raise the mapped error (503 first
-    when no verified worker is ready: a sync caller would only wait for the timeout)."""
+    when no verified worker is ready: a sync caller would only wait for the timeout).
+    ``field``: the request's name for the job's text ``i`` ("query", "documents[0]"), used in a
+    failed job's message instead of the worker's ``texts[i]``."""
     state = backend()
     if workers is None:
         state.backend.require_worker()
@@ -57,8 +65,12 @@ def run(params: dict[str, Any], workers: list[dict[str, Any]] | None = None) -> 
     if done.status == "failed":
         error = done.error or {}
         code = str(error.get("code", "failed"))
-        raise ApiError(FAILURE_STATUS.get(code, 500), code, str(error.get("message", "job failed")),
-                       extra={"job_id": done.id})
+        message = str(error.get("message", "job failed"))
+        extra: dict[str, Any] = {"job_id": done.id}
+        if field is not None and TEXT_INDEX.search(message):
+            extra["param"] = field(int(TEXT_INDEX.search(message).group(1))).split("[")[0]
+            message = TEXT_INDEX.sub(lambda m: field(int(m.group(1))), message)
+        raise ApiError(FAILURE_STATUS.get(code, 500), code, message, extra=extra)
     if result is None:
         raise ApiError(500, "job_lost", f"the result of job {done.id} has expired")
     return done, result
@@ -85,7 +97,8 @@ def embed():
 @bp.post("/v1/embeddings")
 def embeddings():
     state = backend()
-    model, encoding, dimensions, params = embeddings_request(json_body(), state.settings)
+    body = json_body()
+    model, encoding, dimensions, params = embeddings_request(body, state.settings)
     # Any model name is accepted and echoed: this server has one model, and OpenAI-style
     # clients often send the name they were configured with.
     workers = state.backend.require_worker()
@@ -95,7 +108,8 @@ def embeddings():
                        f"dimensions={dimensions} is not supported; this model returns {sorted(dims)}",
                        extra={"param": "dimensions"})
     params["encoding"] = encoding
-    job, result = run(params, workers)
+    single = isinstance(body.get("input"), str)
+    job, result = run(params, workers, lambda i: "input" if single else f"input[{i}]")
     data = [{"object": "embedding", "index": i, "embedding": item_out(item, params)["dense"]}
             for i, item in enumerate(result.get("items", []))]
     tokens = total_tokens(job, result)
@@ -109,7 +123,7 @@ def score():
 
     state = backend()
     weights, params = score_request(json_body(), state.settings)
-    job, result = run(params)
+    job, result = run(params, field=lambda i: "query" if i == 0 else f"documents[{i - 1}]")
     return {"model": result.get("model"), "weights": weights,
             "scores": scores(result.get("items", []), weights),
             "usage": {"tokens": total_tokens(job, result)}}

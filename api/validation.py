@@ -142,7 +142,8 @@ def texts_field(body: dict[str, Any], name: str, settings: Settings) -> list[str
         raise bad(f"{name} must not be empty", name)
     if len(texts) > settings.max_texts:
         raise ApiError(413, "too_many_texts",
-                       f"{len(texts)} texts; at most {settings.max_texts} (BGE_M3_MAX_TEXTS)")
+                       f"{len(texts)} texts; at most {settings.max_texts} (BGE_M3_MAX_TEXTS)",
+                       extra={"param": name})
     return [check_text(t, f"{name}[{i}]") for i, t in enumerate(texts)]
 
 
@@ -239,7 +240,8 @@ def score_request(body: dict[str, Any], settings: Settings) -> tuple[list[float]
     query = check_text(body.get("query"), "query")
     documents = texts_field(body, "documents", settings)
     if len(documents) + 1 > settings.max_texts:
-        raise ApiError(413, "too_many_texts", f"query plus documents exceed {settings.max_texts} texts")
+        raise ApiError(413, "too_many_texts", f"query plus documents exceed {settings.max_texts} texts",
+                       extra={"param": "documents"})
     weights = body.get("weights", list(DEFAULT_WEIGHTS))
     if (not isinstance(weights, list) or len(weights) != 3
             or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights)):

@@ -167,6 +167,8 @@ def test_too_many_texts_is_413(base_settings):
         r = client.post(path, json=body)
         assert r.status_code == 413, (path, r.get_json())
         assert r.get_json()["error"]["code"] == "too_many_texts"
+    r = client.post("/v1/embeddings", json={"input": ["a"] * 4, "model": "bge-m3"})
+    assert r.get_json()["error"]["param"] == "input"  # OpenAI's shape names the field at fault
 
 
 def test_unknown_route_and_wrong_method(client):

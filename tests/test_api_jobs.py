@@ -116,6 +116,23 @@ def test_too_long_without_truncate_is_422(client, live_worker):
     job = client.post("/v1/jobs", json={"texts": [text], "max_length": 8, "truncate": False}).get_json()
     failed = poll(client, job["id"])
     assert failed["status"] == "failed" and failed["error"]["code"] == "too_long"
+    assert "texts[0] has" in failed["error"]["message"]
+
+
+def test_too_long_names_the_field_the_text_came_in(client, live_worker):
+    """The worker names texts by their place in the job; a route whose texts came in other
+    fields says which of them was too long."""
+    long, short = "the quick brown fox jumps over the lazy dog " * 10, "fox"
+    r = client.post("/v1/score", json={"query": short, "documents": [short, long],
+                                       "max_length": 8, "truncate": False})
+    assert r.status_code == 422 and r.get_json()["error"]["code"] == "too_long"
+    assert r.get_json()["error"]["message"].startswith("documents[1] has"), r.get_json()
+    r = client.post("/v1/score", json={"query": long, "documents": [short], "max_length": 8,
+                                       "truncate": False})
+    assert r.get_json()["error"]["message"].startswith("query has"), r.get_json()
+    # /v1/embeddings has no max_length: a text over the server's BGE_M3_MAX_LENGTH is cut there
+    r = client.post("/embed", json={"texts": [short, long], "max_length": 8, "truncate": False})
+    assert r.get_json()["error"]["message"].startswith("texts[1] has"), r.get_json()
 
 
 def test_sync_timeout_is_504_with_job_id(base_settings, live_worker):
