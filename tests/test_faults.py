@@ -247,6 +247,22 @@ def test_11_device_failure_exits_the_worker_and_its_job_goes_elsewhere(faulty, w
     check_result(queue, reference, job_id, texts)
 
 
+def test_12_redis_failing_mid_job_hands_the_job_back_instead_of_failing_it(faulty, worker_factory,
+                                                                            reference):
+    """A Redis error while a job runs (a failover, a lost connection, a rotated password) is the
+    infrastructure's, not the job's: the job goes back to the queue and its next delivery
+    completes it, where it once ended failed/internal_error. The lost connection is a test fault
+    raising redis' ConnectionError mid-job on the first delivery."""
+    settings, queue = faulty
+    worker = worker_factory(settings)
+    texts = ["BGE_M3_TEST_FAULT:redis-first", *TEXTS]
+    job_id = queue.submit(texts, ("dense",))
+    job = queue.wait(job_id, 60)
+    assert job.status == "succeeded" and job.attempts == 2, (job.status, job.error)
+    assert f"Job {job_id}: Redis failed while it ran (ConnectionError); handing it back" in worker.output()
+    check_result(queue, reference, job_id, texts)
+
+
 def test_6_redis_kill_9_with_aof_keeps_queued_and_finished_jobs(base_settings, worker_factory,
                                                                 tmp_path, reference):
     redis = RedisServer(tmp_path / "aof-redis", appendonly=True)

@@ -134,6 +134,27 @@ def test_a_waiting_delivery_survives_a_dropped_connection(long_lease_stack):
     assert done.status == "succeeded" and done.attempts == 1, (done.status, done.error)
 
 
+def test_a_waiting_delivery_hands_its_job_back_when_the_worker_stops(long_lease_stack):
+    """SIGTERM while a delivery waits for another worker's lease: the wait ends at once and the
+    message goes back to the queue, instead of holding the warm shutdown until the holder ends
+    (up to the lease's life, 600 s here)."""
+    from bge_m3 import workers
+    from bge_m3.queue import QUEUE_NAME
+
+    queue, worker = long_lease_stack
+    job = queue.store.create({"texts": ["held elsewhere"], "modes": ["dense"]})
+    held_by_a_live_worker(queue, job.id)
+    queue.send(job.id)
+    wait_for(lambda: "is being run by another delivery (other@alive)" in worker.output(), 30,
+             what="the delivery waiting")
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.proc.wait(30) == 0, worker.output()[-2000:]
+    assert f"Job {job.id} handed back to the queue" in worker.output()
+    assert queue.store.get(job.id).status == "queued"
+    assert queue.redis.llen(QUEUE_NAME) == 1  # requeued, for the next worker
+    workers.withdraw(queue.redis, "other@alive")
+
+
 def test_a_draining_worker_is_not_ready_but_finishes_its_job(base_settings, redis_server, tmp_path):
     """SIGTERM starts a warm shutdown: the running job finishes, and from the first moment the
     worker is no longer counted ready (sync calls would wait on a worker that takes nothing);

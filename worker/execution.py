@@ -11,6 +11,8 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from concurrent.futures import as_completed
 from typing import Any
 
+import redis
+
 from bge_m3.records import Claim
 from bge_m3.payload import ItemsResult
 from bge_m3.staging import Staging
@@ -58,6 +60,11 @@ class Unrecorded(Exception):
     """Redis failed the job's terminal write too; the job is handed back for another delivery."""
 
 
+TRANSIENT_REDIS = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)
+"""Redis errors that say nothing about the job: a lost or refused connection (an
+authentication failure included), a timeout, a replica promoted mid-write."""
+
+
 def execute(rt: Runtime, job_id: str) -> str:
     """Run one delivery of a job; returns what happened (for logs and tests). Raises
     ``lease.Unclaimed`` before this delivery owns the job and ``Unrecorded`` after; every other
@@ -75,6 +82,15 @@ def execute(rt: Runtime, job_id: str) -> str:
             return "exhausted"
         with rt.batcher.arriving() as arrival:  # the batcher holds its next pass for these texts
             return _run(rt, job_id, claimed, arrival)
+    except TRANSIENT_REDIS as exc:
+        # Redis, not the job, failed (a failover, a lost connection, a password rotated): the
+        # job goes back to the queue rather than ending failed; a write that did land is found
+        # by the next delivery's claim. Deliveries are counted, so this cannot loop for ever.
+        log.error("Job %s: Redis failed while it ran (%s); handing it back", job_id,
+                  type(exc).__name__)
+        with contextlib.suppress(Exception):  # else the next delivery waits out the lease
+            held.release(rt)
+        raise Unrecorded(f"job {job_id}: Redis failed ({type(exc).__name__})") from exc
     except Exception as exc:  # noqa: BLE001 - every outcome of an owned job ends in its record
         log.exception("Job %s: internal error", job_id)
         try:

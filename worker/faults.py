@@ -9,6 +9,8 @@ texts contain one of these makes the worker misbehave on purpose:
 - ``BGE_M3_TEST_FAULT:sleep-first=S``   the same, only on the job's first delivery
 - ``BGE_M3_TEST_FAULT:device``          every later forward pass fails as a CUDA device-side
                                         assert does (a sticky error: the device is gone)
+- ``BGE_M3_TEST_FAULT:redis-first``     the job's first delivery raises redis' ConnectionError
+                                        mid-job, as a failover or a lost connection would
 
 ``BGE_M3_TEST_LOAD_DELAY=S`` (``load_delay``) makes the model load S seconds slower.
 """
@@ -46,6 +48,11 @@ def inject(texts: Sequence[str], attempt: int, enabled: bool) -> None:
         global _device_broken
         log.error("TEST FAULT: the device fails every pass from now on (attempt %d)", attempt)
         _device_broken = True
+    if name == "redis-first" and attempt == 1:
+        import redis
+
+        log.error("TEST FAULT: Redis fails mid-job (attempt %d)", attempt)
+        raise redis.ConnectionError("TEST FAULT: connection lost mid-job")
     if name == "sleep" or (name == "sleep-first" and attempt == 1):
         log.warning("TEST FAULT: sleeping %s s (attempt %d)", value, attempt)
         time.sleep(float(value))

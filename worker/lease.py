@@ -82,7 +82,9 @@ def claim(rt: Runtime, job_id: str, lease: Lease) -> Claim:
     A Redis error here (a failover, a dropped subscription) must not end the job: another
     delivery may be running it. The claim is tried again for up to the lease's life (a claim
     whose reply was lost is recognised by its lease value and answered again); then, with this
-    delivery's lease dropped if it holds one, ``Unclaimed``."""
+    delivery's lease dropped if it holds one, ``Unclaimed``. So too at once once the worker is
+    shutting down: a delivery that does not own its job yet would hold the shutdown for as
+    long as it waits or retries."""
     ttl = rt.settings.time_limit
     waiting, failing_since = False, None
     while True:
@@ -98,6 +100,9 @@ def claim(rt: Runtime, job_id: str, lease: Lease) -> Claim:
                             holder.split("|")[0])
                 rt.store.release_lease(lease.key, holder)
                 continue
+            if rt.draining:
+                raise Unclaimed(f"job {job_id} is held by another delivery and this worker is "
+                                "shutting down")
             if not waiting:
                 log.warning("Job %s is being run by another delivery (%s); waiting for it", job_id,
                             (holder or "?").split("|")[0])
@@ -106,7 +111,7 @@ def claim(rt: Runtime, job_id: str, lease: Lease) -> Claim:
             failing_since = None
         except redis.RedisError as exc:
             failing_since = failing_since or time.monotonic()
-            if time.monotonic() - failing_since > ttl:
+            if time.monotonic() - failing_since > ttl or rt.draining:
                 with contextlib.suppress(redis.RedisError):  # if a lost reply left it ours
                     lease.release(rt)
                 raise Unclaimed(f"job {job_id} could not be claimed: {type(exc).__name__}") from exc

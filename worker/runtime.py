@@ -180,6 +180,11 @@ class Runtime:
             log.warning("Consumer lost the broker: not accepting jobs until it reconnects")
         self._announce()
 
+    @property
+    def draining(self) -> bool:
+        """A warm (or cold) shutdown began: a delivery not yet owning its job hands it back."""
+        return self._draining
+
     def drain(self) -> None:
         """A warm shutdown began: the jobs running finish, but no new one will be taken, so the
         record says not accepting at once (not when the last job ends). It stays, alive, for the
