@@ -26,7 +26,8 @@ from bge_m3.records import Job
 
 bp = Blueprint("sync", __name__)
 
-FAILURE_STATUS = {"too_long": 422, "invalid_request": 400, "too_many_texts": 413}
+FAILURE_STATUS = {"too_long": 422, "invalid_request": 400, "too_many_texts": 413,
+                  "result_too_large": 413}
 """Job error code -> HTTP status; any other failure is the service's fault (500)."""
 
 TEXT_INDEX = re.compile(r"\btexts\[(\d+)\]")

@@ -53,6 +53,7 @@ class Settings:
     # Worker
     max_batch_tokens: int = 16384
     max_length: int = 8192
+    max_colbert_tokens: int = 262_144
     batch_wait_ms: float = 0.0
     worker_threads: int = 64
     torch_threads: int = 0
@@ -120,6 +121,8 @@ class Settings:
             # not shown: it is a secret, and the HTTP error it would cause would print it
             raise SettingsError("HF_TOKEN holds a space or a control character (its value is not "
                                 "shown); a hub token is one printable word")
+        if self.max_colbert_tokens < 1:
+            raise SettingsError("BGE_M3_MAX_COLBERT_TOKENS must be at least 1")
         if self.time_limit >= self.visibility_timeout:
             raise SettingsError("BGE_M3_TIME_LIMIT must stay below BGE_M3_VISIBILITY_TIMEOUT")
         if self.result_ttl <= self.time_limit:  # the record's TTL runs from the job's creation
@@ -180,6 +183,7 @@ ENV_VARS: dict[str, str] = {
     "max_retries": "BGE_M3_MAX_RETRIES",
     "max_body_bytes": "BGE_M3_MAX_BODY_BYTES",
     "max_texts": "BGE_M3_MAX_TEXTS",
+    "max_colbert_tokens": "BGE_M3_MAX_COLBERT_TOKENS",
     "max_queued": "BGE_M3_MAX_QUEUED",
     "api_keys": "BGE_M3_API_KEYS",
     "sync_timeout": "BGE_M3_SYNC_TIMEOUT",

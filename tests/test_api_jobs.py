@@ -119,6 +119,21 @@ def test_too_long_without_truncate_is_422(client, live_worker):
     assert "texts[0] has" in failed["error"]["message"]
 
 
+def test_a_colbert_result_over_the_budget_is_413_before_any_pass(client, live_worker):
+    """BGE_M3_MAX_COLBERT_TOKENS (262,144 by default) bounds one job's ColBERT output, which
+    would otherwise grow with the body (a 20 MB body is some 10 GB of vectors in Redis)."""
+    words = "dense sparse colbert hybrid retrieval vector search model".split()
+    texts = [" ".join(words[(i + j) % len(words)] for j in range(600)) for i in range(520)]
+    r = client.post("/embed", json={"texts": texts, "mode": "colbert", "max_length": 512})
+    assert r.status_code == 413, r.get_json()
+    error = r.get_json()["error"]
+    assert error["code"] == "result_too_large"
+    assert "colbert for 265,720 tokens" in error["message"] and "262,144" in error["message"]
+    job = client.get(f"/v1/jobs/{error['job_id']}").get_json()
+    assert job["status"] == "failed" and job["error"]["code"] == "result_too_large", job
+    assert not job["timings"].get("forward_ms"), job["timings"]  # refused before any pass
+
+
 def test_too_long_names_the_field_the_text_came_in(client, live_worker):
     """The worker names texts by their place in the job; a route whose texts came in other
     fields says which of them was too long."""

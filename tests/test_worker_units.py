@@ -523,3 +523,13 @@ def test_a_serialised_row_lets_its_batch_output_go(tiny_model):
         row.clear()
     gc.collect()
     assert output() is None and rows[0].colbert is None
+
+
+def test_the_colbert_budget_counts_one_vector_per_token_but_cls():
+    from worker.execution import ResultTooLarge, check_result_size
+
+    rows = [[0, 5, 6, 2], [0, 2]]  # 3 + 1 vectors
+    check_result_size(rows, frozenset({"colbert"}), 4, 1024, 2)
+    with pytest.raises(ResultTooLarge, match=r"colbert for 4 tokens is more than .*\(3\)"):
+        check_result_size(rows, frozenset({"colbert", "dense"}), 3, 1024, 2)
+    check_result_size(rows, frozenset({"dense", "sparse"}), 1, 1024, 2)  # no ColBERT, no budget

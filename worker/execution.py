@@ -9,7 +9,7 @@ import contextlib
 import time
 from concurrent.futures import TimeoutError as FuturesTimeout
 from concurrent.futures import as_completed
-from typing import Any
+from typing import Any, Sequence
 
 import redis
 
@@ -31,6 +31,25 @@ renames it into place (``bge_m3.staging``); the finish then gives it the result 
 
 class InvalidJob(ValueError):
     """The job's params break the contract (the API validates too; the worker trusts nothing)."""
+
+
+class ResultTooLarge(ValueError):
+    """The job's ColBERT vectors would pass ``BGE_M3_MAX_COLBERT_TOKENS``: one request must not
+    fill Redis (a 20 MB body of text is some 5 M tokens, 10 GB of float16 vectors)."""
+
+
+def check_result_size(rows: Sequence[Sequence[int]], modes: frozenset[str], limit: int,
+                      dimension: int, itemsize: int) -> None:
+    """Raise ``ResultTooLarge`` before any pass when the ColBERT output is over ``limit``
+    vectors (one per token but the first, as FlagEmbedding drops CLS)."""
+    if "colbert" not in modes:
+        return
+    vectors = sum(max(0, len(r) - 1) for r in rows)
+    if vectors > limit:
+        size = vectors * dimension * itemsize * 4 / 3 / 1e9  # base64 in the result
+        raise ResultTooLarge(f"colbert for {vectors:,} tokens is more than BGE_M3_MAX_COLBERT_TOKENS "
+                             f"({limit:,}), about {size:.1f} GB of result; split the job, or ask "
+                             "for dense and sparse only")
 
 
 def parse_params(params: Any, max_texts: int, max_length: int) -> tuple[list[str], frozenset[str], int, bool]:
@@ -113,8 +132,10 @@ def _run(rt: Runtime, job_id: str, claimed: Claim, arrival: Arrival) -> str:
                                                           settings.max_length)
         tokenizing = time.perf_counter()
         rows = rt.encoder.tokenize(texts, max_length, truncate)
-    except (InvalidJob, TooLong) as exc:
-        code = "too_long" if isinstance(exc, TooLong) else "invalid_request"
+        check_result_size(rows, modes, settings.max_colbert_tokens, rt.encoder.dimension,
+                          2 if settings.colbert_dtype == "float16" else 4)
+    except (InvalidJob, TooLong, ResultTooLarge) as exc:
+        code = {TooLong: "too_long", ResultTooLarge: "result_too_large"}.get(type(exc), "invalid_request")
         rt.store.fail(job_id, code, str(exc), stats=_stats(created, started, started, 0, JobTrace()),
                       pipe=rt.count(failed_jobs=1))
         log.info("Job %s failed: %s", job_id, exc)
