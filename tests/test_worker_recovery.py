@@ -37,6 +37,16 @@ def held_by_a_live_worker(queue: Queue, job_id: str) -> None:
     workers.announce(queue.redis, "other@alive", {"hostname": "other@alive", "instance": "a1"})
 
 
+def waiting_on_a_live_holder(queue: Queue, worker):
+    """A job whose lease ``other@alive`` holds, sent to ``worker``: returns once its delivery waits."""
+    job = queue.store.create({"texts": ["held elsewhere"], "modes": ["dense"]})
+    held_by_a_live_worker(queue, job.id)
+    queue.send(job.id)
+    wait_for(lambda: "is being run by another delivery (other@alive)" in worker.output(), 30,
+             what="the delivery waiting")
+    return job
+
+
 def test_sigkill_mid_job_then_restart_completes_the_job(base_settings, redis_server, tmp_path):
     settings = settings_on_db(base_settings, redis_server, "kill", visibility_timeout=VISIBILITY,
                               time_limit=VISIBILITY - 1, max_texts=20000, max_batch_tokens=1024)
@@ -111,11 +121,7 @@ def test_a_waiting_delivery_survives_a_dropped_connection(long_lease_stack):
     from bge_m3 import workers
 
     queue, worker = long_lease_stack
-    job = queue.store.create({"texts": ["held elsewhere"], "modes": ["dense"]})
-    held_by_a_live_worker(queue, job.id)
-    queue.send(job.id)
-    wait_for(lambda: "is being run by another delivery (other@alive)" in worker.output(), 30,
-             what="the delivery waiting")
+    job = waiting_on_a_live_holder(queue, worker)
     db = str(queue.redis.connection_pool.connection_kwargs.get("db", 0))
 
     def drop_its_subscription() -> bool:
@@ -142,11 +148,7 @@ def test_a_waiting_delivery_hands_its_job_back_when_the_worker_stops(long_lease_
     from bge_m3.queue import QUEUE_NAME
 
     queue, worker = long_lease_stack
-    job = queue.store.create({"texts": ["held elsewhere"], "modes": ["dense"]})
-    held_by_a_live_worker(queue, job.id)
-    queue.send(job.id)
-    wait_for(lambda: "is being run by another delivery (other@alive)" in worker.output(), 30,
-             what="the delivery waiting")
+    job = waiting_on_a_live_holder(queue, worker)
     worker.proc.send_signal(signal.SIGTERM)
     assert worker.proc.wait(30) == 0, worker.output()[-2000:]
     assert f"Job {job.id} handed back to the queue" in worker.output()
