@@ -92,6 +92,26 @@ def test_redis_is_durable_and_healthchecked(config):
     assert "redis-data" in config["volumes"]
     assert redis["environment"]["REDIS_PASSWORD"] == SECRETS["REDIS_PASSWORD"]
     assert "$REDIS_PASSWORD" in command  # expanded by sh inside the container, not in the file
+    # the image drops to its redis user only when its entrypoint sees redis-server first
+    assert "exec docker-entrypoint.sh redis-server " in command
+    assert '--save ""' in command and '--maxmemory "$$REDIS_MAXMEMORY"' in command
+    assert redis["environment"]["REDIS_MAXMEMORY"] == "8gb"
+
+
+def test_every_service_stops_gracefully_and_rotates_its_logs(config):
+    services = config["services"]
+    # gunicorn's graceful timeout is 30 s (api/serve.py): Docker's default 10 s would cut it
+    from api.serve import GRACE_SECONDS
+
+    assert _seconds(services["api"]["stop_grace_period"]) > GRACE_SECONDS
+    assert _seconds(services["redis"]["stop_grace_period"]) >= 30
+    for name, service in services.items():
+        assert service["logging"]["options"]["max-size"], name
+
+
+def test_the_gpu_worker_refuses_to_fall_back_to_cpu(config):
+    """auto would let a worker whose GPU is not visible serve at CPU speed, healthy."""
+    assert config["services"]["worker"]["environment"]["BGE_M3_DEVICE"] == "cuda"
 
 
 def test_api_waits_for_healthy_redis_and_checks_healthz(config):
