@@ -14,6 +14,10 @@ from typing import IO
 
 LOCK_NAME = ".bge-m3-up.lock"
 
+_held: dict[str, IO[str]] = {}
+"""This process's locks by real folder path: a flock conflicts with another open() of the same
+file even in the same process, and the log and data folders may be one folder."""
+
 
 class FolderTaken(Exception):
     """Another live process holds the folder's lock; the message names it and the way out."""
@@ -24,6 +28,9 @@ def claim(folder: Path, what: str, setting: str) -> IO[str]:
     must stay open (and referenced) for as long as the folder is in use. ``what`` and
     ``setting`` name the folder in the error: "log folder", "BGE_M3_LOG_DIR"."""
     folder.mkdir(parents=True, exist_ok=True)
+    key = os.path.realpath(folder)
+    if key in _held and not _held[key].closed:
+        return _held[key]
     handle = open(folder / LOCK_NAME, "a+", encoding="utf-8")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -37,4 +44,5 @@ def claim(folder: Path, what: str, setting: str) -> IO[str]:
     handle.truncate()
     handle.write(f"{os.getpid()}\n")
     handle.flush()
+    _held[key] = handle
     return handle

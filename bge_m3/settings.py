@@ -117,10 +117,11 @@ class Settings:
             raise SettingsError("BGE_M3_TORCH_THREADS must be 0 (torch's default) or more")
         if not 1 <= self.max_length <= 8192:
             raise SettingsError("BGE_M3_MAX_LENGTH must be between 1 and 8192")
-        if self.hf_token and any(c.isspace() or not c.isprintable() for c in self.hf_token):
+        if self.hf_token and any(c.isspace() or not c.isprintable() or not c.isascii()
+                                 for c in self.hf_token):
             # not shown: it is a secret, and the HTTP error it would cause would print it
-            raise SettingsError("HF_TOKEN holds a space or a control character (its value is not "
-                                "shown); a hub token is one printable word")
+            raise SettingsError("HF_TOKEN holds a space, a control or a non-ASCII character (its "
+                                "value is not shown); a hub token is one word of ASCII")
         if self.max_colbert_tokens < 1:
             raise SettingsError("BGE_M3_MAX_COLBERT_TOKENS must be at least 1")
         if self.time_limit >= self.visibility_timeout:

@@ -230,6 +230,9 @@ def test_secrets_never_reach_a_log_line(hub, manifest, tmp_path):
     assert_verified(tmp_path / "b", manifest)
     assert lines and not any("S3CRET-pw" in line for line in lines), lines
     assert any("http://***@127.0.0.1" in line for line in lines), lines
+    from verify.endpoint import scrub  # urllib3 takes the host after the last @, so must this
+
+    assert scrub("https://user:p@ss@mirror.internal/x y//a@b") == "https://***@mirror.internal/x y//***@b"
 
 
 def test_a_damaged_file_is_repaired_by_the_worker_gate_alone(hub, manifest, tiny_model, tmp_path):

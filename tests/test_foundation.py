@@ -104,8 +104,8 @@ def test_hf_token_is_trimmed_and_a_broken_one_is_refused_unshown():
     # a secret file's trailing newline would otherwise make every hub request fail (and quote it)
     assert Settings.from_env({"HF_TOKEN": " hf_abc123\r\n"}).hf_token == "hf_abc123"
     assert Settings.from_env({"HF_TOKEN": "\n"}).hf_token is None
-    for broken in ("hf_abc 123", "hf_abc\n123", "hf_abc\x00"):
-        with pytest.raises(SettingsError, match="HF_TOKEN holds a space or a control") as raised:
+    for broken in ("hf_abc 123", "hf_abc\n123", "hf_abc\x00", "hf_abc…"):
+        with pytest.raises(SettingsError, match="HF_TOKEN holds a space, a control or a non-ASCII") as raised:
             Settings.from_env({"HF_TOKEN": broken})
         assert "abc" not in str(raised.value)
 

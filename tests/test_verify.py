@@ -124,6 +124,23 @@ def test_symlink_inside_the_folder_is_fine(model, tiny_model):
     assert verify_folder(model, load_manifest(tiny_model.manifest)).ok
 
 
+def test_a_file_removed_while_it_is_checked_is_missing(model, tiny_model, monkeypatch):
+    """Another process may delete a bad copy between the checks and the open (a gate replacing
+    it): that file is MISSING, to be fetched, not an error that stops the worker."""
+    import verify.verifier as verifier
+
+    real_open = os.open
+
+    def open_after_removal(path, flags, *args):
+        if os.path.basename(path) == "config.json":
+            os.unlink(path)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(verifier.os, "open", open_after_removal)
+    report = verify_folder(model, load_manifest(tiny_model.manifest))
+    assert [(f.path, f.status) for f in report.failures] == [("config.json", MISSING)]
+
+
 def test_mismatch_outranks_missing(model, tiny_model, capsys):
     (model / "config.json").unlink()
     (model / "sparse_linear.pt").write_bytes(b"x")

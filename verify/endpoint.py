@@ -31,7 +31,7 @@ READ_TIMEOUT = 60.0
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s'\"]+")
-_USERINFO = re.compile(r"(//)[^/@\s]*@")
+_USERINFO = re.compile(r"(//)[^/\s]*@")  # to the last @ before the path, as urllib3 splits
 
 
 def scrub(text: str, token: str | None = None) -> str:

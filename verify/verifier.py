@@ -83,8 +83,10 @@ def check_file(folder: Path, entry: FileEntry, keep: dict[str, int] | None = Non
         return FileResult(entry.path, UNSAFE, entry.size, expected_sha256=entry.sha256)
     try:
         fd: int | None = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError as exc:
-        if exc.errno != errno.ELOOP:  # a link raced in after the check above
+    except OSError as exc:  # it changed since the checks above
+        if exc.errno == errno.ENOENT:  # removed (another process replacing a bad copy)
+            return FileResult(entry.path, MISSING, entry.size, expected_sha256=entry.sha256)
+        if exc.errno != errno.ELOOP:  # ELOOP: a link raced in
             raise
         return FileResult(entry.path, UNSAFE, entry.size, expected_sha256=entry.sha256)
     try:

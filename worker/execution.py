@@ -178,7 +178,12 @@ def _run(rt: Runtime, job_id: str, claimed: Claim, arrival: Arrival) -> str:
     stats = _stats(created, started, computed, tokens, trace, phases)
     stats["streamed_bytes"] = staging.sent_bytes  # sent while the passes ran; the rest at the finish
     # Counted in the same round trip as, and before, the terminal write: readers see both.
-    outcome = rt.store.succeed_staged(job_id, staging, stats, pipe=rt.count(jobs=1, texts=len(texts)))
+    try:
+        outcome = rt.store.succeed_staged(job_id, staging, stats, pipe=rt.count(jobs=1, texts=len(texts)))
+    except BaseException:  # a handed-back job's next run stages anew: drop this run's stretches
+        with contextlib.suppress(Exception):
+            staging.discard()
+        raise
     if outcome == "incomplete":  # a push of the result was lost; the finish refused to publish it
         rt.store.fail(job_id, "internal_error", "the result did not reach Redis whole; submit the job "
                       "again", stats=stats)
