@@ -96,7 +96,7 @@ def execute(rt: Runtime, job_id: str) -> str:
     try:
         if claimed.state == "exhausted":
             rt.store.fail(job_id, "worker_lost", f"the job was delivered {claimed.attempt} times without "
-                          "finishing (a worker died each time); giving up")
+                          "finishing (its worker died, or Redis failed, each time); giving up")
             log.error("Job %s failed: delivered %d times (poison job)", job_id, claimed.attempt)
             return "exhausted"
         with rt.batcher.arriving() as arrival:  # the batcher holds its next pass for these texts
