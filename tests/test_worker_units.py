@@ -15,7 +15,8 @@ from worker.batcher import Batcher
 from worker.pending import JobTrace, Pending
 from worker.planning import pass_cost, plan_batches
 from worker.encoder import truncate_ids
-from worker.execution import InvalidJob, describe, parse_params
+from worker.execution import describe
+from worker.params import InvalidJob, parse_params
 
 
 def _pending(length: int) -> Pending:
@@ -526,7 +527,7 @@ def test_a_serialised_row_lets_its_batch_output_go(tiny_model):
 
 
 def test_the_colbert_budget_counts_one_vector_per_token_but_cls():
-    from worker.execution import ResultTooLarge, check_result_size
+    from worker.params import ResultTooLarge, check_result_size
 
     rows = [[0, 5, 6, 2], [0, 2]]  # 3 + 1 vectors
     check_result_size(rows, frozenset({"colbert"}), 4, 1024, 2)
