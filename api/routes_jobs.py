@@ -7,9 +7,10 @@ import re
 from flask import Blueprint, current_app, request
 
 from api.auth import owner
+from api.body import json_body
 from api.errors import ApiError
 from api.results import job_out
-from api.validation import job_request, json_body
+from api.validation import job_request
 from api.waits import BUSY_RETRY_AFTER
 from bge_m3.jobs import MAX_WAIT_SECONDS
 from bge_m3.queue import QUEUE_NAME

@@ -17,10 +17,11 @@ from typing import Any, Callable
 from flask import Blueprint
 
 from api.auth import owner
+from api.body import json_body
 from api.errors import ApiError
 from api.results import item_out, total_tokens
 from api.routes_jobs import backend, job_url
-from api.validation import embed_request, embeddings_request, json_body, score_request
+from api.validation import embed_request, embeddings_request, score_request
 from api.waits import BUSY_RETRY_AFTER
 from bge_m3.records import Job
 
