@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from flask import Flask, Response, request
 
-from api import auth, errors
+from api import auth, errors, tracing
 from api.metrics import Metrics
 from api.service import Backend
 from api.waits import WaitSlots
@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None, wait_slots: int | None = None) 
     metrics = Metrics(backend.redis)
     app.extensions["bge_m3"] = State(settings, backend, metrics, WaitSlots(wait_slots))
 
+    tracing.install(app)  # first: a request refused by a later hook still gets its id
     metrics.install(app)
     auth.install(app, settings.api_keys)
     errors.register(app)
@@ -71,6 +72,7 @@ def _install_cors(app: Flask, origins: tuple[str, ...]) -> None:
             response.headers["Vary"] = "Origin"
             response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
-            response.headers["Access-Control-Expose-Headers"] = "Location, Retry-After"
+            response.headers["Access-Control-Expose-Headers"] = ("Location, Retry-After, "
+                                                                 "X-Request-ID, X-Job-Id")
             response.headers["Access-Control-Max-Age"] = CORS_MAX_AGE
         return response

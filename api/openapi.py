@@ -106,7 +106,9 @@ def document(settings: Settings) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "bge-m3-service", "version": "0.1.0",
-                 "description": "BGE-M3 dense, sparse and ColBERT embeddings from one forward pass."},
+                 "description": "BGE-M3 dense, sparse and ColBERT embeddings from one forward pass. "
+                                "Every answer carries X-Request-ID (the client's own, when it sent "
+                                "a usable one); an answer about a job carries X-Job-Id."},
         "paths": paths,
         "components": {"schemas": schemas(settings)},
     }

@@ -10,6 +10,7 @@ from api.auth import owner
 from api.body import json_body
 from api.errors import ApiError
 from api.results import job_out
+from api.tracing import name_job
 from api.validation import job_request
 from api.waits import BUSY_RETRY_AFTER
 from bge_m3.jobs import MAX_WAIT_SECONDS
@@ -62,6 +63,7 @@ def create_job():
     state = backend()
     params = job_request(json_body(), state.settings)
     job = state.backend.submit(params, owner())
+    name_job(job.id)
     url = job_url(job.id)
     body = {"id": job.id, "status": job.status, "created_at": job.created_at, "links": {"self": url}}
     return body, 202, {"Location": url}
@@ -72,6 +74,7 @@ def get_job(job_id: str):
     state = backend()
     seconds = wait_seconds()
     job = state.backend.visible(job_id, owner())
+    name_job(job.id)
     if seconds > 0 and job.status not in TERMINAL:
         with state.waits.slot() as free:
             if not free:  # answer now, as a long-poll may; the reserved threads stay free
@@ -86,6 +89,7 @@ def get_job(job_id: str):
 def cancel_job(job_id: str):
     state = backend()
     job = state.backend.visible(job_id, owner())
+    name_job(job.id)
     outcome = state.backend.store.cancel(job_id, QUEUE_NAME)
     if outcome == "missing":
         raise ApiError(404, "job_not_found", f"no job {job_id} (unknown, expired or not yours)")

@@ -21,6 +21,7 @@ from api.body import json_body
 from api.errors import ApiError
 from api.results import item_out, total_tokens
 from api.routes_jobs import backend, job_url
+from api.tracing import name_job
 from api.validation import embed_request, embeddings_request, score_request
 from api.waits import BUSY_RETRY_AFTER
 from bge_m3.records import Job
@@ -52,6 +53,7 @@ def run(params: dict[str, Any], workers: list[dict[str, Any]] | None = None,
         done, result, first = state.backend.run(params, owner(), state.settings.sync_timeout)
     if done is None:
         raise ApiError(500, "job_lost", "the job disappeared before it finished")
+    name_job(done.id)
     if done.status in ("queued", "running"):
         raise ApiError(504, "timeout",
                        f"job {done.id} did not finish within {state.settings.sync_timeout:g} s; "

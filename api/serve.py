@@ -30,6 +30,10 @@ def wait_slots(threads: int) -> int:
 MAX_REQUEST_LINE = 8190
 """Bytes of the HTTP request line gunicorn accepts (its maximum; past it: 414 JSON)."""
 
+ACCESS_LOG_FORMAT = ('%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" '
+                     'request_id=%({x-request-id}o)s job_id=%({x-job-id}o)s')
+"""gunicorn's default access line, then the answer's ids (``-`` where it has none)."""
+
 GRACE_SECONDS = 30
 """How long in-flight requests get to finish on SIGTERM."""
 
@@ -72,8 +76,10 @@ def options(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         "control_socket_disable": True,
     }
     if args.access_log:
-        # The default format logs neither headers nor bodies, so API keys never reach it.
+        # gunicorn's default format plus the request and job ids (api.tracing); no request
+        # header is logged, so API keys never reach it.
         opts["accesslog"] = "-"
+        opts["access_log_format"] = ACCESS_LOG_FORMAT
     return opts
 
 

@@ -73,6 +73,11 @@ def test_openai_client_both_encodings(server):
     assert len(single.data[0].embedding) == len(expected[0])
     assert max(abs(a - b) for a, b in zip(single.data[0].embedding, expected[0])) < 1e-5
     assert KEY not in log.read_text()  # the access log saw every request, never the key
+    traced = httpx.post(base + "/embed", json={"texts": ["traced"]}, timeout=60,
+                        headers={"Authorization": f"Bearer {KEY}", "X-Request-ID": "trace-42"})
+    job_id = traced.headers["X-Job-Id"]
+    wait_for(lambda: f"request_id=trace-42 job_id={job_id}" in log.read_text(), 10,
+             what="the access line with both ids")
 
 
 def test_openai_client_errors(server):

@@ -40,6 +40,30 @@ def test_healthz_readyz_models(client, live_worker):
     assert "bge-m3" in [m["id"] for m in r.get_json()["data"]]
 
 
+def test_every_answer_has_a_request_id_and_job_answers_name_their_job(client, base_settings,
+                                                                      live_worker):
+    """A usable X-Request-ID is echoed, anything else replaced by a fresh one; an answer that
+    created, ran or read a job names it in X-Job-Id (the access log writes both)."""
+    fresh = re.compile(r"[0-9a-f]{32}")
+    assert client.get("/healthz", headers={"X-Request-ID": "trace-1.2:3"}).headers["X-Request-ID"] == "trace-1.2:3"
+    for unusable in ("two words", "x" * 129, "é", 'quo"te'):
+        echoed = client.get("/healthz", headers={"X-Request-ID": unusable}).headers["X-Request-ID"]
+        assert fresh.fullmatch(echoed), unusable
+    first, second = (client.get("/healthz").headers["X-Request-ID"] for _ in range(2))
+    assert fresh.fullmatch(first) and first != second
+    assert "X-Job-Id" not in client.get("/healthz").headers
+    refused = create_app(base_settings.replace(api_keys=("k",))).test_client().post("/embed", json={})
+    assert refused.status_code == 401 and fresh.fullmatch(refused.headers["X-Request-ID"])
+    assert "X-Job-Id" not in refused.headers
+    done = client.post("/embed", json={"texts": ["a"]})
+    assert done.status_code == 200
+    job = client.get(f"/v1/jobs/{done.headers['X-Job-Id']}")
+    assert job.status_code == 200 and job.headers["X-Job-Id"] == job.get_json()["id"]
+    created = client.post("/v1/jobs", json={"texts": ["b"]})
+    assert created.headers["X-Job-Id"] == created.get_json()["id"]
+    assert "X-Job-Id" not in client.get(f"/v1/jobs/{'0' * 32}").headers  # 404: no job named
+
+
 def test_metrics(client, live_worker):
     client.post("/embed", json={"texts": ["hello"]})
     client.get("/v2/missing")
