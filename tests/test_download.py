@@ -235,7 +235,8 @@ def test_secrets_never_reach_a_log_line(hub, manifest, tmp_path):
     assert scrub("https://user:p@ss@mirror.internal/x y//a@b") == "https://***@mirror.internal/x y//***@b"
 
 
-def test_a_damaged_file_is_repaired_by_the_worker_gate_alone(hub, manifest, tiny_model, tmp_path):
+def test_a_damaged_file_is_repaired_by_the_worker_gate_alone(hub, manifest, tiny_model, tmp_path,
+                                                             caplog):
     """With auto-download on, the gate replaces a wrong file even when nothing is missing (it once
     downloaded only when some file was absent, so a lone damaged file refused the worker)."""
     from bge_m3.settings import Settings
@@ -248,8 +249,12 @@ def test_a_damaged_file_is_repaired_by_the_worker_gate_alone(hub, manifest, tiny
     (dest / BIG).write_bytes(bytes(data))
     settings = Settings.from_env({}, model_dir=dest, manifest=tiny_model.manifest,
                                  endpoints=(hub.url,), auto_download=True)
-    verified = gate.check(settings)
+    with caplog.at_level("WARNING", logger="bge_m3.worker"):
+        verified = gate.check(settings)
     assert verified.report.ok
+    verified.release()
+    # the tiny manifest's revision is a name, not a commit: said, as downloads follow it
+    assert any("is not a commit id" in r.getMessage() for r in caplog.records)
     assert_verified(dest, manifest)
     assert {p for p, n in hub.body_gets.items() if n} == {BIG}
     with pytest.raises(gate.GateRefused):  # off: the same damage refuses, as before

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 
 from bge_m3.settings import PACKAGED_MANIFEST, Settings
@@ -21,6 +22,9 @@ REQUIRED_FILES = ("config.json", "colbert_linear.pt", "sparse_linear.pt")
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 """At least one of these must be pinned: the transformer's weights."""
+
+COMMIT = re.compile(r"[0-9a-f]{40}")
+"""A git commit id: the only revision that names the same files for ever."""
 
 EXIT_REFUSED = 3
 """Exit status of a worker whose model folder failed verification."""
@@ -98,6 +102,10 @@ def check(settings: Settings) -> Verified:
         raise GateRefused(f"manifest {settings.manifest}: {exc}") from None
     _require_pinned(manifest)
     _warn_if_repinned(manifest)
+    if settings.auto_download and not COMMIT.fullmatch(manifest.revision):
+        log.warning("Manifest revision %r is not a commit id: downloads follow a ref that can move "
+                    "(the hashes still pin every file, so new content would be refused)",
+                    manifest.revision)
     handles: dict[str, int] = {}
     report = verify_folder(settings.model_dir, manifest, keep=handles)
     # Any failure, not only a missing file: a damaged one is what `bge-m3 up` and `download`
