@@ -76,8 +76,8 @@ def options(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         "control_socket_disable": True,
     }
     if args.access_log:
-        # gunicorn's default format plus the request and job ids (api.tracing); no request
-        # header is logged, so API keys never reach it.
+        # gunicorn's default format (Referer and User-Agent are its only request headers) plus
+        # the answer's request and job ids (api.tracing): the Authorization header never is.
         opts["accesslog"] = "-"
         opts["access_log_format"] = ACCESS_LOG_FORMAT
     return opts
