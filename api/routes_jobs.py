@@ -10,7 +10,7 @@ from api.auth import owner
 from api.body import json_body
 from api.errors import ApiError
 from api.results import job_out
-from api.tracing import name_job
+from api.tracing import name_job, traced
 from api.validation import job_request
 from api.waits import BUSY_RETRY_AFTER
 from bge_m3.jobs import MAX_WAIT_SECONDS
@@ -62,7 +62,7 @@ def wait_seconds() -> float:
 def create_job():
     state = backend()
     params = job_request(json_body(), state.settings)
-    job = state.backend.submit(params, owner())
+    job = state.backend.submit(traced(params), owner())
     name_job(job.id)
     url = job_url(job.id)
     body = {"id": job.id, "status": job.status, "created_at": job.created_at, "links": {"self": url}}

@@ -21,7 +21,7 @@ from api.body import json_body
 from api.errors import ApiError
 from api.results import item_out, total_tokens
 from api.routes_jobs import backend, job_url
-from api.tracing import name_job
+from api.tracing import name_job, traced
 from api.validation import embed_request, embeddings_request, score_request
 from api.waits import BUSY_RETRY_AFTER
 from bge_m3.records import Job
@@ -50,7 +50,7 @@ def run(params: dict[str, Any], workers: list[dict[str, Any]] | None = None,
             raise ApiError(503, "busy", "every request thread that may wait on a job is waiting; "
                            "retry shortly, or submit to /v1/jobs and poll",
                            headers={"Retry-After": BUSY_RETRY_AFTER})
-        done, result, first = state.backend.run(params, owner(), state.settings.sync_timeout)
+        done, result, first = state.backend.run(traced(params), owner(), state.settings.sync_timeout)
     if done is None:
         raise ApiError(500, "job_lost", "the job disappeared before it finished")
     name_job(done.id)

@@ -1,17 +1,16 @@
 """Request ids: every answer carries ``X-Request-ID``, the client's own when it sent a usable one,
 else a fresh one; answers that ran a job carry ``X-Job-Id`` too. ``bge-m3 api --access-log``
-writes both on each request's line, so an operator can follow a request from the client's log
-through the access log to the worker's lines, which name jobs by id."""
+writes both on each request's line, and the worker's lines about a job name its request too, so
+an operator can follow a request from the client's log through the API to the worker."""
 from __future__ import annotations
 
-import re
 import secrets
+from typing import Any
 
 from flask import Flask, Response, g, request
 
-REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}", re.ASCII)
-"""A client-sent id that is echoed and logged as it is: short, one token, nothing a log reader
-or a header could mistake for structure (no spaces, quotes or control characters)."""
+from bge_m3.records import REQUEST_ID
+
 
 HEADER = "X-Request-ID"
 JOB_HEADER = "X-Job-Id"
@@ -30,6 +29,11 @@ def install(app: Flask) -> None:
         if g.get("job_id"):
             response.headers[JOB_HEADER] = g.job_id
         return response
+
+
+def traced(params: dict[str, Any]) -> dict[str, Any]:
+    """A job's params with this request's id, which the worker's lines about the job repeat."""
+    return {**params, "request_id": g.get("request_id")}
 
 
 def name_job(job_id: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,10 @@ from typing import Any
 PREFIX = "bge-m3"
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}", re.ASCII)
+"""A request id the API echoes and stores in a job's params, and the worker logs: short, one
+token, nothing a log reader or a header could mistake for structure (``api.tracing``)."""
 
 
 def new_job_id() -> str:

@@ -10,7 +10,7 @@ import pytest
 
 from api import create_app
 from bge_m3.queue import QUEUE_NAME
-from tests.support import RedisServer
+from tests.support import RedisServer, wait_for
 
 
 def conforms(doc: dict, path: str, method: str, response) -> None:
@@ -55,8 +55,10 @@ def test_every_answer_has_a_request_id_and_job_answers_name_their_job(client, ba
     refused = create_app(base_settings.replace(api_keys=("k",))).test_client().post("/embed", json={})
     assert refused.status_code == 401 and fresh.fullmatch(refused.headers["X-Request-ID"])
     assert "X-Job-Id" not in refused.headers
-    done = client.post("/embed", json={"texts": ["a"]})
+    done = client.post("/embed", json={"texts": ["a"]}, headers={"X-Request-ID": "trace-worker-7"})
     assert done.status_code == 200
+    said = f"Job {done.headers['X-Job-Id']} (request trace-worker-7): 1 texts"
+    wait_for(lambda: said in live_worker.output(), 10, what="the worker's line naming the request")
     job = client.get(f"/v1/jobs/{done.headers['X-Job-Id']}")
     assert job.status_code == 200 and job.headers["X-Job-Id"] == job.get_json()["id"]
     created = client.post("/v1/jobs", json={"texts": ["b"]})

@@ -534,3 +534,12 @@ def test_the_colbert_budget_counts_one_vector_per_token_but_cls():
     with pytest.raises(ResultTooLarge, match=r"colbert for 4 tokens is more than .*\(3\)"):
         check_result_size(rows, frozenset({"colbert", "dense"}), 3, 1024, 2)
     check_result_size(rows, frozenset({"dense", "sparse"}), 1, 1024, 2)  # no ColBERT, no budget
+
+
+def test_a_job_is_named_with_its_request_only_when_the_id_is_well_formed():
+    from worker.execution import job_label
+
+    assert job_label("j1", {"request_id": "trace-42"}) == "j1 (request trace-42)"
+    for params in ({"request_id": "two words"}, {"request_id": "x\nInjected"}, {"request_id": 7},
+                   {}, None):
+        assert job_label("j1", params) == "j1"

@@ -9,10 +9,11 @@ import contextlib
 import time
 from concurrent.futures import TimeoutError as FuturesTimeout
 from concurrent.futures import as_completed
+from typing import Any
 
 import redis
 
-from bge_m3.records import Claim
+from bge_m3.records import REQUEST_ID, Claim
 from bge_m3.payload import ItemsResult
 from bge_m3.staging import Staging
 from worker import faults, lease
@@ -81,6 +82,7 @@ def _run(rt: Runtime, job_id: str, claimed: Claim, arrival: Arrival) -> str:
     settings = rt.settings
     started = time.time()
     created = claimed.created_at or started
+    who = job_label(job_id, claimed.params)
     try:
         texts, modes, max_length, truncate = parse_params(claimed.params, settings.max_texts,
                                                           settings.max_length)
@@ -92,7 +94,7 @@ def _run(rt: Runtime, job_id: str, claimed: Claim, arrival: Arrival) -> str:
         code = {TooLong: "too_long", ResultTooLarge: "result_too_large"}.get(type(exc), "invalid_request")
         rt.store.fail(job_id, code, str(exc), stats=_stats(created, started, started, 0, JobTrace()),
                       pipe=rt.count(failed_jobs=1))
-        log.info("Job %s failed: %s", job_id, exc)
+        log.info("Job %s failed: %s", who, exc)
         return "failed"
     faults.inject(texts, claimed.attempt, settings.test_faults)  # test-only; a no-op by default
     trace = JobTrace(job=job_id)
@@ -127,7 +129,7 @@ def _run(rt: Runtime, job_id: str, claimed: Claim, arrival: Arrival) -> str:
         staging.discard()
         rt.store.fail(job_id, *error, stats=_stats(created, started, computed, tokens, trace, phases),
                       pipe=rt.count(failed_jobs=1))
-        log.warning("Job %s failed: %s", job_id, error[1])
+        log.warning("Job %s failed: %s", who, error[1])
         return "failed"
     stats = _stats(created, started, computed, tokens, trace, phases)
     stats["streamed_bytes"] = staging.sent_bytes  # sent while the passes ran; the rest at the finish
@@ -141,15 +143,24 @@ def _run(rt: Runtime, job_id: str, claimed: Claim, arrival: Arrival) -> str:
     if outcome == "incomplete":  # a push of the result was lost; the finish refused to publish it
         rt.store.fail(job_id, "internal_error", "the result did not reach Redis whole; submit the job "
                       "again", stats=stats)
-        log.error("Job %s failed: its staged result lacks chunks", job_id)
+        log.error("Job %s failed: its staged result lacks chunks", who)
         return "failed"
     if outcome != "ok":  # ended meanwhile (cancelled, another delivery) or its record expired
-        log.warning("Job %s: result dropped, the job is %s", job_id, outcome)
+        log.warning("Job %s: result dropped, the job is %s", who, outcome)
         return outcome
     log.info("Job %s: %d texts, %s tokens, %d forward passes, total %.0f ms (queue %.0f, compute %.0f)",
-             job_id, len(texts), f"{tokens:,}", len(trace.passes), stats["total_ms"], stats["queue_ms"],
+             who, len(texts), f"{tokens:,}", len(trace.passes), stats["total_ms"], stats["queue_ms"],
              stats["compute_ms"])
     return "succeeded"
+
+
+def job_label(job_id: str, params: Any) -> str:
+    """How the worker's lines name a job: its id, and the API request that made it when the
+    params carry a well-formed one (``api.tracing``; the worker trusts nothing it reads)."""
+    request_id = params.get("request_id") if isinstance(params, dict) else None
+    if isinstance(request_id, str) and REQUEST_ID.fullmatch(request_id):
+        return f"{job_id} (request {request_id})"
+    return job_id
 
 
 def _collect(rt: Runtime, rows: list[list[int]], futures: list, result: ItemsResult,
