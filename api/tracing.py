@@ -11,7 +11,6 @@ from flask import Flask, Response, g, request
 
 from bge_m3.records import REQUEST_ID
 
-
 HEADER = "X-Request-ID"
 JOB_HEADER = "X-Job-Id"
 
