@@ -71,8 +71,9 @@ def run(params: dict[str, Any], workers: list[dict[str, Any]] | None = None,
         code = str(error.get("code", "failed"))
         message = str(error.get("message", "job failed"))
         extra: dict[str, Any] = {"job_id": done.id}
-        if field is not None and TEXT_INDEX.search(message):
-            extra["param"] = field(int(TEXT_INDEX.search(message).group(1))).split("[")[0]
+        named = TEXT_INDEX.search(message) if field is not None else None
+        if named:
+            extra["param"] = field(int(named.group(1))).split("[")[0]
             message = TEXT_INDEX.sub(lambda m: field(int(m.group(1))), message)
         raise ApiError(FAILURE_STATUS.get(code, 500), code, message, extra=extra)
     if result is None:
