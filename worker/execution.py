@@ -31,7 +31,8 @@ renames it into place (``bge_m3.staging``); the finish then gives it the result 
 
 
 class Unrecorded(Exception):
-    """Redis failed the job's terminal write too; the job is handed back for another delivery."""
+    """Redis failed while this delivery owned the job (mid-run, or its terminal write); the job
+    is handed back for another delivery."""
 
 
 TRANSIENT_REDIS = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)
