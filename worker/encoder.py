@@ -69,6 +69,11 @@ class Encoder:
     def dimension(self) -> int:
         return self.model.hidden
 
+    @property
+    def colbert_itemsize(self) -> int:
+        """Bytes of one ColBERT value as stored (``BGE_M3_COLBERT_DTYPE``)."""
+        return self._colbert_code.itemsize
+
     def tokenize(self, texts: Sequence[str], max_length: int, truncate: bool) -> list[list[int]]:
         max_length = min(max_length, self.max_positions or max_length)
         rows = self.model.tokenize(texts)

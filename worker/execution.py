@@ -90,7 +90,7 @@ def _run(rt: Runtime, job_id: str, claimed: Claim, arrival: Arrival) -> str:
         tokenizing = time.perf_counter()
         rows = rt.encoder.tokenize(texts, max_length, truncate)
         check_result_size(rows, modes, settings.max_colbert_tokens, rt.encoder.dimension,
-                          2 if settings.colbert_dtype == "float16" else 4)
+                          rt.encoder.colbert_itemsize)
     except (InvalidJob, TooLong, ResultTooLarge) as exc:
         code = {TooLong: "too_long", ResultTooLarge: "result_too_large"}.get(type(exc), "invalid_request")
         rt.store.fail(job_id, code, str(exc), stats=_stats(created, started, started, 0, JobTrace()),
