@@ -10,12 +10,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from worker.device import choose
+from worker.device import DeviceUnavailable, choose
 
 
 def fake_torch(gpus: int):
     """Stands in for a machine with ``gpus`` CUDA devices (none exist here)."""
-    cuda = SimpleNamespace(is_available=lambda: gpus > 0,
+    cuda = SimpleNamespace(is_available=lambda: gpus > 0, device_count=lambda: gpus,
                            get_device_name=lambda i: f"Fake GPU {i}" if i < gpus else 1 / 0)
     return SimpleNamespace(cuda=cuda)
 
@@ -37,8 +37,13 @@ def test_explicit_cpu_wins_over_a_gpu_and_explicit_index_is_kept():
 
 
 def test_cuda_requested_without_cuda_refuses():
-    with pytest.raises(RuntimeError, match="no CUDA device"):
+    with pytest.raises(DeviceUnavailable, match="no CUDA device"):
         choose("cuda", fake_torch(0))
+
+
+def test_a_gpu_index_past_the_visible_ones_refuses_by_name():
+    with pytest.raises(DeviceUnavailable, match=r"BGE_M3_DEVICE=cuda:2 but only 2 CUDA device\(s\)"):
+        choose("cuda:2", fake_torch(2))
 
 
 @pytest.mark.gpu

@@ -13,6 +13,7 @@ from tests.support import BIN, settings_on_db, spawn_worker, worker_env
 from tests.worker_support import Queue
 
 REFUSED = 3  # worker.gate.EXIT_REFUSED
+NO_DEVICE = 7  # worker.signals.EXIT_NO_DEVICE
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -130,6 +131,25 @@ def test_a_forking_pool_is_refused_before_the_model_loads(base_settings, redis_s
     output = proc.stdout + proc.stderr
     assert proc.returncode == 5, output[-3000:]
     assert "would fork the model" in output and "Model loaded" not in output
+    assert queue.store.get(job_id).status == "queued" and queue.redis.llen(QUEUE_NAME) == 1
+    queue.close()
+
+
+def test_a_missing_device_refuses_before_the_folder_is_hashed(tiny_model, base_settings,
+                                                             redis_server, tmp_path):
+    """A worker asked for a GPU it cannot see (compose's `cuda` default on a host whose driver is
+    too old) exits 7 at once: a tampered folder is not even reached (that would be exit 3), so a
+    restart loop never re-hashes the model. ``cuda:99`` is past the last GPU on any machine."""
+    settings = settings_on_db(base_settings, redis_server, "gate", device="cuda:99")
+    queue = Queue(settings)
+    job_id = queue.submit(["queued before a worker without its GPU"])
+    bad_dir = _copy_model(tiny_model, tmp_path / "model")
+    _tamper(bad_dir)
+    bad = spawn_worker(settings.replace(model_dir=bad_dir), tmp_path, wait=False)
+    assert bad.proc.wait(60) == NO_DEVICE, bad.output()[-2000:]
+    log = bad.output()
+    assert "Refusing to start: BGE_M3_DEVICE=cuda:99" in log
+    assert "HASH" not in log and "Verified" not in log and "Model loaded" not in log
     assert queue.store.get(job_id).status == "queued" and queue.redis.llen(QUEUE_NAME) == 1
     queue.close()
 

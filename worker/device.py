@@ -11,6 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 
+class DeviceUnavailable(RuntimeError):
+    """The device ``BGE_M3_DEVICE`` names does not exist on this machine."""
+
+
 @dataclass(frozen=True)
 class Placement:
     device: str          # torch device string: "cpu", "cuda:0"
@@ -31,9 +35,14 @@ def choose(requested: str, torch: Any) -> Placement:
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return Placement("cpu", "float32", "cpu")
     if not torch.cuda.is_available():
-        raise RuntimeError(f"BGE_M3_DEVICE={requested} but no CUDA device is available")
+        raise DeviceUnavailable(f"BGE_M3_DEVICE={requested} but no CUDA device is available "
+                                "(unset it, or set CPU_ONLY=1, to run on the CPU)")
     device = "cuda:0" if requested in {"auto", "cuda"} else requested
     index = int(device.split(":")[1])
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise DeviceUnavailable(f"BGE_M3_DEVICE={requested} but only {count} CUDA device(s) "
+                                "are visible")
     name = torch.cuda.get_device_name(index)
     return Placement(device, "float16", f"{device} ({name})")
 

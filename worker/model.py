@@ -1,8 +1,8 @@
 """The BGE-M3 network: the one module that imports torch and transformers.
 
 They are optional (the ``worker`` extra), imported when this module is, and this
-module is imported only after the start-up gate has passed, never at
-``import worker``. The model is read from a *verified view*: a private folder of
+module is imported only when a worker boots (to choose its device, then load the
+verified model), never at ``import worker``. The model is read from a *verified view*: a private folder of
 symlinks to exactly the manifest's files, so nothing the manifest does not pin
 (a stray ``model.safetensors`` beside a pinned ``pytorch_model.bin``) can be
 picked up by ``from_pretrained``.

@@ -78,17 +78,22 @@ class Runtime:
         self._draining = False  # a warm shutdown began: running jobs finish, no new ones come
 
     def boot(self) -> "Runtime":
-        self.verified = gate.check(self.settings)
-        # Only the verified folder is read, and never the network.
+        # Only the verified folder is read, and never the network. Set before transformers is
+        # imported (it reads them then); the gate's downloader speaks the hub's /resolve/
+        # protocol over requests and does not consult them.
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
         from worker import model as model_module
         from worker.device import choose
         from worker.encoder import MODES, Encoder
 
+        model_module.require_torch()
+        # The device before the gate: a worker whose GPU is not visible exits at once instead of
+        # hashing 2.3 GB first, and again on every restart its supervisor makes.
+        self.placement = choose(self.settings.device, model_module.torch)
+        self.verified = gate.check(self.settings)
         threads = model_module.torch_threads(self.settings.torch_threads)
         faults.load_delay(self.settings.test_load_delay)  # test-only; 0 by default
-        self.placement = choose(self.settings.device, model_module.torch)
         manifest = self.verified.manifest
         view = model_module.verified_view(self.settings.model_dir, [f.path for f in manifest.files],
                                           self.verified.handles)

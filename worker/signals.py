@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from worker.device import DeviceUnavailable
 from worker.gate import EXIT_REFUSED, GateRefused
 from worker.logs import get_logger, setup_logging
 
@@ -18,6 +19,9 @@ EXIT_LOAD_FAILED = 4
 
 EXIT_BAD_POOL = 5
 """Exit status when asked for a forking pool: the batcher thread and the model cannot be forked."""
+
+EXIT_NO_DEVICE = 7
+"""Exit status when the device ``BGE_M3_DEVICE`` names is not visible (checked before the gate)."""
 
 ALLOWED_POOLS = ("thread", "solo")
 """Pools that run tasks in the process that owns the model."""
@@ -49,6 +53,9 @@ def connect(app: Any) -> None:
         except GateRefused as exc:
             log.error("Refusing to start: %s", exc)
             sys.exit(EXIT_REFUSED)
+        except DeviceUnavailable as exc:
+            log.error("Refusing to start: %s", exc)
+            sys.exit(EXIT_NO_DEVICE)
         except Exception as exc:  # noqa: BLE001 - anything else at load time is fatal too
             log.exception("Model load failed: %s", exc)
             sys.exit(EXIT_LOAD_FAILED)
