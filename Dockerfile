@@ -25,12 +25,18 @@ ENV BGE_M3_HOST=0.0.0.0 \
     HOME=/home/bge
 
 FROM base AS api
+# The API-only install: the base dependencies, no torch, transformers or FlagEmbedding. The
+# dependencies go in a layer of their own, installed through empty stand-in packages, so that a
+# code change reinstalls only the project itself (--no-deps below).
+RUN mkdir -p bge_m3 verify api worker \
+ && touch bge_m3/__init__.py verify/__init__.py api/__init__.py worker/__init__.py \
+ && pip install -c constraints.txt ".[api]" \
+ && pip uninstall -y bge-m3-service && rm -rf bge_m3 verify api worker build ./*.egg-info
 COPY bge_m3 ./bge_m3
 COPY verify ./verify
 COPY api ./api
 COPY worker ./worker
-# The API-only install: the base dependencies, no torch, transformers or FlagEmbedding.
-RUN pip install -c constraints.txt ".[api]" \
+RUN pip install --no-deps . && rm -rf build ./*.egg-info \
  && python -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) for m in ('torch', 'transformers')))"
 USER bge
 EXPOSE 7860
@@ -42,12 +48,18 @@ ARG TORCH_INDEX_URL=https://pypi.org/simple
 # torch first, from the chosen index, so the project install does not pick another build; and
 # before the sources, so that a code change does not download it again.
 RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+# Then the other dependencies, as in the api stage: through empty stand-in packages, so that a
+# code change reinstalls only the project. The constraints without their torch pin: the one
+# installed above (TORCH_VERSION) stays.
+RUN grep -v '^torch==' constraints.txt > /tmp/constraints.txt \
+ && mkdir -p bge_m3 verify api worker \
+ && touch bge_m3/__init__.py verify/__init__.py api/__init__.py worker/__init__.py \
+ && pip install -c /tmp/constraints.txt ".[worker]" \
+ && pip uninstall -y bge-m3-service && rm -rf bge_m3 verify api worker build ./*.egg-info
 COPY bge_m3 ./bge_m3
 COPY verify ./verify
 COPY api ./api
 COPY worker ./worker
-# The constraints without their torch pin: the one installed above (TORCH_VERSION) stays.
-RUN grep -v '^torch==' constraints.txt > /tmp/constraints.txt \
- && pip install -c /tmp/constraints.txt ".[worker]"
+RUN pip install --no-deps . && rm -rf build ./*.egg-info
 USER bge
 CMD ["bge-m3", "worker"]

@@ -26,6 +26,11 @@ REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://", "unix://")
 (``bge_m3.queue.broker_url``)."""
 
 
+SECRET_VARS = ("REDIS_URL", "HF_TOKEN", "BGE_M3_API_KEYS")
+"""Secrets that may be given as ``VAR_FILE``, the path of a file holding the value (Docker and
+Kubernetes secrets), so the value need not sit in any process's environment."""
+
+
 class SettingsError(ValueError):
     """A setting (an environment variable) is malformed or contradicts another; names the variable."""
 
@@ -41,14 +46,16 @@ def _csv(value: str) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class Settings:
     # name -> environment variable is declared in ENV_VARS below.
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    # The secrets (SECRET_VARS) are left out of repr(): a Settings in a log line or a traceback
+    # must not print them.
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
     model_dir: Path = field(default_factory=_default_model_dir)
     manifest: Path = PACKAGED_MANIFEST
     endpoints: tuple[str, ...] = ("https://huggingface.co", "https://hf-mirror.com")
     device: str = "auto"
     host: str = "0.0.0.0"
     port: int = 7860
-    hf_token: str | None = None
+    hf_token: str | None = field(default=None, repr=False)
     auto_download: bool = True
     # Worker
     max_batch_tokens: int = 16384
@@ -66,7 +73,7 @@ class Settings:
     max_body_bytes: int = 20 * 1024 * 1024
     max_texts: int = 10_000
     max_queued: int = 10_000
-    api_keys: tuple[str, ...] = ()
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
     sync_timeout: float = 60.0
     cors_origins: tuple[str, ...] = ()
     # Operations
@@ -78,11 +85,15 @@ class Settings:
     # Test-only fault injection (tests/test_faults.py); off by default, never set in production.
     test_faults: bool = False
     test_load_delay: float = 0.0
+    # (variable, path) of each secret read from ``VAR_FILE``: child processes get the path, not
+    # the value (``env()``). Where a value came from does not make two settings differ.
+    secret_files: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
         env = os.environ if env is None else env
-        values: dict[str, Any] = {}
+        env, secret_files = _read_secret_files(env)
+        values: dict[str, Any] = {"secret_files": secret_files}
         types = {f.name: f.type for f in fields(cls)}
         for name, var in ENV_VARS.items():
             raw = env.get(var)
@@ -102,6 +113,10 @@ class Settings:
         return settings
 
     def replace(self, **changes: Any) -> "Settings":
+        changed = {ENV_VARS[name] for name, value in changes.items()
+                   if name in ENV_VARS and getattr(self, name) != value}
+        if changed and "secret_files" not in changes:  # a new value no longer comes from the file
+            changes["secret_files"] = tuple(p for p in self.secret_files if p[0] not in changed)
         return dataclasses.replace(self, **changes)
 
     def validate(self) -> None:
@@ -142,7 +157,21 @@ class Settings:
             elif isinstance(value, bool):
                 value = "1" if value else "0"
             out[var] = str(value)
+        for var, path in self.secret_files:
+            out.pop(var, None)
+            out[var + "_FILE"] = path
         return out
+
+    def child_env(self, base: Mapping[str, str]) -> dict[str, str]:
+        """``base`` (say ``os.environ``) with these settings on top, each secret given once: by
+        its file where it was read from one, else by value, never both (that is refused)."""
+        own = self.env()
+        merged = {**base, **own}
+        for var in SECRET_VARS:
+            merged.pop(var if var + "_FILE" in own else var + "_FILE", None)
+            if var in own:
+                merged[var] = own[var]
+        return merged
 
 
 def _parse(kind: Any, raw: str, var: str) -> Any:
@@ -198,6 +227,29 @@ ENV_VARS: dict[str, str] = {
     "test_load_delay": "BGE_M3_TEST_LOAD_DELAY",
 }
 """Settings field -> environment variable. The names are a public contract."""
+
+
+def _read_secret_files(env: Mapping[str, str]) -> tuple[Mapping[str, str], tuple[tuple[str, str], ...]]:
+    """``env`` with each ``VAR_FILE`` of ``SECRET_VARS`` read into ``VAR``. The file's surrounding
+    whitespace is dropped (a trailing newline); API keys may be one per line. An empty or
+    unreadable file is refused, never taken as "unset": an empty key file would turn auth off."""
+    files = [(var, env[var + "_FILE"]) for var in SECRET_VARS if env.get(var + "_FILE")]
+    if not files:
+        return env, ()
+    out = dict(env)
+    for var, path in files:
+        if env.get(var):
+            raise SettingsError(f"{var} and {var}_FILE are both set; set one")
+        try:
+            text = Path(path).expanduser().read_text(encoding="utf-8")
+        except (OSError, UnicodeError) as exc:
+            why = getattr(exc, "strerror", None) or type(exc).__name__
+            raise SettingsError(f"{var}_FILE: cannot read {path}: {why}") from None
+        value = ",".join(text.split()) if var == "BGE_M3_API_KEYS" else text.strip()
+        if not value:
+            raise SettingsError(f"{var}_FILE: {path} is empty")
+        out[var] = value
+    return out, tuple(files)
 
 
 def env_is_set(var: str, env: Mapping[str, str] | None = None) -> bool:

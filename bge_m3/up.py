@@ -137,8 +137,8 @@ class Up:
 
     def start(self) -> str:
         s = self.settings
-        self.supervisor.env = {**os.environ, **s.env(), "REDIS_URL": self.redis_url,
-                               "PYTHONUNBUFFERED": "1"}
+        children = s.replace(redis_url=self.redis_url)  # the embedded Redis, when started here
+        self.supervisor.env = {**children.child_env(os.environ), "PYTHONUNBUFFERED": "1"}
         host = socket.gethostname()
         hostnames = [f"bge-m3-{os.getpid()}-{i}@{host}" for i in range(1, self.workers + 1)]
         for i, hostname in enumerate(hostnames, start=1):

@@ -221,3 +221,17 @@ def test_worker_image_installs_torch_before_the_sources():
     worker = _stages((ROOT / "Dockerfile").read_text())["worker"]
     assert worker.index("torch==${TORCH_VERSION}") < worker.index("COPY bge_m3")
     assert "grep -v '^torch=='" in worker
+
+
+def test_a_code_change_reinstalls_only_the_project():
+    """Each image installs its dependencies through empty stand-in packages before the sources are
+    copied, and then the project alone (``--no-deps``): a code change rebuilds only that layer."""
+    stages = _stages((ROOT / "Dockerfile").read_text())
+    for target, extra in (("api", '".[api]"'), ("worker", '".[worker]"')):
+        body = stages[target]
+        copy = body.index("COPY bge_m3")
+        assert body.index(extra) < copy, target
+        assert body.index("touch bge_m3/__init__.py") < body.index(extra), target
+        assert "pip uninstall -y bge-m3-service" in body[:copy], target
+        after = body[copy:]
+        assert "pip install --no-deps ." in after and extra not in after, target

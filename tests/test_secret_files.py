@@ -1,0 +1,121 @@
+"""Secrets from files (``REDIS_URL_FILE``, ``HF_TOKEN_FILE``, ``BGE_M3_API_KEYS_FILE``): Docker and
+Kubernetes mount secrets as files, so the value need not sit in any process's environment."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bge_m3.settings import Settings, SettingsError
+from tests.support import BGE_M3, RedisServer, free_port, spawn_worker, wait_for, worker_env
+
+PASSWORD = "pw-from-a-file-7f3a"
+KEY = "key-from-a-file-91c2"
+
+
+def _write(path: Path, text: str) -> str:
+    path.write_text(text)
+    path.chmod(0o600)
+    return str(path)
+
+
+def test_each_secret_is_read_from_its_file_and_children_get_the_path(tmp_path):
+    url = _write(tmp_path / "redis_url", "redis://:s3cret@db:6379/0\n")
+    keys = _write(tmp_path / "keys", "k1\nk2, k3\n\n")
+    token = _write(tmp_path / "token", "hf_abc123\n")
+    env = {"REDIS_URL_FILE": url, "BGE_M3_API_KEYS_FILE": keys, "HF_TOKEN_FILE": token,
+           "HF_TOKEN": ""}  # compose passes unset optional variables as empty strings
+    s = Settings.from_env(env)
+    assert (s.redis_url, s.api_keys, s.hf_token) == ("redis://:s3cret@db:6379/0", ("k1", "k2", "k3"),
+                                                     "hf_abc123")
+    child = s.env()
+    assert {"REDIS_URL", "BGE_M3_API_KEYS", "HF_TOKEN"}.isdisjoint(child)
+    assert (child["REDIS_URL_FILE"], child["BGE_M3_API_KEYS_FILE"]) == (url, keys)
+    assert "s3cret" not in repr(s) and "s3cret" not in str(child)
+    assert Settings.from_env(child) == s
+    # A value set in code (say `bge-m3 up`'s own Redis) is no longer the file's: it goes by value.
+    moved = s.replace(redis_url="redis://127.0.0.1:7000/0")
+    assert moved.env()["REDIS_URL"] == "redis://127.0.0.1:7000/0" and "REDIS_URL_FILE" not in moved.env()
+    assert s.replace(redis_url=s.redis_url).env()["REDIS_URL_FILE"] == url
+    # Merged over a parent environment that has both spellings, each secret is given once.
+    merged = moved.child_env({"REDIS_URL_FILE": url, "HF_TOKEN": "from-the-parent", "PATH": "/bin"})
+    assert merged["REDIS_URL"] == "redis://127.0.0.1:7000/0" and "REDIS_URL_FILE" not in merged
+    assert merged["HF_TOKEN_FILE"] == token and "HF_TOKEN" not in merged and merged["PATH"] == "/bin"
+    assert Settings.from_env(merged).hf_token == "hf_abc123"
+
+
+def test_a_secret_file_that_is_empty_unreadable_or_doubled_is_refused_unshown(tmp_path):
+    empty = _write(tmp_path / "empty", " \n")
+    # An empty key file must not read as "no keys", which would turn authentication off.
+    with pytest.raises(SettingsError, match=f"BGE_M3_API_KEYS_FILE: {empty} is empty"):
+        Settings.from_env({"BGE_M3_API_KEYS_FILE": empty})
+    with pytest.raises(SettingsError, match=r"REDIS_URL_FILE: cannot read /nonexistent/url: No such file"):
+        Settings.from_env({"REDIS_URL_FILE": "/nonexistent/url"})
+    with pytest.raises(SettingsError, match="REDIS_URL and REDIS_URL_FILE are both set") as raised:
+        Settings.from_env({"REDIS_URL": "redis://:s3cret@h/0",
+                           "REDIS_URL_FILE": _write(tmp_path / "url", "redis://:s3cret@h/1")})
+    assert "s3cret" not in str(raised.value)
+    with pytest.raises(SettingsError, match="HF_TOKEN holds a space") as raised:
+        Settings.from_env({"HF_TOKEN_FILE": _write(tmp_path / "token", "hf_abc 123\n")})
+    assert "abc" not in str(raised.value)
+
+
+def test_bge_m3_commands_exit_2_naming_the_file(tmp_path):
+    env = {**worker_env(Settings()), "BGE_M3_API_KEYS_FILE": str(tmp_path / "missing")}
+    done = subprocess.run([BGE_M3, "api"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"BGE_M3_API_KEYS_FILE: cannot read {tmp_path / 'missing'}" in done.stderr
+
+
+def _environ(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/environ").read_bytes()
+
+
+def test_api_and_worker_run_on_secrets_from_files_that_stay_out_of_their_environment(
+        tiny_model, base_settings, tmp_path):
+    """A password-protected Redis, a real worker and a gunicorn API, each told only where the
+    Redis URL and the API keys are: they serve jobs, authenticate with the key from the file,
+    and neither secret is in either process's environment."""
+    redis = RedisServer(tmp_path / "redis", password=PASSWORD)
+    try:
+        files = {"REDIS_URL_FILE": _write(tmp_path / "redis_url", redis.url(0) + "\n"),
+                 "BGE_M3_API_KEYS_FILE": _write(tmp_path / "api_keys", KEY + "\n")}
+        port = free_port()
+        parent = {k: v for k, v in base_settings.env().items()
+                  if k not in {"REDIS_URL", "BGE_M3_API_KEYS"}}
+        settings = Settings.from_env({**parent, **files, "BGE_M3_HOST": "127.0.0.1",
+                                      "BGE_M3_PORT": str(port)})
+        assert settings.redis_url == redis.url(0) and settings.api_keys == (KEY,)
+        worker = spawn_worker(settings, tmp_path)
+        with open(tmp_path / "api.log", "wb") as log:
+            api = subprocess.Popen([BGE_M3, "api", "--workers", "1"], env=worker_env(settings),
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            base = f"http://127.0.0.1:{port}"
+
+            def up() -> bool:
+                assert api.poll() is None, (tmp_path / "api.log").read_text()
+                try:
+                    return httpx.get(base + "/healthz", timeout=1).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            wait_for(up, 30, interval=0.1, what="gunicorn")
+            body = {"texts": ["a secret kept in a file"]}
+            assert httpx.post(base + "/embed", json=body, timeout=60).status_code == 401
+            done = httpx.post(base + "/embed", json=body, timeout=60,
+                              headers={"Authorization": f"Bearer {KEY}"})
+            assert done.status_code == 200, done.text
+            assert len(done.json()["embeddings"][0]) == 32
+            for pid in (api.pid, worker.proc.pid):
+                environ = _environ(pid)
+                assert PASSWORD.encode() not in environ and KEY.encode() not in environ
+                assert b"REDIS_URL_FILE=" + files["REDIS_URL_FILE"].encode() in environ
+        finally:
+            api.terminate()
+            api.wait(30)
+            worker.stop()
+    finally:
+        redis.stop()
