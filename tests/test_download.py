@@ -4,6 +4,8 @@ Every case ends verified or with a clear error, never with a wrong file under it
 """
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import shutil
@@ -56,10 +58,10 @@ def mirror(tiny_model, manifest):
     server.stop()
 
 
-def fetch(dest, manifest, *endpoints, lines=None, **kwargs):
+def fetch(dest, manifest, *endpoints, lines=None, policy=FAST, **kwargs):
     return ensure_model(dest, manifest, [e.url if isinstance(e, FakeHub) else e for e in endpoints],
                         token=TOKEN, log=(lines.append if lines is not None else lambda _: None),
-                        policy=FAST, **kwargs)
+                        policy=policy, **kwargs)
 
 
 def assert_verified(dest, manifest):
@@ -147,6 +149,25 @@ def test_primary_down_entirely(hub, mirror, manifest, tmp_path):
     assert any("giving up on this endpoint" in line for line in lines)
     # HF_TOKEN is the hub's credential: it goes to the first endpoint only, never to a mirror.
     assert mirror.log and all(r["auth"] is None for r in mirror.log)
+
+
+def test_an_endpoint_trickling_under_the_floor_is_given_up_for_the_mirror(hub, mirror, manifest,
+                                                                          tmp_path):
+    """A body slower than the floor (here 200 kB per 0.5 s against 20 kB/s served) is dropped as
+    an attempt without progress: after the retry budget the mirror gets the file, resuming from
+    the bytes the slow one brought (same ETag), instead of the download waiting for ever."""
+    hub.rate = 20_000
+    policy = dataclasses.replace(FAST, transient_attempts=2, low_speed_bytes=200_000,
+                                 low_speed_window=0.5)
+    lines: list[str] = []
+    fetch(tmp_path / "m", manifest, hub, mirror, lines=lines, policy=policy)
+    assert_verified(tmp_path / "m", manifest)
+    slow = [line for line in lines if BIG in line and "under the floor of 200000" in line]
+    assert len(slow) == 2 and "retrying" in slow[0] and "giving up on this endpoint" in slow[1]
+    gets = [r for r in mirror.requests_for(BIG, "GET") if r["path"].startswith("/cdn/")]
+    kept = int(gets[0]["range"].removeprefix("bytes=").removesuffix("-"))
+    assert len(gets) == 1 and 0 < kept <= hub.bytes_served[BIG]  # (the rest sat in socket buffers)
+    assert mirror.bytes_served[BIG] == manifest.entry(BIG).size - kept
 
 
 def test_an_endpoint_that_never_answers_a_connect_is_skipped_after_one_file(

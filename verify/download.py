@@ -91,7 +91,8 @@ class _Run:
                         if reason:
                             raise EndpointError(f"HEAD: {reason}")
                     outcome = fetch(endpoint, self.manifest.repo_id, self.manifest.revision,
-                                    entry, final, meta, on_bytes)
+                                    entry, final, meta, on_bytes,
+                                    (self.policy.low_speed_bytes, self.policy.low_speed_window))
                     self.log(f"{where}: {outcome}, sha256 OK")
                     return None
                 except EndpointError as exc:

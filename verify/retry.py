@@ -22,6 +22,16 @@ MAX_DELAY = 30.0
 MAX_RETRY_AFTER = 120.0
 """Longest ``Retry-After`` honoured; a server asking for more is treated as this."""
 
+LOW_SPEED_BYTES = 1024 * 1024
+"""Fewest body bytes one request must bring in each ``LOW_SPEED_WINDOW`` (about 17 kB/s, at which
+the model would take 37 hours). A body that trickles below it (a throttled mirror, a byte a
+minute, each read inside the socket timeout) is dropped as an attempt that made no progress, so
+the endpoint is given up after ``TRANSIENT_ATTEMPTS`` windows instead of holding the download,
+and a starting worker, for ever. What it brought stays on disk for the resume."""
+
+LOW_SPEED_WINDOW = 60.0
+"""Seconds over which ``LOW_SPEED_BYTES`` is measured."""
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -31,6 +41,8 @@ class RetryPolicy:
     base_delay: float = BASE_DELAY
     max_delay: float = MAX_DELAY
     max_retry_after: float = MAX_RETRY_AFTER
+    low_speed_bytes: int = LOW_SPEED_BYTES
+    low_speed_window: float = LOW_SPEED_WINDOW
 
     def delay(self, failures: int, retry_after: float | None = None) -> float:
         """Seconds to wait after the ``failures``-th failure in a row; ``Retry-After`` wins when given."""

@@ -15,6 +15,7 @@ import http.client
 import json
 import os
 import re
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +26,7 @@ from verify.endpoint import Endpoint, RemoteMeta, status_error
 from verify.errors import BadContentError, TransientError
 from verify.hashes import BackgroundHasher, update_from_file
 from verify.manifest import FileEntry
+from verify.retry import LOW_SPEED_BYTES, LOW_SPEED_WINDOW
 
 READ_CHUNK = 1024 * 1024
 """Most bytes taken from the socket per read: big enough to amortise, small enough to resume finely."""
@@ -106,11 +108,13 @@ def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None
 
 
 def fetch(endpoint: Endpoint, repo_id: str, revision: str, entry: FileEntry, final: Path,
-          meta: RemoteMeta, on_bytes: Callable[[int, int], None] | None = None) -> str:
+          meta: RemoteMeta, on_bytes: Callable[[int, int], None] | None = None,
+          floor: tuple[int, float] = (LOW_SPEED_BYTES, LOW_SPEED_WINDOW)) -> str:
     """Bring ``final`` to the manifest's bytes from ``endpoint`` or raise; return a short outcome.
 
     ``on_bytes(n, offset)`` is called with every chunk written (progress) and once with
-    ``(0, offset)`` when the attempt starts.
+    ``(0, offset)`` when the attempt starts. ``floor`` is (bytes, seconds): a body slower than
+    that is dropped (``TransientError`` without progress; see ``verify.retry.LOW_SPEED_BYTES``).
     """
     part = Partial(final)
     offset = part.resume_offset(str(endpoint), meta, entry)
@@ -120,7 +124,7 @@ def fetch(endpoint: Endpoint, repo_id: str, revision: str, entry: FileEntry, fin
     start = offset
     if offset < entry.size or entry.size == 0:
         start, offset, digest = _stream(endpoint, repo_id, revision, entry, part, meta, digest,
-                                        offset, on_bytes)
+                                        offset, on_bytes, floor)
     actual = digest.hexdigest()
     if actual != entry.sha256:
         part.remove()
@@ -134,7 +138,8 @@ def fetch(endpoint: Endpoint, repo_id: str, revision: str, entry: FileEntry, fin
 
 
 def _stream(endpoint: Endpoint, repo_id: str, revision: str, entry: FileEntry, part: Partial,
-            meta: RemoteMeta, digest, offset: int, on_bytes) -> tuple[int, int, object]:
+            meta: RemoteMeta, digest, offset: int, on_bytes,
+            floor: tuple[int, float]) -> tuple[int, int, object]:
     """Append the body from ``offset``; (the offset it really started at, the end, the digest):
     a server that ignores Range sends the whole file again."""
     resp = endpoint.get(repo_id, revision, entry.path, offset)
@@ -161,6 +166,8 @@ def _stream(endpoint: Endpoint, repo_id: str, revision: str, entry: FileEntry, p
             os.lseek(fd, offset, os.SEEK_SET)
             if on_bytes:
                 on_bytes(0, offset)
+            least, window = floor
+            window_start, window_bytes = time.monotonic(), 0
             with BackgroundHasher(digest) as hasher:
                 while True:
                     chunk = resp.raw.read1(READ_CHUNK)
@@ -174,6 +181,13 @@ def _stream(endpoint: Endpoint, repo_id: str, revision: str, entry: FileEntry, p
                     offset += len(chunk)
                     if on_bytes:
                         on_bytes(len(chunk), offset)
+                    window_bytes += len(chunk)
+                    if time.monotonic() - window_start >= window:
+                        if window_bytes < least:
+                            raise TransientError(
+                                f"GET: {window_bytes} bytes in {window:g}s, under the floor of "
+                                f"{least} (kept to byte {offset} for a resume)", connection=False)
+                        window_start, window_bytes = time.monotonic(), 0
         except _NETWORK_ERRORS as exc:
             raise TransientError(f"GET: connection cut at byte {offset} ({type(exc).__name__})",
                                  progress=offset - start, connection=False) from None
