@@ -17,7 +17,8 @@ OPENAI_PATHS = frozenset({"/v1/embeddings"})
 """Routes whose errors use OpenAI's shape (``type`` beside ``code`` and ``message``)."""
 
 OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-                405: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
+                405: "invalid_request_error", 409: "invalid_request_error",
+                413: "invalid_request_error", 415: "invalid_request_error",
                 422: "invalid_request_error", 429: "rate_limit_error"}
 """HTTP status -> OpenAI error ``type``; anything else is a ``server_error``."""
 
@@ -82,6 +83,14 @@ def _redis_down(exc: Exception) -> Response:
                           {"Retry-After": "5"})
 
 
+def _redis_refuses_writes(exc: Exception) -> Response:
+    # At maxmemory (noeviction), or a replica still read-only after a failover: nothing was
+    # written by the refused command, and a later try may well pass.
+    log.warning("redis refuses writes: %s", type(exc).__name__)
+    return error_response(503, "redis_unavailable", "Redis refuses writes (out of memory or "
+                          "read-only); try again later", {"Retry-After": "5"})
+
+
 def _unexpected(exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.path)
     return error_response(500, "internal", "internal error")
@@ -94,4 +103,6 @@ def register(app: Flask) -> None:
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(redis.exceptions.ConnectionError, _redis_down)
     app.register_error_handler(redis.exceptions.TimeoutError, _redis_down)
+    app.register_error_handler(redis.exceptions.OutOfMemoryError, _redis_refuses_writes)
+    app.register_error_handler(redis.exceptions.ReadOnlyError, _redis_refuses_writes)
     app.register_error_handler(Exception, _unexpected)

@@ -17,7 +17,7 @@ from bge_m3.jobs import MAX_WAIT_SECONDS
 from bge_m3.queue import QUEUE_NAME
 from bge_m3.records import TERMINAL, Job
 
-WAIT_NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?", re.ASCII)
+WAIT_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?", re.ASCII)
 """What ``?wait=`` accepts: a JSON number (a negative one is then refused as such)."""
 
 bp = Blueprint("jobs", __name__)

@@ -29,8 +29,14 @@ from bge_m3.records import Job
 bp = Blueprint("sync", __name__)
 
 FAILURE_STATUS = {"too_long": 422, "invalid_request": 400, "too_many_texts": 413,
-                  "result_too_large": 413}
-"""Job error code -> HTTP status; any other failure is the service's fault (500)."""
+                  "result_too_large": 413, "timeout": 504}
+"""Job error code -> HTTP status (``timeout``: the worker's BGE_M3_TIME_LIMIT, a gateway timeout
+like the API's own); any other failure is the service's fault (500)."""
+
+NO_RETRY = {"x-should-retry": "false"}
+"""On answers about a job that ended or still runs: OpenAI's SDKs retry 409, 5xx and 504 twice by
+default, each retry a new job (a poison job would kill two more workers; a cancelled one would
+run after all)."""
 
 TEXT_INDEX = re.compile(r"\btexts\[(\d+)\]")
 """How a worker's error names a text; a route whose texts came in other fields renames it."""
@@ -60,12 +66,13 @@ def run(params: dict[str, Any], workers: list[dict[str, Any]] | None = None,
                        f"poll {job_url(done.id)}",
                        # OpenAI's SDKs retry a 504 twice by default, which would start the
                        # same work twice more while this job still runs; this header stops them.
-                       headers={"Location": job_url(done.id), "x-should-retry": "false"},
+                       headers={"Location": job_url(done.id), **NO_RETRY},
                        extra={"job_id": done.id})
     if first:
         state.metrics.observe_job(done)
     if done.status == "cancelled":
-        raise ApiError(409, "job_cancelled", f"job {done.id} was cancelled", extra={"job_id": done.id})
+        raise ApiError(409, "job_cancelled", f"job {done.id} was cancelled", headers=NO_RETRY,
+                       extra={"job_id": done.id})
     if done.status == "failed":
         error = done.error or {}
         code = str(error.get("code", "failed"))
@@ -75,7 +82,7 @@ def run(params: dict[str, Any], workers: list[dict[str, Any]] | None = None,
         if named:
             extra["param"] = field(int(named.group(1))).split("[")[0]
             message = TEXT_INDEX.sub(lambda m: field(int(m.group(1))), message)
-        raise ApiError(FAILURE_STATUS.get(code, 500), code, message, extra=extra)
+        raise ApiError(FAILURE_STATUS.get(code, 500), code, message, headers=NO_RETRY, extra=extra)
     if result is None:
         raise ApiError(500, "job_lost", f"the result of job {done.id} has expired")
     return done, result

@@ -12,7 +12,7 @@ import json
 import time
 from typing import Any, Sequence
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from bge_m3 import payload, scripts
 from bge_m3.records import (PREFIX, TERMINAL, Claim, Job, QueueFull, done_key, events_key, job_key,
@@ -237,6 +237,8 @@ class JobStore:
                 self.redis.script_load(scripts.OBSERVE)
                 block = 0.0  # the BLPOP has run: now only read
                 continue
+            if observe and isinstance(replies[-1], ResponseError):
+                replies[-1] = 0  # a refused write (full, read-only): see observe()
             for reply in replies:
                 if isinstance(reply, Exception):
                     raise reply
@@ -247,8 +249,13 @@ class JobStore:
         return job, result, bool(first)
 
     def observe(self, job_id: str) -> bool:
-        """True exactly once per finished job (for latency histograms read by any API process)."""
-        return bool(self._observe(keys=[job_key(job_id)], args=[OBSERVED_FIELD]))
+        """True exactly once per finished job (for latency histograms read by any API process).
+        False when Redis refuses the flag's write (at ``maxmemory``, or a read-only replica after
+        a failover): a metric is skipped, but the finished job and its result are still read."""
+        try:
+            return bool(self._observe(keys=[job_key(job_id)], args=[OBSERVED_FIELD]))
+        except ResponseError:
+            return False
 
 
 def _block(timeout: float) -> float:

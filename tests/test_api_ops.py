@@ -157,6 +157,36 @@ def test_enqueue_failure_leaves_no_orphan(base_settings, redis_server, tmp_path)
     db.flushdb()
 
 
+def test_a_redis_refusing_writes_still_serves_finished_jobs(base_settings, tmp_path):
+    """Reading a finished job writes one bookkeeping flag (its latency is observed once): at
+    ``maxmemory`` (noeviction), or on a replica still read-only after a failover, that write is
+    skipped and the stored result is served; a write the route needs is a 503, never a 500."""
+    server = RedisServer(tmp_path / "redis")
+    try:
+        app = create_app(base_settings.replace(redis_url=server.url(0)))
+        client = app.test_client()
+        done, queued = (client.post("/v1/jobs", json={"texts": [t]}).get_json()["id"] for t in "ab")
+        store = app.extensions["bge_m3"].backend.store
+        store.start(done, 3)
+        store.succeed(done, {"items": [{"tokens": 1}]})
+        server.client(0).config_set("maxmemory", 1)
+        r = client.get(f"/v1/jobs/{done}")
+        assert r.status_code == 200 and r.get_json()["status"] == "succeeded", r.get_json()
+        assert r.get_json()["result"]["items"] == [{"tokens": 1}]
+        job, result, first = store.read(done, observe=True)  # the sync routes' one round trip
+        assert (job.status, result, first) == ("succeeded", {"items": [{"tokens": 1}]}, False)
+        r = client.delete(f"/v1/jobs/{queued}")
+        assert r.status_code in (200, 503), r.get_json()
+        status = server.client(0).hget(f"bge-m3:job:{queued}", "status")
+        assert (r.status_code, status) in ((200, "cancelled"), (503, "queued"))
+        r = client.post("/v1/jobs", json={"texts": ["c"]})
+        assert r.status_code == 503 and r.get_json()["error"]["code"] == "queue_unavailable"
+        server.client(0).config_set("maxmemory", 0)
+        assert client.get(f"/v1/jobs/{done}").status_code == 200
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize("code", ["import api", "from api.wsgi import app",
                                   "from api import create_app; create_app().test_client().get('/openapi.json')"])
 def test_api_never_imports_torch(code, base_settings):

@@ -142,6 +142,48 @@ def test_4_job_over_the_time_limit_fails_and_is_never_run_twice(faulty, worker_f
     assert queue.wait(other, 30).status == "succeeded"
     assert queue.store.get(job_id).attempts == 1
     assert worker.proc.poll() is None
+    # Waited for on a sync route (its own timeout longer than the worker's limit), the same
+    # failure is a gateway timeout, and OpenAI's SDKs are told not to run it twice more.
+    from api import create_app
+
+    client = create_app(settings.replace(sync_timeout=30.0)).test_client()
+    r = client.post("/v1/embeddings",
+                    json={"model": "bge-m3", "input": SLEEP.format(TIME_LIMIT + 1)})
+    error = r.get_json()["error"]
+    assert r.status_code == 504 and error["code"] == "timeout" and f"{TIME_LIMIT} s" in error["message"]
+    assert r.headers["x-should-retry"] == "false" and error["type"] == "server_error"
+
+
+def test_a_sync_job_cancelled_while_waited_for_is_409_and_not_retried(faulty, worker_factory):
+    """The waiting request learns of the cancel at once; OpenAI's SDKs would retry a 409 twice
+    by default, each time a new job, so the answer tells them not to."""
+    import threading
+
+    from api import create_app
+
+    settings, queue = faulty
+    settings = settings.replace(worker_threads=1, sync_timeout=30.0)
+    worker_factory(settings)
+    blocker = queue.submit([SLEEP.format(2)])
+    running_on(queue, blocker)
+    client = create_app(settings).test_client()
+    answers = []
+    waiter = threading.Thread(target=lambda: answers.append(
+        client.post("/v1/embeddings", json={"model": "bge-m3", "input": "cancel me while I wait"})))
+    waiter.start()
+
+    def sync_job():
+        ids = [key.removeprefix("bge-m3:job:") for key in queue.redis.scan_iter("bge-m3:job:*")]
+        return next((i for i in ids if i != blocker and len(i) == 32), None)
+
+    job_id = wait_for(sync_job, 10, what="the sync route's job")
+    assert client.delete(f"/v1/jobs/{job_id}").status_code == 200
+    waiter.join(20)
+    r = answers[0]
+    error = r.get_json()["error"]
+    assert r.status_code == 409 and error["code"] == "job_cancelled" and error["job_id"] == job_id
+    assert error["type"] == "invalid_request_error" and r.headers["x-should-retry"] == "false"
+    assert queue.wait(blocker, 30).status == "succeeded"
 
 
 def test_5_sigterm_mid_job_finishes_running_jobs_and_loses_none(faulty, worker_factory, reference):
