@@ -8,6 +8,7 @@ the model and its heartbeat is fresh. Slim images have no curl, hence this modul
 from __future__ import annotations
 
 import argparse
+import http.client
 import socket
 import sys
 import urllib.error
@@ -21,8 +22,8 @@ def http_ok(url: str, timeout: float = TIMEOUT) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException):
+        return False  # HTTPException: a reply that is not HTTP (BadStatusLine, cut short)
 
 
 def worker_ready(hostname: str) -> bool:

@@ -253,9 +253,10 @@ def _read_secret_files(env: Mapping[str, str]) -> tuple[Mapping[str, str], tuple
 
 
 def env_is_set(var: str, env: Mapping[str, str] | None = None) -> bool:
-    """Whether ``var`` is set (non-empty), for commands whose behaviour differs when it is unset."""
+    """Whether ``var`` is set (non-empty), for commands whose behaviour differs when it is unset;
+    a secret given as ``VAR_FILE`` is set too."""
     env = os.environ if env is None else env
-    return bool(env.get(var))
+    return bool(env.get(var) or (var in SECRET_VARS and env.get(var + "_FILE")))
 
 
 def redact_url(url: str) -> str:

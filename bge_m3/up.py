@@ -30,6 +30,9 @@ WORKER_GRACE_MARGIN = 30.0
 REDIS_CHECK_INTERVAL = 5.0
 """Seconds between checks, while serving, that the Redis in use still answers."""
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Signals that stop the stack in order (API, workers, then Redis) once children exist."""
+
 
 class Failed(Exception):
     """A step failed; its message is the status line's reason."""
@@ -116,14 +119,15 @@ class Up:
                 raise Failed(f"REDIS_URL {redact_url(s.redis_url)} does not answer: {reason}")
             return f"using REDIS_URL {redact_url(s.redis_url)}{eviction_warning(s.redis_url)}"
         port = s.embedded_redis_port
-        if ping(local_url(port)) is None:
+        reason = ping(local_url(port))
+        if reason is None:
             self.redis_url = local_url(port)
             return (f"using the Redis already answering on 127.0.0.1:{port} (not started here: "
                     f"it keeps running after this stops){eviction_warning(self.redis_url)}")
-        if not ports.is_free("127.0.0.1", port):
-            raise Failed(f"nothing answers Redis on 127.0.0.1:{port} but the port is taken by "
-                         f"{ports.owner(port) or 'another process'}; set REDIS_URL or "
-                         "BGE_M3_EMBEDDED_REDIS_PORT")
+        if not ports.is_free("127.0.0.1", port):  # a Redis wanting a password says so here
+            raise Failed(f"127.0.0.1:{port} is taken by {ports.owner(port) or 'another process'}"
+                         f", which does not answer Redis without settings ({reason}); set "
+                         "REDIS_URL (with its password) or BGE_M3_EMBEDDED_REDIS_PORT")
         self.locks.append(claim(s.data_dir, "data folder", "BGE_M3_DATA_DIR"))
         self.embedded = EmbeddedRedis(port, s.data_dir, s.log_dir / "redis.log")
         self.embedded.start(self._spawn_redis)
@@ -196,7 +200,10 @@ class Up:
             print("interrupted", flush=True)
             return 130
         # From here on children exist: signals only set a flag, and every exit path stops them.
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        # SIGHUP too (its terminal or ssh session closed): unhandled it would end this process at
+        # once, and the children's die-with-parent signal would stop Redis beside the workers
+        # still finishing their jobs, instead of after them.
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         code, started = 0, False
         try:
             self.run_step(4, "redis", self.redis)

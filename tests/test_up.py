@@ -248,15 +248,56 @@ def test_tampered_model_fails_before_anything_starts(tiny_model, up_env, runs, t
     _nothing_started(run, up_env, tmp_path)
 
 
+@pytest.mark.parametrize("spelling", ["REDIS_URL", "REDIS_URL_FILE"])
 def test_redis_url_that_does_not_answer_fails_clearly_without_leaking_the_password(
-        up_env, runs, tmp_path):
+        up_env, runs, tmp_path, spelling):
+    """Given by value or as a secret file, REDIS_URL is the Redis used: never a stand-in one on
+    the embedded port (which may be another application's)."""
     url = f"redis://:s3cret-pw@127.0.0.1:{free_port()}/0"
-    run = runs({**up_env, "REDIS_URL": url, "CPU_ONLY": "1"})
+    if spelling == "REDIS_URL_FILE":
+        (tmp_path / "redis_url").write_text(url + "\n")
+        url = str(tmp_path / "redis_url")
+    run = runs({**up_env, spelling: url, "CPU_ONLY": "1"})
     assert run.finish() == 1
     line = next(line for line in run.lines if line.startswith("[4/5]"))
     assert "FAILED" in line and "REDIS_URL" in line and "does not answer" in line
     assert "s3cret-pw" not in run.output
     assert not list((tmp_path / "logs").glob("*.log"))
+
+
+def test_a_local_redis_wanting_a_password_is_named_as_such(up_env, runs, tmp_path):
+    port = int(up_env["BGE_M3_EMBEDDED_REDIS_PORT"])
+    argv = [shutil.which("redis-server") or "/usr/bin/redis-server", "--bind", "127.0.0.1",
+            "--port", str(port), "--save", "", "--dir", str(tmp_path), "--requirepass", "pw"]
+    guarded = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: not _port_free(port), 10, what="password-protected redis-server")
+        run = runs({**up_env, "CPU_ONLY": "1"})
+        assert run.finish() == 1
+        line = next(line for line in run.lines if line.startswith("[4/5]"))
+        assert "FAILED" in line and f"127.0.0.1:{port} is taken by" in line, line
+        assert "AuthenticationError" in line and "set REDIS_URL (with its password)" in line
+    finally:
+        guarded.terminate()
+        guarded.wait(10)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_sighup_stops_the_stack_in_order(up_env, runs, tmp_path):
+    """A closed terminal or ssh session sends SIGHUP: the same ordered stop as Ctrl-C (API,
+    workers, then Redis), not an instant death whose children all stop at once."""
+    run = runs({**up_env, "CPU_ONLY": "1"})
+    run.wait_line(r"^web page: ", START_TIMEOUT)
+    tree = descendants(run.proc.pid)
+    os.kill(run.proc.pid, signal.SIGHUP)
+    assert run.finish() == 0, run.output
+    assert any(line.startswith("stopping: API, worker(s), then Redis") for line in run.lines)
+    assert run.lines[-1] == "stopped"
+    assert not [pid for pid in tree if alive(pid)]
 
 
 @pytest.mark.parametrize("folder,step,setting", [("logs", 3, "BGE_M3_LOG_DIR"),
@@ -436,3 +477,23 @@ def test_children_stop_even_when_up_is_killed(up_env, runs):
         for pid in tree:  # on failure, do not leave the orphans running
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_healthcheck_says_unhealthy_to_a_reply_that_is_not_http(up_env):
+    """A port answering garbage (another program, a proxy cut short) is unhealthy, in one line:
+    no traceback in `docker ps` or in `bge-m3 up`'s start step, which uses the same check."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+
+        def answer() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"garbage\r\n\r\n")
+
+        threading.Thread(target=answer, daemon=True).start()
+        done = subprocess.run([sys.executable, "-m", "bge_m3.healthcheck",
+                               f"http://127.0.0.1:{server.getsockname()[1]}/healthz"],
+                              env=up_env, capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stdout.strip(), done.stderr) == (1, "unhealthy", "")
