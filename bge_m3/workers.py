@@ -3,10 +3,14 @@
 A worker writes ``bge-m3:worker:{hostname}`` (JSON, with a TTL) only after it has
 verified the model, loaded it once and run a warm-up forward pass; its heartbeat
 refreshes the TTL. When the worker dies the key expires, so ``/readyz`` follows.
+Readers find the records through a registry of hostnames (``REGISTRY_KEY``), not by
+scanning: a SCAN walks every key, and each job leaves some for a day, so ``/readyz``
+would slow down with the number of jobs stored (1.35 s at a million keys).
 """
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 WORKER_PREFIX = "bge-m3:worker:"
@@ -16,12 +20,26 @@ READY_TTL = 15
 HEARTBEAT_INTERVAL = 5.0
 """Seconds between refreshes of the readiness record (well inside READY_TTL)."""
 
+REGISTRY_KEY = "bge-m3:workers"
+"""Sorted set: hostnames that announced themselves, scored by the time of their last announce.
+Membership only says where to look: a record that expired is a worker that is gone."""
+
+REGISTRY_KEEP = 3600
+"""Seconds a hostname stays in the registry after its last announce (pruned by announces). Far
+beyond READY_TTL, so workers whose clocks disagree by seconds never prune each other."""
+
 STATS_PREFIX = "bge-m3:stats:"
 """Hash per worker: forward_passes, batches, jobs, texts, tokens (tests read it)."""
 
 
 def announce(redis: Any, hostname: str, info: dict[str, Any], ttl: int = READY_TTL) -> None:
-    redis.set(WORKER_PREFIX + hostname, json.dumps(info), ex=ttl)
+    now = time.time()
+    pipe = redis.pipeline(transaction=True)
+    pipe.set(WORKER_PREFIX + hostname, json.dumps(info), ex=ttl)
+    pipe.zadd(REGISTRY_KEY, {hostname: now})
+    pipe.zremrangebyscore(REGISTRY_KEY, "-inf", now - REGISTRY_KEEP)
+    pipe.expire(REGISTRY_KEY, REGISTRY_KEEP)
+    pipe.execute()
 
 
 def is_announced(redis: Any, hostname: str) -> bool:
@@ -43,14 +61,17 @@ def _parse(raw: str | None) -> dict[str, Any] | None:
 
 
 def withdraw(redis: Any, hostname: str) -> None:
-    redis.delete(WORKER_PREFIX + hostname)
+    pipe = redis.pipeline(transaction=True)
+    pipe.delete(WORKER_PREFIX + hostname)
+    pipe.zrem(REGISTRY_KEY, hostname)
+    pipe.execute()
 
 
 def ready_workers(redis: Any) -> list[dict[str, Any]]:
     """Records of the workers that take jobs now: announced, and ``accepting`` (not draining for
     a shutdown, not between broker connections). A record that is not accepting still says the
     process is alive, which its job leases go by (``worker.lease``)."""
-    keys = sorted(redis.scan_iter(match=WORKER_PREFIX + "*", count=100))
+    keys = sorted(WORKER_PREFIX + name for name in redis.zrange(REGISTRY_KEY, 0, -1))
     out = []
     for raw in redis.mget(keys) if keys else []:
         parsed = _parse(raw)

@@ -40,6 +40,32 @@ def test_healthz_readyz_models(client, live_worker):
     assert "bge-m3" in [m["id"] for m in r.get_json()["data"]]
 
 
+def test_ready_workers_are_found_without_scanning_the_keyspace(redis_server):
+    """/readyz, /metrics and /v1/models read the registry of hostnames and their records: a SCAN
+    would walk every job's keys too (1.35 s at a million keys). Withdrawn and expired workers and
+    draining ones do not count."""
+    from bge_m3 import workers
+
+    db = redis_server.client(1)
+    db.flushdb()
+    db.mset({f"bge-m3:job:{i:032x}": "x" for i in range(2000)})
+    workers.announce(db, "a@h", {"hostname": "a@h"})
+    workers.announce(db, "b@h", {"hostname": "b@h"})
+    workers.announce(db, "c@h", {"hostname": "c@h", "accepting": False})
+    workers.announce(db, "d@h", {"hostname": "d@h"}, ttl=1)
+    workers.withdraw(db, "b@h")
+    wait_for(lambda: not workers.is_announced(db, "d@h"), 5, what="d's record to expire")
+    scans = _calls(db, "scan")
+    assert [w["hostname"] for w in workers.ready_workers(db)] == ["a@h"]
+    assert _calls(db, "scan") == scans
+    assert db.zrange(workers.REGISTRY_KEY, 0, -1) == ["a@h", "c@h", "d@h"]
+    db.flushdb()
+
+
+def _calls(db, command: str) -> int:
+    return int(db.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
 def test_every_answer_has_a_request_id_and_job_answers_name_their_job(client, base_settings,
                                                                       live_worker):
     """A usable X-Request-ID is echoed, anything else replaced by a fresh one; an answer that
