@@ -29,9 +29,11 @@ class State:
     waits: WaitSlots
 
 
-def create_app(settings: Settings | None = None, wait_slots: int | None = None) -> Flask:
+def create_app(settings: Settings | None = None, wait_slots: int | None = None,
+               metrics_dir: str | None = None) -> Flask:
     """``wait_slots``: request threads that may wait on jobs at once (``api.waits``); None, no
-    bound (``bge-m3 api`` sets it from its thread count)."""
+    bound (``bge-m3 api`` sets it from its thread count). ``metrics_dir``: the folder where the
+    processes of one ``bge-m3 api --workers N`` share their metrics (``api.metrics``)."""
     settings = settings or Settings.from_env()
     app = Flask(__name__)
     app.config["SETTINGS"] = settings
@@ -39,7 +41,7 @@ def create_app(settings: Settings | None = None, wait_slots: int | None = None) 
     app.json.sort_keys = False  # keep the seed's field order in /embed
     app.url_map.strict_slashes = False
     backend = Backend(settings)
-    metrics = Metrics(backend.redis)
+    metrics = Metrics(backend.redis, metrics_dir)
     app.extensions["bge_m3"] = State(settings, backend, metrics, WaitSlots(wait_slots))
 
     tracing.install(app)  # first: a request refused by a later hook still gets its id

@@ -2,7 +2,9 @@
 
 Each app has its own registry (tests build many apps in one process). Queue depth
 and ready workers are read from Redis at scrape time, so they are right whichever
-gunicorn process answers; request counters are per process.
+gunicorn process answers; request counters and job histograms are summed over the
+processes of one ``bge-m3 api --workers N`` through prometheus_client's multiprocess
+files (``shared_dir``).
 """
 from __future__ import annotations
 
@@ -43,7 +45,12 @@ class _RedisGauges:
 
 
 class Metrics:
-    def __init__(self, redis: Any):
+    def __init__(self, redis: Any, shared_dir: str | None = None):
+        """``shared_dir``: prometheus_client's multiprocess folder, where every gunicorn process
+        of one ``bge-m3 api`` writes its counters (``api.serve`` sets it up before the fork);
+        a scrape then sums them all, whichever process answers it."""
+        self.shared_dir = shared_dir
+        self.gauges = _RedisGauges(redis)
         self.registry = CollectorRegistry()
         self.requests = Counter("bge_m3_http_requests", "HTTP requests by route and status",
                                 ["route", "method", "status"], registry=self.registry)
@@ -53,7 +60,7 @@ class Metrics:
             phase: Histogram(f"bge_m3_job_{phase}_seconds", f"Job {phase} time (finished jobs)",
                              buckets=LATENCY_BUCKETS, registry=self.registry)
             for phase in ("queue", "compute", "total")}
-        self.registry.register(_RedisGauges(redis))
+        self.registry.register(self.gauges)
 
     def observe_job(self, job: Job) -> None:
         stats = job.stats or {}
@@ -78,4 +85,11 @@ class Metrics:
             return response
 
     def exposition(self) -> Response:
-        return Response(generate_latest(self.registry), content_type=CONTENT_TYPE_LATEST)
+        registry = self.registry
+        if self.shared_dir:
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=self.shared_dir)
+            registry.register(self.gauges)  # read from Redis: the same in every process
+        return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

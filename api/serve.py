@@ -7,13 +7,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
+import tempfile
 from typing import Any
 
 from bge_m3 import heap
 from bge_m3.settings import Settings
 
 DEFAULT_WORKERS = 1
-"""gunicorn processes. One process keeps /metrics' request counters whole; scale threads first."""
+"""gunicorn processes; scale threads first (each process holds its own Redis connections and
+subscription). With more than one, /metrics sums them (``shared_metrics_dir``)."""
 
 DEFAULT_THREADS = 64
 """Threads per process = requests in flight at once (each long-poll or sync call holds one)."""
@@ -83,7 +86,29 @@ def options(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
+METRICS_DIR_VAR = "PROMETHEUS_MULTIPROC_DIR"
+"""prometheus_client's own variable: with several processes, where they share their metrics."""
+
+
+def shared_metrics_dir(workers: int) -> str | None:
+    """The folder the gunicorn processes share their metrics in: none for one process, else a
+    fresh one, deleted on exit. Always fresh: files left by an earlier run would be summed in."""
+    from prometheus_client import values
+
+    folder = tempfile.mkdtemp(prefix="bge-m3-metrics-") if workers > 1 else None
+    if folder:
+        os.environ[METRICS_DIR_VAR] = folder
+    else:  # an inherited one would send a lone process's metrics to files
+        os.environ.pop(METRICS_DIR_VAR, None)
+    # prometheus_client picks its value store when imported (``import api`` has done that), and
+    # each metric takes the store at its creation, after the fork: pick it again now.
+    values.ValueClass = values.get_value_class()
+    return folder
+
+
 def main(argv: list[str] | None = None) -> int:
+    args = parse(list(argv or []))
+    metrics_dir = shared_metrics_dir(args.workers)  # before any metric is created
     from gunicorn.app.base import BaseApplication
 
     from api import server_errors
@@ -93,7 +118,6 @@ def main(argv: list[str] | None = None) -> int:
     # One core per /v1/score product (numpy's OpenBLAS would take them all for each), so that
     # concurrent scores share the cores and leave the request threads theirs; set before numpy.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    args = parse(list(argv or []))
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -105,9 +129,13 @@ def main(argv: list[str] | None = None) -> int:
                     self.cfg.set(key, value)
 
         def load(self):
-            app = create_app(settings, wait_slots=wait_slots(args.threads))
+            app = create_app(settings, wait_slots=wait_slots(args.threads), metrics_dir=metrics_dir)
             heap.freeze()  # in the gunicorn worker, after the fork (the app is not preloaded)
             return app
 
-    Application().run()
+    try:
+        Application().run()
+    finally:
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0

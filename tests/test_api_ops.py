@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import jsonschema_rs
 import pytest
@@ -106,6 +107,54 @@ def test_metrics(client, live_worker):
     assert "bge_m3_queue_depth 0.0" in text
     ready = [line for line in text.splitlines() if line.startswith("bge_m3_ready_workers ")]
     assert ready and float(ready[0].split()[1]) >= 1
+
+
+def test_metrics_sum_every_gunicorn_process(base_settings, live_worker, tmp_path):
+    """With `bge-m3 api --workers 2` a scrape answered by either process counts the requests
+    both served (prometheus_client's multiprocess files, in a folder made for this run and
+    deleted when it stops): a per-process count would jump between scrapes."""
+    import httpx
+
+    from tests.support import BGE_M3, free_port, worker_env
+
+    port = free_port()
+    settings = base_settings.replace(host="127.0.0.1", port=port)
+    with open(tmp_path / "api.log", "wb") as log:  # TMPDIR: where its metrics folder goes
+        proc = subprocess.Popen([BGE_M3, "api", "--workers", "2", "--threads", "4"],
+                                env=worker_env(settings, TMPDIR=str(tmp_path)), stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def up() -> bool:
+            assert proc.poll() is None, (tmp_path / "api.log").read_text()
+            try:
+                return httpx.get(base + "/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(up, 30, interval=0.1, what="gunicorn")
+        (folder,) = tmp_path.glob("bge-m3-metrics-*")
+        for _ in range(40):  # a new connection each: the kernel hands them to either process
+            assert httpx.get(base + "/openapi.json", timeout=10).status_code == 200
+        line = 'bge_m3_http_requests_total{method="GET",route="/openapi.json",status="200"} 40.0'
+        for _ in range(6):
+            text = httpx.get(base + "/metrics", timeout=10).text
+            assert line in text, [l for l in text.splitlines() if "openapi" in l]
+            assert text.count("\nbge_m3_ready_workers ") == 1  # the Redis gauges, once
+        served = {path.name: _openapi_count(path) for path in folder.glob("counter_*.db")}
+        assert len(served) == 2 and sum(served.values()) == 40, served  # one file per process
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert not folder.exists()
+
+
+def _openapi_count(path: Path) -> float:
+    """GETs of /openapi.json one process counted, read from its multiprocess file."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    return sum(value for key, value, *_ in MmapedDict.read_all_values_from_file(str(path))
+               if "bge_m3_http_requests_total" in key and "/openapi.json" in key)
 
 
 def test_openapi_describes_every_route(app, client, live_worker):
