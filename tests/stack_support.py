@@ -35,17 +35,17 @@ class ApiServer:
                 self.proc.wait(10)
 
 
-def start_api(settings: Settings, log_dir: Path, *, threads: int = 16,
-              access_log: bool = False) -> ApiServer:
+def start_api(settings: Settings, log_dir: Path, *, threads: int = 16, workers: int = 1,
+              access_log: bool = False, **extra_env: str) -> ApiServer:
     """`bge-m3 api` (gunicorn, gthread) on 127.0.0.1 and a free port; returns once it answers."""
     settings = settings.replace(host="127.0.0.1", port=free_port())
     log = Path(log_dir) / f"api-{settings.port}.log"
-    args = [BGE_M3, "api", "--workers", "1", "--threads", str(threads)]
+    args = [BGE_M3, "api", "--workers", str(workers), "--threads", str(threads)]
     if access_log:
         args.append("--access-log")
     with open(log, "wb") as fh:
-        proc = subprocess.Popen(args, env=worker_env(settings), stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(args, env=worker_env(settings, **extra_env), stdout=fh,
+                                stderr=subprocess.STDOUT, start_new_session=True)
     server = ApiServer(proc, f"http://127.0.0.1:{settings.port}", log)
 
     def answers() -> bool:

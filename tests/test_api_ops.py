@@ -115,24 +115,12 @@ def test_metrics_sum_every_gunicorn_process(base_settings, live_worker, tmp_path
     deleted when it stops): a per-process count would jump between scrapes."""
     import httpx
 
-    from tests.support import BGE_M3, free_port, worker_env
+    from tests.stack_support import start_api
 
-    port = free_port()
-    settings = base_settings.replace(host="127.0.0.1", port=port)
-    with open(tmp_path / "api.log", "wb") as log:  # TMPDIR: where its metrics folder goes
-        proc = subprocess.Popen([BGE_M3, "api", "--workers", "2", "--threads", "4"],
-                                env=worker_env(settings, TMPDIR=str(tmp_path)), stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+    # TMPDIR: where its metrics folder goes
+    api = start_api(base_settings, tmp_path, threads=4, workers=2, TMPDIR=str(tmp_path))
+    base = api.url
     try:
-        def up() -> bool:
-            assert proc.poll() is None, (tmp_path / "api.log").read_text()
-            try:
-                return httpx.get(base + "/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(up, 30, interval=0.1, what="gunicorn")
         (folder,) = tmp_path.glob("bge-m3-metrics-*")
         for _ in range(40):  # a new connection each: the kernel hands them to either process
             assert httpx.get(base + "/openapi.json", timeout=10).status_code == 200
@@ -144,8 +132,7 @@ def test_metrics_sum_every_gunicorn_process(base_settings, live_worker, tmp_path
         served = {path.name: _openapi_count(path) for path in folder.glob("counter_*.db")}
         assert len(served) == 2 and sum(served.values()) == 40, served  # one file per process
     finally:
-        proc.terminate()
-        proc.wait(30)
+        api.stop()
     assert not folder.exists()
 
 

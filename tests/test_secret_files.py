@@ -9,7 +9,8 @@ import httpx
 import pytest
 
 from bge_m3.settings import Settings, SettingsError
-from tests.support import BGE_M3, RedisServer, free_port, spawn_worker, wait_for, worker_env
+from tests.stack_support import start_api
+from tests.support import BGE_M3, RedisServer, spawn_worker, worker_env
 
 PASSWORD = "pw-from-a-file-7f3a"
 KEY = "key-from-a-file-91c2"
@@ -82,40 +83,25 @@ def test_api_and_worker_run_on_secrets_from_files_that_stay_out_of_their_environ
     try:
         files = {"REDIS_URL_FILE": _write(tmp_path / "redis_url", redis.url(0) + "\n"),
                  "BGE_M3_API_KEYS_FILE": _write(tmp_path / "api_keys", KEY + "\n")}
-        port = free_port()
         parent = {k: v for k, v in base_settings.env().items()
                   if k not in {"REDIS_URL", "BGE_M3_API_KEYS"}}
-        settings = Settings.from_env({**parent, **files, "BGE_M3_HOST": "127.0.0.1",
-                                      "BGE_M3_PORT": str(port)})
+        settings = Settings.from_env({**parent, **files})
         assert settings.redis_url == redis.url(0) and settings.api_keys == (KEY,)
         worker = spawn_worker(settings, tmp_path)
-        with open(tmp_path / "api.log", "wb") as log:
-            api = subprocess.Popen([BGE_M3, "api", "--workers", "1"], env=worker_env(settings),
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            base = f"http://127.0.0.1:{port}"
-
-            def up() -> bool:
-                assert api.poll() is None, (tmp_path / "api.log").read_text()
-                try:
-                    return httpx.get(base + "/healthz", timeout=1).status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            wait_for(up, 30, interval=0.1, what="gunicorn")
+            api = start_api(settings, tmp_path)
             body = {"texts": ["a secret kept in a file"]}
-            assert httpx.post(base + "/embed", json=body, timeout=60).status_code == 401
-            done = httpx.post(base + "/embed", json=body, timeout=60,
+            assert httpx.post(api.url + "/embed", json=body, timeout=60).status_code == 401
+            done = httpx.post(api.url + "/embed", json=body, timeout=60,
                               headers={"Authorization": f"Bearer {KEY}"})
             assert done.status_code == 200, done.text
             assert len(done.json()["embeddings"][0]) == 32
-            for pid in (api.pid, worker.proc.pid):
+            for pid in (api.proc.pid, worker.proc.pid):
                 environ = _environ(pid)
                 assert PASSWORD.encode() not in environ and KEY.encode() not in environ
                 assert b"REDIS_URL_FILE=" + files["REDIS_URL_FILE"].encode() in environ
+            api.stop()
         finally:
-            api.terminate()
-            api.wait(30)
             worker.stop()
     finally:
         redis.stop()
