@@ -13,7 +13,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 """The console's files (HTML, CSS, ES modules); served as-is, no build step."""
 
 ASSET_NAMES = frozenset({"index.html", "style.css", "app.js", "client.js", "dom.js", "embed.js",
-                         "score.js", "status.js"})
+                         "score.js", "status.js", "vectors.js"})
 """The only files the console serves, so the route cannot be used to read anything else."""
 
 CONTENT_SECURITY_POLICY = (

@@ -564,3 +564,158 @@ def test_a_large_batch_draws_a_bounded_heatmap(served, open_page):
     row_label = page.locator('#heatmap th[scope="row"]').last.bounding_box()
     column_label = page.locator('#heatmap th[scope="col"]').last.bounding_box()
     assert abs(row_label["x"] - box["x"]) < 4 and abs(column_label["y"] - box["y"]) < 4
+
+
+# -- review fixes (2026-11-30): polling under load, limits, cancel, focus, contrast, tabs --------
+CONTRAST = """els => els.map(e => {
+  const rgb = s => s.match(/[\\d.]+/g).slice(0, 3).map(Number);
+  const lum = c => { const [r, g, b] = c.map(v => { v /= 255;
+    return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+  let bg = null;
+  for (let n = e; n && !bg; n = n.parentElement) {
+    const c = getComputedStyle(n).backgroundColor;
+    if (c && !c.startsWith('rgba(0, 0, 0, 0)') && c !== 'transparent') bg = c;
+  }
+  const [a, b] = [lum(rgb(getComputedStyle(e).color)), lum(rgb(bg))].sort((x, y) => y - x);
+  return (a + 0.05) / (b + 0.05);
+})"""
+"""WCAG contrast ratio of each element's text against the nearest background behind it."""
+
+
+def test_polls_answered_early_wait_their_retry_after(base_settings, redis_server, open_page):
+    """Every thread that may wait on a job is taken: the API answers a long-poll at once with
+    Retry-After: 1. The page waits that long before asking again, instead of hundreds of polls
+    a second from one tab."""
+    redis_server.client(STATUS_DB).flushdb()
+    from api import create_app
+
+    server = ServedApp(create_app(base_settings.replace(redis_url=redis_server.url(STATUS_DB)),
+                                  wait_slots=1))
+    try:
+        _, held_job = server.request("POST", "/v1/jobs", {"texts": ["holds the only wait slot"]})
+        holder = threading.Thread(target=server.request,
+                                  args=("GET", f"/v1/jobs/{held_job['id']}?wait=30"), daemon=True)
+        holder.start()
+        page = open_page(server.url)
+        polls = []
+        page.on("request", lambda r: polls.append(r.url) if "?wait=" in r.url else None)
+        page.fill("#texts", "polled while the API is busy")
+        page.click("#run-embed")
+        page.wait_for_timeout(4000)
+        assert 2 <= len(polls) <= 8, len(polls)
+        page.click("#cancel-embed")
+        page.locator("#embed-error").wait_for(state="visible")
+        assert "cancelled" in page.text_content("#embed-error")
+    finally:
+        server.close()
+        redis_server.client(STATUS_DB).flushdb()
+
+
+def test_max_length_follows_the_workers_limit_and_a_drained_worker_is_said(
+        base_settings, redis_server, worker_factory, open_page):
+    """A deployment whose BGE_M3_MAX_LENGTH (256) is under the page's default (512): the fields
+    take the workers' limit, so a run with the defaults is not refused. Then, while a job runs,
+    its worker starts shutting down (SIGTERM): no worker takes jobs, and the page says what
+    becomes of a job whose worker stopped instead of "running" alone."""
+    redis_server.client(STATUS_DB).flushdb()
+    settings = base_settings.replace(redis_url=redis_server.url(STATUS_DB), max_length=256,
+                                     test_faults=True)
+    worker = worker_factory(settings)
+    server = _serve(settings)
+    try:
+        page = open_page(server.url)
+        page.wait_for_function("() => document.querySelector('#max-length').value === '256'")
+        assert page.get_attribute("#score-max-length", "max") == "256"
+        assert page.input_value("#score-max-length") == "256"
+        job_id = run_embed(page, THREE_TEXTS, "dense")
+        assert server.job(job_id)["id"] == job_id
+
+        page.fill("#texts", "BGE_M3_TEST_FAULT:sleep=12")
+        page.click("#run-embed")
+        page.wait_for_function(
+            "() => document.querySelector('#embed-progress').textContent.includes('job running')",
+            timeout=10_000)
+        worker.proc.send_signal(15)  # warm shutdown: it finishes the job but takes no new one
+        page.wait_for_function("() => document.querySelector('#embed-progress').textContent"
+                               ".includes('if its worker stopped')", timeout=20_000)
+        page.locator("#embed-results").wait_for(state="visible", timeout=30_000)  # it finished
+    finally:
+        server.close()
+        redis_server.client(STATUS_DB).flushdb()
+
+
+def test_cancel_after_the_job_finished_shows_its_results(served, open_page):
+    """The job ended while the page was between polls: Cancel finds it finished (409
+    job_finished) and shows its results, not "goes on"."""
+    page = open_page(served.url)
+    held = []
+    page.route("**/v1/jobs/*?wait=*", lambda route: held.append(route))  # polls never answer
+    page.fill("#texts", "\n".join(THREE_TEXTS))
+    page.click("#run-embed")
+    while not held:
+        page.wait_for_timeout(20)
+    job_id = held[0].request.url.split("/v1/jobs/")[1].split("?")[0]
+    assert served.job(job_id)["status"] == "succeeded"
+    page.click("#cancel-embed")
+    page.locator("#embed-results").wait_for(state="visible")
+    assert page.get_attribute("#embed-results", "data-job") == job_id
+    assert page.is_hidden("#embed-error")
+
+
+def test_a_refused_score_hides_the_old_ranking(served, open_page):
+    page = open_page(served.url)
+    page.click("#tab-score")
+    page.fill("#query", QUERY)
+    page.fill("#documents", "sunny weather\nrain in Paris")
+    page.click("#run-score")
+    page.locator("#score-results").wait_for(state="visible")
+    for name in ("dense", "sparse", "colbert"):
+        page.fill(f"#w-{name}", "0")
+    page.click("#run-score")
+    page.locator("#score-error").wait_for(state="visible")
+    assert "above zero" in page.text_content("#score-error")
+    assert page.is_hidden("#score-results")  # its caption named weights no longer on the sliders
+
+
+def test_keyboard_use_contrast_and_tabs(served, open_page):
+    """Run by keyboard keeps the focus on the form (Cancel while it runs, Run after); the heatmap's
+    numbers, the header's label and the tabs meet WCAG's 4.5:1; arrow keys move between tabs."""
+    page = open_page(served.url)
+    page.fill("#texts", "\n".join(THREE_TEXTS + ["a fourth text", "and a fifth"]))
+    page.check('input[name="mode"][value="all"]')
+    page.focus("#run-embed")
+    page.keyboard.press("Enter")
+    page.locator("#embed-results").wait_for(state="visible")
+    page.wait_for_function("() => document.activeElement.id === 'run-embed'")
+    for kind in ("dense", "sparse", "colbert", "hybrid"):
+        page.click(f'#heat-tabs button[data-kind="{kind}"]')
+        ratios = page.eval_on_selector_all("#heatmap td.cell", CONTRAST)
+        assert min(ratios) >= 4.5, (kind, min(ratios))
+    assert min(page.eval_on_selector_all("header .key", CONTRAST)) >= 4.5
+    page.focus('#heat-tabs button[data-kind="hybrid"]')
+    page.keyboard.press("ArrowRight")  # wraps to the first
+    assert page.get_attribute("#heatmap", "data-kind") == "dense"
+    assert page.evaluate("() => document.activeElement.dataset.kind") == "dense"
+
+    page.focus("#tab-embed")
+    page.keyboard.press("ArrowRight")
+    assert page.is_visible("#panel-score") and page.is_hidden("#panel-embed")
+    assert page.get_attribute("#tab-score", "aria-selected") == "true"
+    assert page.get_attribute("#panel-score", "aria-labelledby") == "tab-score"
+    page.keyboard.press("Home")
+    assert page.is_visible("#panel-embed")
+
+
+def test_ranking_numbers_stay_on_one_line_at_phone_width(served, open_page):
+    page = open_page(served.url, width=375, height=812)
+    page.click("#tab-score")
+    page.fill("#query", QUERY)
+    page.fill("#documents", "sunny weather today\n" + "rain " * 30)
+    page.click("#run-score")
+    page.locator("#score-results").wait_for(state="visible")
+    # The URL rule (break anywhere) must not reach the numbers: "0.93 / 74" was one score.
+    wraps = page.eval_on_selector_all("#ranking td.num", "tds => tds.map(t => "
+                                      "[getComputedStyle(t).whiteSpace, getComputedStyle(t).overflowWrap])")
+    assert wraps and set(map(tuple, wraps)) == {("nowrap", "normal")}, wraps
+    no_horizontal_overflow(page)

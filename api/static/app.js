@@ -1,21 +1,23 @@
 // Console entry point: tabs, the API key field, and the three panels.
 import { apiKey, setApiKey } from "./client.js";
-import { $ } from "./dom.js";
+import { $, arrowKeys } from "./dom.js";
 import { initEmbed, refreshHybrid } from "./embed.js";
 import { initScore } from "./score.js";
 import { initStatus } from "./status.js";
 
 function initTabs() {
-  const tabs = [...document.querySelectorAll("nav.tabs:not(.small) > button")];
-  for (const tab of tabs) {
-    tab.addEventListener("click", () => {
-      for (const t of tabs) {
-        const on = t === tab;
-        t.setAttribute("aria-selected", String(on));
-        $(`#${t.dataset.panel}`).hidden = !on;
-      }
-    });
-  }
+  const list = document.querySelector("nav.tabs:not(.small)");
+  const tabs = [...list.querySelectorAll("button")];
+  const select = (tab) => {
+    for (const t of tabs) {
+      const on = t === tab;
+      t.setAttribute("aria-selected", String(on));
+      t.tabIndex = on ? 0 : -1;  // one tab stop for the list; the arrows move inside it
+      $(`#${t.dataset.panel}`).hidden = !on;
+    }
+  };
+  for (const tab of tabs) tab.addEventListener("click", () => select(tab));
+  arrowKeys(list, select);
 }
 
 function initKey(refresh) {

@@ -42,3 +42,19 @@ export function short(text, n = 40) {
 export function lines(text) {
   return text.split("\n").map((s) => s.replace(/\r$/, "")).filter((s) => s.trim() !== "");
 }
+
+/** Left/Right (and Home/End) move between the tabs of a tablist, as the ARIA tabs pattern has
+ * it; ``activate`` selects the tab moved to. */
+export function arrowKeys(list, activate) {
+  list.addEventListener("keydown", (event) => {
+    const tabs = [...list.querySelectorAll('[role="tab"]')];
+    const at = tabs.indexOf(document.activeElement);
+    if (at < 0) return;
+    const to = { ArrowRight: at + 1, ArrowLeft: at - 1, Home: 0, End: tabs.length - 1 }[event.key];
+    if (to === undefined) return;
+    event.preventDefault();
+    const tab = tabs[(to + tabs.length) % tabs.length];
+    tab.focus();
+    activate(tab);
+  });
+}

@@ -1,9 +1,10 @@
 // The Embed panel: submit a job, then show facts, the N×N similarity heatmaps, sparse chips
 // and ColBERT counts, all computed from the vectors the API returned.
+import { ApiError, runJob } from "./client.js";
 import {
-  ApiError, cosine, epochMs, hybrid, lexical, matrix, maxsim, perText, runJob, sparseEntries, vector,
-} from "./client.js";
-import { $, el, lines, ms, short, showError, showProgress } from "./dom.js";
+  cosine, epochMs, hybrid, lexical, matrix, maxsim, perText, sparseEntries, vector,
+} from "./vectors.js";
+import { $, arrowKeys, el, lines, ms, short, showError, showProgress } from "./dom.js";
 import { currentWeights } from "./score.js";
 
 /** How many top-weighted sparse tokens each text shows as chips. */
@@ -67,6 +68,10 @@ function withHybrid(matrices) {
   };
 }
 
+/** Shade (0 light .. 1 dark) from which a cell's number is white, not black: black on the
+ * lighter cells and white on the darker both keep WCAG's 4.5:1 contrast for normal text. */
+const WHITE_TEXT_FROM = 0.79;
+
 function colour(t) {
   const light = 97 - 62 * t;
   return `hsl(212, 70%, ${light.toFixed(1)}%)`;
@@ -91,7 +96,7 @@ function renderHeatmap(kind) {
         title: `${state.texts[i]} ↔ ${state.texts[j]}: ${v}`, text: v.toFixed(3),
       });
       cell.style.background = colour(t);
-      cell.style.color = t > 0.55 ? "#fff" : "#112";
+      cell.style.color = t >= WHITE_TEXT_FROM ? "#fff" : "#000";
       return cell;
     })));
   table.replaceChildren(el("thead", {}, head), el("tbody", {}, ...rows));
@@ -101,6 +106,7 @@ function renderHeatmap(kind) {
   $("#heat-caption").textContent = `${KINDS[kind].caption}; ${scale}${cut}`;
   for (const b of document.querySelectorAll("#heat-tabs button")) {
     b.setAttribute("aria-selected", String(b.dataset.kind === kind));
+    b.tabIndex = b.dataset.kind === kind ? 0 : -1;
   }
   state.active = kind;
 }
@@ -108,7 +114,8 @@ function renderHeatmap(kind) {
 function renderTabs() {
   const kinds = Object.keys(KINDS).filter((k) => state.matrices[k]);
   const tabs = kinds.map((k) => {
-    const b = el("button", { type: "button", role: "tab", "data-kind": k, text: KINDS[k].label });
+    const b = el("button", { type: "button", role: "tab", "data-kind": k, text: KINDS[k].label,
+      "aria-controls": "heatmap" });
     b.addEventListener("click", () => renderHeatmap(k));
     return b;
   });
@@ -201,6 +208,9 @@ async function submit(event) {
   const onCancel = () => controller.abort();
   cancel.addEventListener("click", onCancel);
   cancel.hidden = false;
+  // The focused Run button is disabled now: focus would fall to the page's top, far from Cancel.
+  const keyboard = document.activeElement === button;
+  if (keyboard) cancel.focus();
   try {
     const job = await runJob(body, (s, note) => showProgress(progress, `job ${s}…${note ? ` ${note}` : ""}`),
       controller.signal);
@@ -220,11 +230,14 @@ async function submit(event) {
   } finally {
     showProgress(progress, "");
     cancel.removeEventListener("click", onCancel);
+    const hadFocus = document.activeElement === cancel;
     cancel.hidden = true;
     button.disabled = false;
+    if (keyboard || hadFocus) button.focus();
   }
 }
 
 export function initEmbed() {
   $("#embed-form").addEventListener("submit", submit);
+  arrowKeys($("#heat-tabs"), (tab) => renderHeatmap(tab.dataset.kind));
 }

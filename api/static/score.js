@@ -52,16 +52,15 @@ async function score() {
   const error = $("#score-error"), progress = $("#score-progress");
   const query = $("#query").value.trim();
   const documents = lines($("#documents").value);
-  if (!query || !documents.length) {
-    showError(error, "type a query and at least one document, one per line");
-    return;
-  }
   const weights = currentWeights();
-  if (!weights.some((w) => w > 0)) {
-    showError(error, "at least one weight must be above zero");
-    return;
-  }
-  const mine = ++sequence;
+  const mine = ++sequence;  // also drops an answer in flight: it is for what was on screen
+  const refuse = (message) => {
+    $("#score-results").hidden = true;  // a ranking for other documents or weights
+    showProgress(progress, "");
+    showError(error, message);
+  };
+  if (!query || !documents.length) return refuse("type a query and at least one document, one per line");
+  if (!weights.some((w) => w > 0)) return refuse("at least one weight must be above zero");
   showError(error, "");
   showProgress(progress, "scoring…");
   try {

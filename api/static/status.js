@@ -69,8 +69,23 @@ function queueFromMetrics(text) {
 
 function set(id, text, state) {
   const node = $(id);
-  node.textContent = text;
+  // Only a change: the strip is a live region, and a screen reader would read it all again.
+  if (node.textContent !== text) node.textContent = text;
   if (state) node.dataset.state = state;
+}
+
+/** The max_length fields' bound: the least that every ready worker takes (a deployment may set
+ * BGE_M3_MAX_LENGTH below the page's default of 512, FlagEmbedding's); a value the user did not
+ * type is lowered to it, so the defaults are never refused. */
+function applyMaxLength(workers) {
+  const limits = workers.map((w) => Number(w.max_length)).filter((n) => Number.isInteger(n) && n > 0);
+  if (!limits.length) return;
+  const limit = Math.min(...limits);
+  for (const id of ["#max-length", "#score-max-length"]) {
+    const input = $(id);
+    input.max = String(limit);
+    if (!input.dataset.edited && Number(input.value) > limit) input.value = String(limit);
+  }
 }
 
 export async function refreshStatus() {
@@ -96,6 +111,7 @@ export async function refreshStatus() {
     set("#st-ready", why ? `${head}: ${why}` : head, "down");
   }
   set("#st-workers", `workers: ${readyCount}`);
+  applyMaxLength(workers);
   const devices = uniq(workers.map((w) => {
     const dev = first(w, ["device", "device_type"]);
     const name = first(w, ["device_name", "gpu", "gpu_name"]);
@@ -123,6 +139,9 @@ export async function refreshStatus() {
 }
 
 export function initStatus() {
+  for (const id of ["#max-length", "#score-max-length"]) {
+    $(id).addEventListener("input", (event) => { event.target.dataset.edited = "1"; });
+  }
   const tick = () => refreshStatus().catch(() => set("#st-ready", "status unavailable", "down"));
   tick();
   setInterval(tick, STATUS_INTERVAL_MS);
