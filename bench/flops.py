@@ -7,7 +7,8 @@ denominator is the card's dense bf16 tensor peak (fp16's is the same on these ca
 from __future__ import annotations
 
 PEAK_BF16_TFLOPS = {
-    "H200": 989.4,
+    "H200": 989.4,             # SXM
+    "H200 NVL": 835.0,
     "H100 80GB HBM3": 989.4,   # SXM5
     "H100 NVL": 835.0,
     "H100 PCIe": 756.0,

@@ -37,7 +37,7 @@ from bge_m3.settings import Settings  # noqa: E402
 from simulated_gpu import ENV, Profile  # noqa: E402
 from tests.support import RedisServer, spawn_worker  # noqa: E402
 from tests.worker_support import Queue  # noqa: E402
-from worker_bench import MODES, make_texts, phase_report  # noqa: E402
+from worker_bench import MODES, make_texts, phase_report, worker_batches  # noqa: E402
 
 H200_ENCODE_PER_BARE = 104_726 / 610_256
 """``BGEM3FlagModel.encode`` ÷ bare forward, tokens/s, measured on the H200 in run 4
@@ -52,11 +52,7 @@ simulated_gpu.install_from_env()
 
 def bare(profile: Profile, rows: list[list[int]], budget: int, pass_tokens: int | None):
     """The simulated passes alone over exactly the worker's batches: nothing else on the host."""
-    from worker.pending import JobTrace, Pending
-    from worker.planning import plan_batches
-
-    shapes = [(len(b), len(b[0].ids)) for b in
-              plan_batches([Pending(r, frozenset(), None, JobTrace()) for r in rows], budget, pass_tokens)]
+    shapes = [(len(b), len(b[0].ids)) for b in worker_batches(rows, budget, pass_tokens)]
 
     def run() -> None:
         for count, width in shapes:

@@ -543,3 +543,61 @@ def test_a_job_is_named_with_its_request_only_when_the_id_is_well_formed():
     for params in ({"request_id": "two words"}, {"request_id": "x\nInjected"}, {"request_id": 7},
                    {}, None):
         assert job_label("j1", params) == "j1"
+
+
+# -- leases and records (a real Runtime, not booted: no model; real Redis) ----------------------
+@pytest.fixture
+def unbooted(base_settings, redis_server):
+    """A worker Runtime on the unit-test database, without a model: what claim() reads."""
+    from worker.runtime import Runtime
+
+    redis_server.client(1).flushdb()
+    settings = base_settings.replace(redis_url=redis_server.url(1), time_limit=600,
+                                     visibility_timeout=3600, result_ttl=700)
+    rt = Runtime(settings, "units@host")
+    yield rt
+    redis_server.client(1).flushdb()
+
+
+def test_a_claimed_record_outlives_a_redelivery_of_its_job(unbooted):
+    """Claimed with less left than the visibility timeout (a short result TTL, or a job that
+    waited long): if the worker dies at once, its message comes back only after the visibility
+    timeout and one sweep, and that delivery may run the whole time limit. The record must still
+    be there, or that delivery would find nothing and drop the job. The lease outlives the time
+    limit by a minute (the owner still finishes after its deadline), below the visibility."""
+    from bge_m3.queue import restore_interval
+    from worker import lease
+
+    rt, s = unbooted, unbooted.settings
+    job = rt.store.create({"texts": ["a"], "modes": ["dense"]})
+    assert rt.redis.ttl(f"bge-m3:job:{job.id}") <= 700
+    held = lease.Lease.new(rt, job.id)
+    assert lease.claim(rt, job.id, held).state == "running"
+    need = s.visibility_timeout + restore_interval(s.visibility_timeout) + s.time_limit
+    assert rt.redis.ttl(f"bge-m3:job:{job.id}") > need
+    assert s.time_limit + 55 <= rt.redis.ttl(held.key) <= s.time_limit + 60 < s.visibility_timeout
+
+
+def test_a_lease_left_by_an_ended_delivery_of_this_process_is_taken_over(unbooted):
+    """A delivery that handed its job back while Redis was down could not drop its lease. Its
+    redelivery, here to the same process, takes the job over at once instead of waiting out the
+    lease; a lease of a delivery still running here is waited for."""
+    from worker import lease
+
+    rt = unbooted
+    job = rt.store.create({"texts": ["a"], "modes": ["dense"]})
+    first = lease.Lease.new(rt, job.id)
+    with rt.delivery(first.token):
+        assert lease.claim(rt, job.id, first).state == "running"
+        second = lease.Lease.new(rt, job.id)
+        rt._draining = True  # a delivery that would wait hands its job back instead, at once
+        with pytest.raises(lease.Unclaimed, match="held by another delivery"):
+            lease.claim(rt, job.id, second)
+        rt._draining = False
+    # The first delivery ended without releasing (Redis was down then): its lease stays.
+    assert rt.redis.get(first.key) == first.holder
+    third = lease.Lease.new(rt, job.id)
+    with rt.delivery(third.token):
+        claimed = lease.claim(rt, job.id, third)
+    assert claimed.state == "running" and claimed.attempt == 2
+    assert rt.redis.get(third.key) == third.holder

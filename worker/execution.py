@@ -45,6 +45,11 @@ def execute(rt: Runtime, job_id: str) -> str:
     ``lease.Unclaimed`` before this delivery owns the job and ``Unrecorded`` after; every other
     outcome of an owned job ends in its record."""
     held = lease.Lease.new(rt, job_id)
+    with rt.delivery(held.token):  # live until this delivery ends, whatever the end
+        return _deliver(rt, job_id, held)
+
+
+def _deliver(rt: Runtime, job_id: str, held: lease.Lease) -> str:
     claimed = lease.claim(rt, job_id, held)
     if claimed.state not in ("running", "exhausted"):
         log.info("Job %s skipped: %s", job_id, claimed.state)

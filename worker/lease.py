@@ -4,8 +4,9 @@ When the broker connection drops, kombu puts the unacked message back at once wh
 run goes on, so a job can be delivered twice at the same time. A delivery first takes the lease
 (``bge-m3:lease:{id}``, ``SET NX`` in the same script that marks the job running); a second
 delivery waits until the first ends the job (its claim then finds it terminal and skips it),
-until the lease lapses (after ``BGE_M3_TIME_LIMIT``, below the visibility timeout, so a dead
-worker's lease is gone before its job is redelivered), or until the holder is seen to be gone.
+until the lease lapses (a minute after ``BGE_M3_TIME_LIMIT``, below the visibility timeout, so
+a dead worker's lease is gone before its job is redelivered), or until the holder is seen to be
+gone.
 
 The lease's value names the delivery: ``{hostname}|{instance}|{token}``. ``instance`` is random
 per worker process and is in its readiness record, so a worker restarted under the same hostname
@@ -22,18 +23,39 @@ from dataclasses import dataclass
 import redis
 
 from bge_m3 import workers
+from bge_m3.queue import restore_interval
 from bge_m3.records import Claim
+from bge_m3.settings import Settings
 from worker.logs import get_logger
 from worker.runtime import Runtime
 
 log = get_logger()
 
 LEASE_PREFIX = "bge-m3:lease:"
-"""Key (with the job id) held while one delivery of a job runs; expires after time_limit."""
+"""Key (with the job id) held while one delivery of a job runs; expires after ``lease_ttl``."""
 
 RECORD_MARGIN_SECONDS = 120
-"""A running job's record lives at least its time limit plus this, so it cannot expire under a
-job that started late in its result TTL (a long backlog, redeliveries) before the finish."""
+"""Margin on how long a claimed job's record lives at least (``record_keep``)."""
+
+LEASE_GRACE_SECONDS = 60
+"""How long a lease outlives the job's time limit: the owner still finishes after its deadline
+(an inline pass that cannot be cut, the last sends, the finish), and a lease lapsing meanwhile
+would let a waiting duplicate delivery start a second run. Kept below the visibility timeout."""
+
+
+def lease_ttl(settings: Settings) -> int:
+    """Seconds a delivery's lease lasts: past the time limit by LEASE_GRACE_SECONDS, below the
+    visibility timeout (so a dead worker's lease is gone before kombu gives its message back)."""
+    return max(1, min(settings.time_limit + LEASE_GRACE_SECONDS, settings.visibility_timeout - 1))
+
+
+def record_keep(settings: Settings) -> int:
+    """Seconds a claimed job's record lives at least. If this worker dies at once, kombu gives the
+    message back after the visibility timeout (plus up to one sweep), and the next delivery may
+    run the whole time limit: a record that expired before (a job claimed late in its result
+    TTL, a short TTL) would make that delivery find nothing and drop the job."""
+    visibility = settings.visibility_timeout
+    return visibility + restore_interval(visibility) + settings.time_limit + RECORD_MARGIN_SECONDS
 
 
 class Unclaimed(Exception):
@@ -44,6 +66,11 @@ class Unclaimed(Exception):
 class Lease:
     key: str
     holder: str
+
+    @property
+    def token(self) -> str:
+        """This delivery's own part of the holder (``Runtime.deliveries`` knows the live ones)."""
+        return self.holder.rsplit("|", 1)[-1]
 
     @classmethod
     def new(cls, rt: Runtime, job_id: str) -> "Lease":
@@ -60,12 +87,14 @@ def holder_gone(rt: Runtime, holder: str, taken_at: float) -> bool:
     lease was taken (a restart under the same name). A record of another instance that started
     before is taken for the holder's: two live workers may share a hostname (neither given
     ``--hostname``), and stealing a live lease would run the job twice. A holder in this very
-    process (another of its threads runs the job) is never gone."""
-    hostname, instance = holder, ""
+    process is gone once its delivery has ended: one that handed its job back during a Redis
+    outage could not drop its lease then, and its redelivery, often to this same process, would
+    otherwise wait out the lease."""
+    hostname, instance, token = holder, "", ""
     if holder.count("|") >= 2:
-        hostname, instance, _ = holder.rsplit("|", 2)
+        hostname, instance, token = holder.rsplit("|", 2)
     if instance == rt.instance:
-        return False
+        return not rt.delivery_live(token)
     record = workers.record(rt.redis, hostname)
     if record is None:
         return True
@@ -85,13 +114,13 @@ def claim(rt: Runtime, job_id: str, lease: Lease) -> Claim:
     delivery's lease dropped if it holds one, ``Unclaimed``. So too at once once the worker is
     shutting down: a delivery that does not own its job yet would hold the shutdown for as
     long as it waits or retries."""
-    ttl = rt.settings.time_limit
+    ttl = lease_ttl(rt.settings)
     waiting, failing_since = False, None
     while True:
         try:
             claimed = rt.store.claim(job_id, max_attempts=rt.settings.max_retries + 1, worker=rt.hostname,
                                      lease=lease.key, lease_ttl=ttl, holder=lease.holder,
-                                     keep_for=ttl + RECORD_MARGIN_SECONDS)
+                                     keep_for=record_keep(rt.settings))
             if claimed.state != "leased":
                 return claimed
             holder, left_ms = rt.redis.get(lease.key), rt.redis.pttl(lease.key)

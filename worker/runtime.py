@@ -8,6 +8,7 @@ Celery ``worker_init`` handler, never at import.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import secrets
@@ -15,7 +16,7 @@ import shutil
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from bge_m3 import heap, workers
 from bge_m3.jobs import JobStore
@@ -74,6 +75,7 @@ class Runtime:
         self._announce_lock = threading.Lock()  # a record read before a state change lands before it
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
+        self._deliveries: set[str] = set()  # lease tokens of the deliveries running here now
         self._consuming = False  # the Celery consumer holds a broker connection (worker.steps)
         self._draining = False  # a warm shutdown began: running jobs finish, no new ones come
 
@@ -146,6 +148,21 @@ class Runtime:
             "started_at": self.started_at, "instance": self.instance,
             "accepting": self._consuming and not self._draining,
         }
+
+    @contextlib.contextmanager
+    def delivery(self, token: str) -> Iterator[None]:
+        """Mark a delivery (by its lease token) live in this process while it runs."""
+        with self._counts_lock:
+            self._deliveries.add(token)
+        try:
+            yield
+        finally:
+            with self._counts_lock:
+                self._deliveries.discard(token)
+
+    def delivery_live(self, token: str) -> bool:
+        with self._counts_lock:
+            return token in self._deliveries
 
     def max_length(self) -> int:
         """The longest text in tokens: the setting, or the model's positions when fewer."""
