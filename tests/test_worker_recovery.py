@@ -81,18 +81,19 @@ def test_a_lease_left_by_a_gone_worker_is_taken_over(long_lease_stack):
     under this worker's own hostname (a restart keeps the name) is gone too; one taken by another
     live process under the same name is not."""
     from bge_m3 import workers
-    from worker.lease import LEASE_PREFIX
+    from worker.lease import LEASE_PREFIX, lease_ttl
 
     queue, worker = long_lease_stack
+    ttl = lease_ttl(worker.settings)  # what a delivery's lease starts with: its age is ttl - left
     alive = queue.store.create({"texts": ["held by a live worker"], "modes": ["dense"]})
     held_by_a_live_worker(queue, alive.id)
     gone = queue.store.create({"texts": ["held by a dead worker"], "modes": ["dense"]})
-    queue.redis.set(LEASE_PREFIX + gone.id, "ghost@gone|g1|t2", ex=600)
+    queue.redis.set(LEASE_PREFIX + gone.id, "ghost@gone|g1|t2", ex=ttl)
     mine = queue.store.create({"texts": ["held by this hostname's last process"], "modes": ["dense"]})
-    # Taken 5 minutes ago (600 s lease, 300 s left), before this process started.
-    queue.redis.set(LEASE_PREFIX + mine.id, f"{worker.hostname}|before-restart|t3", ex=300)
+    # Taken 5 minutes ago, before this process started.
+    queue.redis.set(LEASE_PREFIX + mine.id, f"{worker.hostname}|before-restart|t3", ex=ttl - 300)
     twin = queue.store.create({"texts": ["held by a live twin under this hostname"], "modes": ["dense"]})
-    queue.redis.set(LEASE_PREFIX + twin.id, f"{worker.hostname}|live-twin|t4", ex=600)
+    queue.redis.set(LEASE_PREFIX + twin.id, f"{worker.hostname}|live-twin|t4", ex=ttl)
     for job in (alive, gone, mine, twin):
         queue.send(job.id)
 
