@@ -256,6 +256,7 @@ def test_2_poison_job_fails_after_its_retries_and_spares_the_others(faulty, work
     assert "delivered 3 times" in job.error["message"]
     assert exits == [EXIT_FAULT] * (settings.max_retries + 1)
     assert job.attempts == settings.max_retries + 2
+    assert queue.stats(worker.hostname).get("failed_jobs") == 1  # counted by the worker that ended it
     wait_for(lambda: unacked(queue) == 0 and queue.redis.llen(QUEUE_NAME) == 0, 10,
              what="the poison message acknowledged")
     others = [queue.submit([f"other {i}", *TEXTS]) for i in range(3)]

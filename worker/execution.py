@@ -57,7 +57,8 @@ def _deliver(rt: Runtime, job_id: str, held: lease.Lease) -> str:
     try:
         if claimed.state == "exhausted":
             rt.store.fail(job_id, "worker_lost", f"the job was delivered {claimed.attempt} times without "
-                          "finishing (its worker died, or Redis failed, each time); giving up")
+                          "finishing (its worker died, or Redis failed, each time); giving up",
+                          pipe=rt.count(failed_jobs=1))
             log.error("Job %s failed: delivered %d times (poison job)", job_id, claimed.attempt)
             return "exhausted"
         with rt.batcher.arriving() as arrival:  # the batcher holds its next pass for these texts
@@ -76,7 +77,8 @@ def _deliver(rt: Runtime, job_id: str, held: lease.Lease) -> str:
         try:
             # The client sees the kind of error; its text (hosts, paths) stays in the worker's log.
             rt.store.fail(job_id, "internal_error", f"internal error ({type(exc).__name__}); the "
-                          "worker's log has the details under this job's id")
+                          "worker's log has the details under this job's id",
+                          pipe=rt.count(failed_jobs=1))
         except Exception:  # noqa: BLE001 - Redis itself is gone: let another delivery finish it
             with contextlib.suppress(Exception):  # else the next delivery waits out the lease
                 held.release(rt)
