@@ -16,7 +16,9 @@ RUN groupadd --system --gid 10001 bge \
  && mkdir -p /models/bge-m3 /data /logs \
  && chown -R bge:bge /models /data /logs
 WORKDIR /app
-COPY pyproject.toml constraints.txt README.md ./
+# README.md is the package's long description: copied with the sources, so that editing it does
+# not rebuild the dependency layers (they build against an empty stand-in).
+COPY pyproject.toml constraints.txt ./
 ENV BGE_M3_HOST=0.0.0.0 \
     BGE_M3_PORT=7860 \
     BGE_M3_MODEL_DIR=/models/bge-m3 \
@@ -29,9 +31,10 @@ FROM base AS api
 # dependencies go in a layer of their own, installed through empty stand-in packages, so that a
 # code change reinstalls only the project itself (--no-deps below).
 RUN mkdir -p bge_m3 verify api worker \
- && touch bge_m3/__init__.py verify/__init__.py api/__init__.py worker/__init__.py \
+ && touch README.md bge_m3/__init__.py verify/__init__.py api/__init__.py worker/__init__.py \
  && pip install -c constraints.txt ".[api]" \
  && pip uninstall -y bge-m3-service && rm -rf bge_m3 verify api worker build ./*.egg-info
+COPY README.md ./
 COPY bge_m3 ./bge_m3
 COPY verify ./verify
 COPY api ./api
@@ -53,9 +56,10 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 # installed above (TORCH_VERSION) stays.
 RUN grep -v '^torch==' constraints.txt > /tmp/constraints.txt \
  && mkdir -p bge_m3 verify api worker \
- && touch bge_m3/__init__.py verify/__init__.py api/__init__.py worker/__init__.py \
+ && touch README.md bge_m3/__init__.py verify/__init__.py api/__init__.py worker/__init__.py \
  && pip install -c /tmp/constraints.txt ".[worker]" \
  && pip uninstall -y bge-m3-service && rm -rf bge_m3 verify api worker build ./*.egg-info
+COPY README.md ./
 COPY bge_m3 ./bge_m3
 COPY verify ./verify
 COPY api ./api

@@ -133,9 +133,12 @@ def main(argv: list[str] | None = None) -> int:
             heap.freeze()  # in the gunicorn worker, after the fork (the app is not preloaded)
             return app
 
+    master = os.getpid()
     try:
         Application().run()
     finally:
-        if metrics_dir:
+        # A gunicorn worker is a fork of this process and leaves through this block too (its
+        # SystemExit unwinds the copy of main()): only the master may delete the shared folder.
+        if metrics_dir and os.getpid() == master:
             shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0

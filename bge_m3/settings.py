@@ -122,8 +122,16 @@ class Settings:
     def validate(self) -> None:
         """Raise ``SettingsError`` naming the first variable that is out of its range."""
         if not self.redis_url.startswith(REDIS_SCHEMES):
-            raise SettingsError(f"REDIS_URL must start with one of {', '.join(REDIS_SCHEMES)}, not "
-                                f"{redact_url(self.redis_url)!r}")
+            # Not the value: a secret file often holds a bare password, which no redaction of a
+            # URL would find. Its scheme is shown when it has one.
+            where = dict(self.secret_files).get("REDIS_URL")
+            scheme = self.redis_url.partition("://")[0] if "://" in self.redis_url else ""
+            if where or not (scheme.isalnum() and len(scheme) <= 12):
+                found = "no URL"
+            else:
+                found = f"a {scheme}:// URL"
+            raise SettingsError(f"REDIS_URL{'_FILE: ' + where + ' holds' if where else ' is'} "
+                                f"{found}; it must start with one of {', '.join(REDIS_SCHEMES)}")
         if self.device not in {"auto", "cuda", "cpu"} and not self.device.startswith("cuda:"):
             raise SettingsError(f"BGE_M3_DEVICE must be auto, cuda or cpu, not {self.device!r}")
         if self.colbert_dtype not in {"float16", "float32"}:

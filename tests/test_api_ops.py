@@ -1,7 +1,9 @@
 """Operations routes, OpenAPI accuracy, outages (Redis down, broker down) and the torch-free import."""
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -131,9 +133,22 @@ def test_metrics_sum_every_gunicorn_process(base_settings, live_worker, tmp_path
             assert text.count("\nbge_m3_ready_workers ") == 1  # the Redis gauges, once
         served = {path.name: _openapi_count(path) for path in folder.glob("counter_*.db")}
         assert len(served) == 2 and sum(served.values()) == 40, served  # one file per process
+        # A worker that leaves (a graceful exit, a timeout) is replaced; the folder is the
+        # master's alone to delete, and the counts of the one that left still add up.
+        (first, second) = _children(api.proc.pid)
+        os.kill(first, signal.SIGTERM)
+        wait_for(lambda: len(_children(api.proc.pid)) == 2 and first not in _children(api.proc.pid),
+                 30, what="gunicorn replacing its worker")
+        assert folder.is_dir() and api.proc.poll() is None, api.output()[-2000:]
+        for _ in range(4):
+            assert line in httpx.get(base + "/metrics", timeout=10).text
     finally:
         api.stop()
     assert not folder.exists()
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def _openapi_count(path: Path) -> float:

@@ -227,11 +227,15 @@ def test_a_code_change_reinstalls_only_the_project():
     """Each image installs its dependencies through empty stand-in packages before the sources are
     copied, and then the project alone (``--no-deps``): a code change rebuilds only that layer."""
     stages = _stages((ROOT / "Dockerfile").read_text())
+    # The README is the package's long description: copied with the sources, not before the
+    # dependency layers, so that editing it rebuilds only the project's layer too.
+    assert "README.md" not in stages["base"]
     for target, extra in (("api", '".[api]"'), ("worker", '".[worker]"')):
         body = stages[target]
-        copy = body.index("COPY bge_m3")
+        copy = body.index("COPY README.md")
+        assert copy < body.index("COPY bge_m3"), target
         assert body.index(extra) < copy, target
-        assert body.index("touch bge_m3/__init__.py") < body.index(extra), target
+        assert body.index("touch README.md bge_m3/__init__.py") < body.index(extra), target
         assert "pip uninstall -y bge-m3-service" in body[:copy], target
         after = body[copy:]
         assert "pip install --no-deps ." in after and extra not in after, target

@@ -162,11 +162,13 @@ def test_a_sync_job_cancelled_while_waited_for_is_409_and_not_retried(faulty, wo
     from api import create_app
 
     settings, queue = faulty
-    settings = settings.replace(worker_threads=1, sync_timeout=30.0)
+    # The blocker holds the only thread long enough for the rest, on a loaded box too.
+    settings = settings.replace(worker_threads=1, sync_timeout=30.0, time_limit=20,
+                                visibility_timeout=40)
     worker_factory(settings)
-    blocker = queue.submit([SLEEP.format(2)])
-    running_on(queue, blocker)
     client = create_app(settings).test_client()
+    blocker = queue.submit([SLEEP.format(12)])
+    running_on(queue, blocker)
     answers = []
     waiter = threading.Thread(target=lambda: answers.append(
         client.post("/v1/embeddings", json={"model": "bge-m3", "input": "cancel me while I wait"})))

@@ -89,7 +89,7 @@ def test_malformed_settings_name_their_variable():
         Settings.from_env({"BGE_M3_MAX_TEXTS": "abc"})
     with pytest.raises(SettingsError, match=r"BGE_M3_SYNC_TIMEOUT must be a number"):
         Settings.from_env({"BGE_M3_SYNC_TIMEOUT": "soon"})
-    with pytest.raises(SettingsError, match="REDIS_URL must start with") as raised:
+    with pytest.raises(SettingsError, match="REDIS_URL is a http:// URL; it must start with") as raised:
         Settings.from_env({"REDIS_URL": "http://:s3cret@h/0"})
     assert "s3cret" not in str(raised.value)
     # redis-py's socket form is taken; Celery gets it in kombu's spelling (it has no unix://).

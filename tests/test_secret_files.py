@@ -58,6 +58,12 @@ def test_a_secret_file_that_is_empty_unreadable_or_doubled_is_refused_unshown(tm
         Settings.from_env({"REDIS_URL": "redis://:s3cret@h/0",
                            "REDIS_URL_FILE": _write(tmp_path / "url", "redis://:s3cret@h/1")})
     assert "s3cret" not in str(raised.value)
+    # A secret file often holds a bare password: a REDIS_URL_FILE pointed at one must not print it.
+    for held in ("hunter2-secret\n", "s3cret@redis.internal:6379\n", "s3cret://x\n"):
+        path = _write(tmp_path / "password", held)
+        with pytest.raises(SettingsError, match=f"REDIS_URL_FILE: {path} holds no URL") as raised:
+            Settings.from_env({"REDIS_URL_FILE": path})
+        assert held.strip() not in str(raised.value) and "s3cret" not in str(raised.value)
     with pytest.raises(SettingsError, match="HF_TOKEN holds a space") as raised:
         Settings.from_env({"HF_TOKEN_FILE": _write(tmp_path / "token", "hf_abc 123\n")})
     assert "abc" not in str(raised.value)
