@@ -175,10 +175,8 @@ class Settings:
         its file where it was read from one, else by value, never both (that is refused)."""
         own = self.env()
         merged = {**base, **own}
-        for var in SECRET_VARS:
+        for var in SECRET_VARS:  # drop the spelling these settings do not use
             merged.pop(var if var + "_FILE" in own else var + "_FILE", None)
-            if var in own:
-                merged[var] = own[var]
         return merged
 
 

@@ -69,7 +69,7 @@ class Lease:
 
     @property
     def token(self) -> str:
-        """This delivery's own part of the holder (``Runtime.deliveries`` knows the live ones)."""
+        """This delivery's own part of the holder (``Runtime.delivery_live`` tells a live one)."""
         return self.holder.rsplit("|", 1)[-1]
 
     @classmethod

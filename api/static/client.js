@@ -113,7 +113,7 @@ async function queuedNote(job) {
 
 /** Seconds to wait before asking again, from a long-poll answered early (the API's threads that
  * may wait were all waiting): its Retry-After, else none. */
-export function pollPause(headers) {
+function pollPause(headers) {
   const after = Number(headers && headers.get("Retry-After"));
   return Number.isFinite(after) && after > 0 ? Math.min(after, WAIT_SECONDS) : 0;
 }
