@@ -188,6 +188,22 @@ def test_a_sync_job_cancelled_while_waited_for_is_409_and_not_retried(faulty, wo
     assert queue.wait(blocker, 30).status == "succeeded"
 
 
+def test_a_run_whose_job_ended_meanwhile_drops_its_result_and_is_not_counted(faulty,
+                                                                            worker_factory):
+    """Another delivery ended the job while this run went on (stood in for by the test writing
+    the end itself): the run's result is dropped, and the worker's statistics do not count it as
+    a job done, as they did."""
+    settings, queue = faulty
+    worker = worker_factory(settings)
+    job_id = queue.submit([SLEEP.format(2), "ended elsewhere"])
+    running_on(queue, job_id)
+    assert queue.store.fail(job_id, "internal_error", "ended by another delivery") == "ok"
+    wait_for(lambda: "result dropped, the job is failed" in worker.output(), 30, what="the drop")
+    stats = queue.stats(worker.hostname)
+    assert stats.get("jobs", 0) == 0 and stats.get("texts", 0) == 0, stats
+    assert queue.store.get(job_id).error["message"] == "ended by another delivery"
+
+
 def test_5_sigterm_mid_job_finishes_running_jobs_and_loses_none(faulty, worker_factory, reference):
     settings, queue = faulty
     # The slow jobs' 2 s sleep counts against the hard limit: 3 s would leave a loaded box 1 s

@@ -148,12 +148,16 @@ def _run(rt: Runtime, job_id: str, claimed: Claim, arrival: Arrival) -> str:
         with contextlib.suppress(Exception):
             staging.discard()
         raise
+    # The finish's round trip counted this job as done; when it did not land, take that back.
+    undone = {"jobs": -1, "texts": -len(texts)}
     if outcome == "incomplete":  # a push of the result was lost; the finish refused to publish it
         rt.store.fail(job_id, "internal_error", "the result did not reach Redis whole; submit the job "
-                      "again", stats=stats)
+                      "again", stats=stats, pipe=rt.count(failed_jobs=1, **undone))
         log.error("Job %s failed: its staged result lacks chunks", who)
         return "failed"
     if outcome != "ok":  # ended meanwhile (cancelled, another delivery) or its record expired
+        with contextlib.suppress(Exception):  # only statistics: not worth failing the delivery
+            rt.count(**undone).execute()
         log.warning("Job %s: result dropped, the job is %s", who, outcome)
         return outcome
     log.info("Job %s: %d texts, %s tokens, %d forward passes, total %.0f ms (queue %.0f, compute %.0f)",
