@@ -49,8 +49,7 @@ class Metrics:
         """``shared_dir``: prometheus_client's multiprocess folder, where every gunicorn process
         of one ``bge-m3 api`` writes its counters (``api.serve`` sets it up before the fork);
         a scrape then sums them all, whichever process answers it."""
-        self.shared_dir = shared_dir
-        self.gauges = _RedisGauges(redis)
+        gauges = _RedisGauges(redis)
         self.registry = CollectorRegistry()
         self.requests = Counter("bge_m3_http_requests", "HTTP requests by route and status",
                                 ["route", "method", "status"], registry=self.registry)
@@ -60,7 +59,16 @@ class Metrics:
             phase: Histogram(f"bge_m3_job_{phase}_seconds", f"Job {phase} time (finished jobs)",
                              buckets=LATENCY_BUCKETS, registry=self.registry)
             for phase in ("queue", "compute", "total")}
-        self.registry.register(self.gauges)
+        self.registry.register(gauges)
+        # What a scrape reads: this process's registry, or, built once here, every process's
+        # files plus the Redis gauges (read from Redis, so the same in every process).
+        self.exposed = self.registry
+        if shared_dir:
+            from prometheus_client import multiprocess
+
+            self.exposed = CollectorRegistry()
+            multiprocess.MultiProcessCollector(self.exposed, path=shared_dir)
+            self.exposed.register(gauges)
 
     def observe_job(self, job: Job) -> None:
         stats = job.stats or {}
@@ -85,11 +93,4 @@ class Metrics:
             return response
 
     def exposition(self) -> Response:
-        registry = self.registry
-        if self.shared_dir:
-            from prometheus_client import multiprocess
-
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry, path=self.shared_dir)
-            registry.register(self.gauges)  # read from Redis: the same in every process
-        return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(self.exposed), content_type=CONTENT_TYPE_LATEST)

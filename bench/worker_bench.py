@@ -87,6 +87,9 @@ class SkipProbe:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
+    def arm(self) -> None:
+        self.__dict__["armed"] = True
+
 
 def worker_batches(rows: list[list[int]], budget: int, pass_tokens: int | None):
     """The batches the worker builds for one job of ``rows``: cut, in order, into collection
@@ -194,7 +197,7 @@ def bench_model(name: str, model_dir: Path, manifest: Path, args, work: Path) ->
     ref.model = probe = SkipProbe(ref.model)
 
     def no_probe(batch):
-        probe.__dict__["armed"] = True
+        probe.arm()
         return encode(batch)
 
     t_noprobe = timed(lambda: (no_probe(texts), sync(args.device)), args.repeat)

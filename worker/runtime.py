@@ -76,6 +76,7 @@ class Runtime:
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
         self._deliveries: set[str] = set()  # lease tokens of the deliveries running here now
+        self._deliveries_lock = threading.Lock()
         self._consuming = False  # the Celery consumer holds a broker connection (worker.steps)
         self._draining = False  # a warm shutdown began: running jobs finish, no new ones come
 
@@ -152,16 +153,16 @@ class Runtime:
     @contextlib.contextmanager
     def delivery(self, token: str) -> Iterator[None]:
         """Mark a delivery (by its lease token) live in this process while it runs."""
-        with self._counts_lock:
+        with self._deliveries_lock:
             self._deliveries.add(token)
         try:
             yield
         finally:
-            with self._counts_lock:
+            with self._deliveries_lock:
                 self._deliveries.discard(token)
 
     def delivery_live(self, token: str) -> bool:
-        with self._counts_lock:
+        with self._deliveries_lock:
             return token in self._deliveries
 
     def max_length(self) -> int:
