@@ -43,7 +43,7 @@ small next to READY_TTL, the time a dead worker's record lingers anyway."""
 class Backend:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.redis = redis_client(settings.redis_url)
+        self.redis = redis_client(settings.redis_dsn)
         self.events = JobEvents(self.redis, events_key("*"), events_key(""))
         self.store = JobStore(self.redis, settings.result_ttl, events=self.events)
         self._ready: tuple[float, list[dict[str, Any]]] = (0.0, [])

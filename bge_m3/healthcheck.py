@@ -31,7 +31,7 @@ def worker_ready(hostname: str) -> bool:
     from bge_m3.settings import Settings
     from bge_m3.workers import WORKER_PREFIX
 
-    client = redis_client(Settings.from_env().redis_url, socket_timeout=TIMEOUT,
+    client = redis_client(Settings.from_env().redis_dsn, socket_timeout=TIMEOUT,
                           socket_connect_timeout=TIMEOUT)
     try:
         return bool(client.exists(WORKER_PREFIX + hostname))

@@ -41,7 +41,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "unacked_restore_throttle": 1,
     }
     return {
-        "broker_url": broker_url(settings.redis_url),
+        "broker_url": broker_url(settings.redis_dsn),
         "result_backend": None,  # job state lives in bge_m3.jobs, not Celery's backend
         "task_ignore_result": True,
         "task_serializer": "json",

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from bge_m3.queue import redis_client
-from bge_m3.settings import redact_url
+from bge_m3.redaction import redact_url
 
 START_TIMEOUT = 15.0
 """Seconds the private redis-server may take to answer PING after it is started."""

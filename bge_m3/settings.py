@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import quote
+
+from bge_m3.redaction import url_has_password
 
 PACKAGED_MANIFEST = Path(__file__).resolve().parent.parent / "verify" / "bge-m3-manifest.json"
 """The pinned BAAI/bge-m3 manifest shipped inside the ``verify`` package."""
@@ -26,7 +28,7 @@ REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://", "unix://")
 (``bge_m3.queue.broker_url``)."""
 
 
-SECRET_VARS = ("REDIS_URL", "HF_TOKEN", "BGE_M3_API_KEYS")
+SECRET_VARS = ("REDIS_URL", "REDIS_PASSWORD", "HF_TOKEN", "BGE_M3_API_KEYS")
 """Secrets that may be given as ``VAR_FILE``, the path of a file holding the value (Docker and
 Kubernetes secrets), so the value need not sit in any process's environment."""
 
@@ -49,6 +51,9 @@ class Settings:
     # The secrets (SECRET_VARS) are left out of repr(): a Settings in a log line or a traceback
     # must not print them.
     redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
+    # Kept apart from redis_url so the URL can sit in plain configuration while the password
+    # comes from a secret file; connections use ``redis_dsn``, the two joined.
+    redis_password: str | None = field(default=None, repr=False)
     model_dir: Path = field(default_factory=_default_model_dir)
     manifest: Path = PACKAGED_MANIFEST
     endpoints: tuple[str, ...] = ("https://huggingface.co", "https://hf-mirror.com")
@@ -100,8 +105,9 @@ class Settings:
             if raw is None or raw == "":
                 continue
             values[name] = _parse(types[name], raw, var)
-        if values.get("hf_token"):  # a token read from a secret file or .env ends in a newline
-            values["hf_token"] = values["hf_token"].strip() or None
+        for secret in ("hf_token", "redis_password"):  # a secret file or .env ends in a newline
+            if values.get(secret):
+                values[secret] = values[secret].strip() or None
         if _truthy(env.get("CPU_ONLY", "")):
             values["device"] = "cpu"
         values.update(overrides)
@@ -132,6 +138,8 @@ class Settings:
                 found = f"a {scheme}:// URL"
             raise SettingsError(f"REDIS_URL{'_FILE: ' + where + ' holds' if where else ' is'} "
                                 f"{found}; it must start with one of {', '.join(REDIS_SCHEMES)}")
+        if self.redis_password and url_has_password(self.redis_url):
+            raise SettingsError("REDIS_URL holds a password and REDIS_PASSWORD is set; set one")
         if self.device not in {"auto", "cuda", "cpu"} and not self.device.startswith("cuda:"):
             raise SettingsError(f"BGE_M3_DEVICE must be auto, cuda or cpu, not {self.device!r}")
         if self.colbert_dtype not in {"float16", "float32"}:
@@ -152,6 +160,17 @@ class Settings:
         if self.result_ttl <= self.time_limit:  # the record's TTL runs from the job's creation
             raise SettingsError("BGE_M3_RESULT_TTL must be longer than BGE_M3_TIME_LIMIT: a job's record "
                              "expires that long after it was submitted, queued or not")
+
+    @property
+    def redis_dsn(self) -> str:
+        """The URL every Redis connection uses: ``redis_url`` with ``redis_password`` in its
+        userinfo (percent-encoded), which redis-py and kombu read for every scheme, sockets too."""
+        if not self.redis_password:
+            return self.redis_url
+        scheme, _, rest = self.redis_url.partition("://")
+        netloc, slash, path = rest.partition("/")  # a socket URL's netloc is empty
+        user, _, host = netloc.rpartition("@")
+        return f"{scheme}://{user}:{quote(self.redis_password, safe='')}@{host}{slash}{path}"
 
     def env(self) -> dict[str, str]:
         """These settings as environment variables, for child processes."""
@@ -199,6 +218,7 @@ def _parse(kind: Any, raw: str, var: str) -> Any:
 
 ENV_VARS: dict[str, str] = {
     "redis_url": "REDIS_URL",
+    "redis_password": "REDIS_PASSWORD",
     "model_dir": "BGE_M3_MODEL_DIR",
     "manifest": "BGE_M3_MANIFEST",
     "endpoints": "BGE_M3_ENDPOINTS",
@@ -263,18 +283,3 @@ def env_is_set(var: str, env: Mapping[str, str] | None = None) -> bool:
     a secret given as ``VAR_FILE`` is set too."""
     env = os.environ if env is None else env
     return bool(env.get(var) or (var in SECRET_VARS and env.get(var + "_FILE")))
-
-
-def redact_url(url: str) -> str:
-    """A Redis URL with its password masked, in the userinfo or a ``password=`` query value
-    (redis-py reads both), safe for logs and /v1/models. The rest is kept as written."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    userinfo, at, host = parts.netloc.rpartition("@")
-    if at and ":" in userinfo:  # edited in place: urlunsplit would drop an empty netloc's //
-        url = url.replace(f"//{parts.netloc}", f"//{userinfo.split(':', 1)[0]}:***@{host}", 1)
-    if parts.query:
-        query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
-        url = url.replace(f"?{parts.query}", f"?{query}", 1)
-    return url

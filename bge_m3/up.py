@@ -17,7 +17,8 @@ from bge_m3 import ports
 from bge_m3.accelerator import EnvironmentProblem, detect
 from bge_m3.folderlock import FolderTaken, claim
 from bge_m3.redisproc import EmbeddedRedis, RedisProblem, eviction_warning, local_url, ping
-from bge_m3.settings import Settings, env_is_set, redact_url
+from bge_m3.redaction import redact_url
+from bge_m3.settings import Settings, env_is_set
 from bge_m3.supervisor import API_GRACE, REDIS_GRACE, Supervisor
 from bge_m3.startup import StartProblem, child_command, exit_status, probe_host, wait_until_ready
 
@@ -48,7 +49,7 @@ class Up:
         self.workers = workers
         self.ready_timeout = ready_timeout
         self.accelerator = None
-        self.redis_url = settings.redis_url
+        self.redis_url = settings.redis_dsn  # what this process connects to, password included
         self.embedded: EmbeddedRedis | None = None
         self.supervisor = Supervisor({})
         self.stop_signal: int | None = None
@@ -114,10 +115,10 @@ class Up:
     def redis(self) -> str:
         s = self.settings
         if env_is_set("REDIS_URL"):
-            reason = ping(s.redis_url)
+            reason = ping(s.redis_dsn)
             if reason:
-                raise Failed(f"REDIS_URL {redact_url(s.redis_url)} does not answer: {reason}")
-            return f"using REDIS_URL {redact_url(s.redis_url)}{eviction_warning(s.redis_url)}"
+                raise Failed(f"REDIS_URL {redact_url(s.redis_dsn)} does not answer: {reason}")
+            return f"using REDIS_URL {redact_url(s.redis_dsn)}{eviction_warning(s.redis_dsn)}"
         port = s.embedded_redis_port
         reason = ping(local_url(port))
         if reason is None:
@@ -141,7 +142,9 @@ class Up:
 
     def start(self) -> str:
         s = self.settings
-        children = s.replace(redis_url=self.redis_url)  # the embedded Redis, when started here
+        children = s
+        if self.redis_url != s.redis_dsn:  # a local Redis found or started here: no password
+            children = s.replace(redis_url=self.redis_url, redis_password=None)
         self.supervisor.env = {**children.child_env(os.environ), "PYTHONUNBUFFERED": "1"}
         host = socket.gethostname()
         hostnames = [f"bge-m3-{os.getpid()}-{i}@{host}" for i in range(1, self.workers + 1)]

@@ -94,7 +94,7 @@ class WorkerProcess:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def ready(self) -> bool:
-        return bool(redis_client(self.settings.redis_url).exists(WORKER_PREFIX + self.hostname))
+        return bool(redis_client(self.settings.redis_dsn).exists(WORKER_PREFIX + self.hostname))
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
         if self.proc.poll() is None:

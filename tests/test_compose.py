@@ -86,12 +86,16 @@ def test_redis_is_durable_and_healthchecked(config):
     command = " ".join(_argv(redis["command"]))
     for flag in ("--appendonly yes", "--appendfsync everysec", "--maxmemory-policy noeviction"):
         assert flag in command
-    assert "redis-cli" in _argv(redis["healthcheck"]["test"])
+    health = redis["healthcheck"]["test"]
+    # redis-cli exits 0 on a NOAUTH error reply: the check must look for PONG itself
+    assert health[0] == "CMD-SHELL" and "redis-cli ping" in health[1] and "PONG" in health[1]
+    assert "$(cat /run/secrets/redis_password)" in health[1]
     mounts = {(m["type"], m["source"], m["target"]) for m in redis["volumes"]}
     assert ("volume", "redis-data", "/data") in mounts
     assert "redis-data" in config["volumes"]
-    assert redis["environment"]["REDIS_PASSWORD"] == SECRETS["REDIS_PASSWORD"]
-    assert "$REDIS_PASSWORD" in command  # expanded by sh inside the container, not in the file
+    # read by sh inside the container from the secret file, not written into the file or env
+    assert '--requirepass "$$(cat /run/secrets/redis_password)"' in command
+    assert [s["source"] for s in redis["secrets"]] == ["redis_password"]
     # the image drops to its redis user only when its entrypoint sees redis-server first
     assert "exec docker-entrypoint.sh redis-server " in command
     assert '--save ""' in command and '--maxmemory "$$REDIS_MAXMEMORY"' in command
@@ -120,8 +124,44 @@ def test_api_waits_for_healthy_redis_and_checks_healthz(config):
     assert api["depends_on"]["redis"]["condition"] == "service_healthy"
     assert any(part.endswith("/healthz") for part in _argv(api["healthcheck"]["test"]))
     assert any(p["target"] == 7860 for p in api["ports"])
-    assert api["environment"]["BGE_M3_API_KEYS"] == SECRETS["BGE_M3_API_KEYS"]
-    assert SECRETS["REDIS_PASSWORD"] in api["environment"]["REDIS_URL"]
+    assert api["environment"]["BGE_M3_API_KEYS_FILE"] == "/run/secrets/api_keys"
+    assert "BGE_M3_API_KEYS" not in api["environment"]
+
+
+def test_secrets_reach_the_containers_as_files_only(config):
+    """No secret value in any service's environment, command or healthcheck (where `docker
+    inspect` and every process in the container would see it): only x-required, which checks
+    that each is set, holds them."""
+    for name, service in config["services"].items():
+        rendered = json.dumps(service)
+        for var, value in SECRETS.items():
+            assert value not in rendered, f"{var} reaches {name} by value"
+    assert {k: v["environment"] for k, v in config["secrets"].items()} == {
+        "redis_password": "REDIS_PASSWORD", "api_keys": "BGE_M3_API_KEYS"}
+
+
+@pytest.mark.parametrize("name", ["api", "worker", "worker-cpu"])
+def test_each_service_builds_its_settings_from_the_secret_files_it_is_given(config, tmp_path, name):
+    """The service's environment as compose renders it, with each /run/secrets file it is granted
+    written where it points: Settings reads the password and keys from the files and connects
+    to redis with the password (percent-encoded in the URL)."""
+    from bge_m3.settings import Settings
+
+    service = config["services"][name]
+    granted = {s["target"]: config["secrets"][s["source"]]["environment"] for s in service["secrets"]}
+    secrets = {**SECRETS, "REDIS_PASSWORD": "p@ss/w:rd"}
+    env = {}
+    for var, value in service["environment"].items():
+        if var.endswith("_FILE") and value.startswith("/run/secrets/"):
+            assert value in granted, f"{name}: {var} points at a secret it is not granted"
+            path = tmp_path / value.rsplit("/", 1)[1]
+            path.write_text(secrets[granted[value]])
+            value = str(path)
+        env[var] = value or ""
+    settings = Settings.from_env(env)
+    assert settings.redis_dsn == "redis://:p%40ss%2Fw%3Ard@redis:6379/0"
+    if name == "api":
+        assert settings.api_keys == (SECRETS["BGE_M3_API_KEYS"],)
 
 
 def test_worker_reserves_one_gpu_and_shares_the_model_volume(config):
@@ -204,13 +244,14 @@ def test_every_setting_reaches_the_service_that_reads_it(config):
     job by (the API validates, the worker checks again) must be the same in both."""
     from bge_m3.settings import ENV_VARS
 
-    api = set(config["services"]["api"]["environment"])
-    worker = set(config["services"]["worker"]["environment"])
+    # a secret reaches a service as VAR_FILE
+    api = {v.removesuffix("_FILE") for v in config["services"]["api"]["environment"]}
+    worker = {v.removesuffix("_FILE") for v in config["services"]["worker"]["environment"]}
     # Set by the image (folders), or for bare machines and tests only.
     elsewhere = {"BGE_M3_LOG_DIR", "BGE_M3_DATA_DIR", "BGE_M3_EMBEDDED_REDIS_PORT",
                  "BGE_M3_TEST_FAULTS", "BGE_M3_TEST_LOAD_DELAY"}
     assert set(ENV_VARS.values()) - elsewhere <= api | worker, set(ENV_VARS.values()) - api - worker
-    shared = {"REDIS_URL", "BGE_M3_MAX_LENGTH", "BGE_M3_MAX_TEXTS", "BGE_M3_TIME_LIMIT",
+    shared = {"REDIS_URL", "REDIS_PASSWORD", "BGE_M3_MAX_LENGTH", "BGE_M3_MAX_TEXTS", "BGE_M3_TIME_LIMIT",
               "BGE_M3_VISIBILITY_TIMEOUT", "BGE_M3_RESULT_TTL"}
     assert shared <= api & worker
 

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from bge_m3.queue import broker_url, make_celery, redis_client
-from bge_m3.settings import PACKAGED_MANIFEST, Settings, SettingsError, redact_url
+from bge_m3.redaction import redact_url
+from bge_m3.settings import PACKAGED_MANIFEST, Settings, SettingsError
 from bge_m3.tinymodel import build
 from tests.support import BGE_M3
 from verify.manifest import load_manifest

@@ -1,5 +1,6 @@
-"""Secrets from files (``REDIS_URL_FILE``, ``HF_TOKEN_FILE``, ``BGE_M3_API_KEYS_FILE``): Docker and
-Kubernetes mount secrets as files, so the value need not sit in any process's environment."""
+"""Secrets from files (``REDIS_URL_FILE``, ``REDIS_PASSWORD_FILE``, ``HF_TOKEN_FILE``,
+``BGE_M3_API_KEYS_FILE``): Docker and Kubernetes mount secrets as files, so the value need not sit
+in any process's environment."""
 from __future__ import annotations
 
 import subprocess
@@ -47,6 +48,29 @@ def test_each_secret_is_read_from_its_file_and_children_get_the_path(tmp_path):
     assert Settings.from_env(merged).hf_token == "hf_abc123"
 
 
+@pytest.mark.parametrize("url, dsn", [
+    ("redis://redis:6379/0", "redis://:p%40ss%2Fw%3Ard%23@redis:6379/0"),
+    ("rediss://default@redis:6380/1", "rediss://default:p%40ss%2Fw%3Ard%23@redis:6380/1"),
+    ("redis+socket:///run/r.sock?virtual_host=2", "redis+socket://:p%40ss%2Fw%3Ard%23@/run/r.sock?virtual_host=2"),
+    ("unix:///run/r.sock?db=2", "unix://:p%40ss%2Fw%3Ard%23@/run/r.sock?db=2"),
+])
+def test_redis_password_file_joins_the_url_only_where_connections_are_made(tmp_path, url, dsn):
+    """The compose shape: the URL is plain configuration, the password a secret file."""
+    password = _write(tmp_path / "redis_password", "p@ss/w:rd#\n")
+    s = Settings.from_env({"REDIS_URL": url, "REDIS_PASSWORD_FILE": password})
+    assert (s.redis_url, s.redis_dsn) == (url, dsn)
+    child = s.env()
+    assert child["REDIS_URL"] == url and child["REDIS_PASSWORD_FILE"] == password
+    assert "REDIS_PASSWORD" not in child and "p@ss" not in repr(s) + str(child)
+    assert Settings.from_env(child) == s and Settings.from_env(child).redis_dsn == dsn
+    assert Settings.from_env({"REDIS_URL": url}).redis_dsn == url  # no password: the URL as is
+    # Two passwords would leave one of them unused, and which one wins a guess: refused, unshown.
+    for doubled in ("redis://:other@redis:6379/0", "redis://redis:6379/0?password=other"):
+        with pytest.raises(SettingsError, match="REDIS_URL holds a password and REDIS_PASSWORD is set") as raised:
+            Settings.from_env({"REDIS_URL": doubled, "REDIS_PASSWORD_FILE": password})
+        assert "other" not in str(raised.value) and "p@ss" not in str(raised.value)
+
+
 def test_a_secret_file_that_is_empty_unreadable_or_doubled_is_refused_unshown(tmp_path):
     empty = _write(tmp_path / "empty", " \n")
     # An empty key file must not read as "no keys", which would turn authentication off.
@@ -80,19 +104,27 @@ def _environ(pid: int) -> bytes:
     return Path(f"/proc/{pid}/environ").read_bytes()
 
 
+@pytest.mark.parametrize("form", ["REDIS_URL_FILE", "REDIS_PASSWORD_FILE"])
 def test_api_and_worker_run_on_secrets_from_files_that_stay_out_of_their_environment(
-        tiny_model, base_settings, tmp_path):
+        tiny_model, base_settings, tmp_path, form):
     """A password-protected Redis, a real worker and a gunicorn API, each told only where the
-    Redis URL and the API keys are: they serve jobs, authenticate with the key from the file,
-    and neither secret is in either process's environment."""
-    redis = RedisServer(tmp_path / "redis", password=PASSWORD)
+    Redis URL (or, as docker-compose.yml does, only the Redis password) and the API keys are:
+    they serve jobs, authenticate with the key from the file, and neither secret is in either
+    process's environment."""
+    # In a URL this password must be percent-encoded; in its own file it is written as it is.
+    password = PASSWORD if form == "REDIS_URL_FILE" else "p@ss/w:rd#" + PASSWORD
+    redis = RedisServer(tmp_path / "redis", password=password)
     try:
-        files = {"REDIS_URL_FILE": _write(tmp_path / "redis_url", redis.url(0) + "\n"),
-                 "BGE_M3_API_KEYS_FILE": _write(tmp_path / "api_keys", KEY + "\n")}
+        files = {"BGE_M3_API_KEYS_FILE": _write(tmp_path / "api_keys", KEY + "\n")}
+        if form == "REDIS_URL_FILE":
+            files[form] = _write(tmp_path / "redis_url", redis.url(0) + "\n")
+        else:
+            files.update(REDIS_URL=f"redis+socket://{redis.socket}?virtual_host=0",
+                         REDIS_PASSWORD_FILE=_write(tmp_path / "redis_password", password + "\n"))
         parent = {k: v for k, v in base_settings.env().items()
                   if k not in {"REDIS_URL", "BGE_M3_API_KEYS"}}
         settings = Settings.from_env({**parent, **files})
-        assert settings.redis_url == redis.url(0) and settings.api_keys == (KEY,)
+        assert settings.api_keys == (KEY,) and settings.redis_dsn.endswith(f"@{redis.socket}?virtual_host=0")
         worker = spawn_worker(settings, tmp_path)
         try:
             api = start_api(settings, tmp_path)
@@ -105,7 +137,7 @@ def test_api_and_worker_run_on_secrets_from_files_that_stay_out_of_their_environ
             for pid in (api.proc.pid, worker.proc.pid):
                 environ = _environ(pid)
                 assert PASSWORD.encode() not in environ and KEY.encode() not in environ
-                assert b"REDIS_URL_FILE=" + files["REDIS_URL_FILE"].encode() in environ
+                assert f"{form}={files[form]}".encode() in environ
             api.stop()
         finally:
             worker.stop()

@@ -12,7 +12,8 @@ import pytest
 from api import create_app
 from bge_m3.jobs import JobStore
 from bge_m3.queue import QUEUE_NAME, TASK_NAME, celery_config, make_celery, redis_client
-from bge_m3.settings import Settings, redact_url
+from bge_m3.redaction import redact_url
+from bge_m3.settings import Settings
 from tests.stack_support import start_api
 from tests.support import RedisServer, settings_on_db
 from tests.worker_support import Queue

@@ -145,7 +145,9 @@ def healthcheck(env: dict[str, str], *args: str) -> int:
 
 def test_up_serves_the_seed_request_and_sigint_stops_every_process(up_env, runs, tmp_path):
     port, redis_port = int(up_env["BGE_M3_PORT"]), int(up_env["BGE_M3_EMBEDDED_REDIS_PORT"])
-    run = runs(up_env, "--workers", "2")
+    # REDIS_PASSWORD belongs with REDIS_URL: the private Redis started here has no password, and
+    # a worker or API sending one would be refused ("AUTH called without any password").
+    run = runs({**up_env, "REDIS_PASSWORD": "for-another-redis"}, "--workers", "2")
     run.wait_line(r"^web page: ", START_TIMEOUT)
     out = run.output
     assert re.search(r"^\[1/5\] environment (GPU mode: cuda:0|CPU mode: no CUDA device found)",
@@ -248,16 +250,20 @@ def test_tampered_model_fails_before_anything_starts(tiny_model, up_env, runs, t
     _nothing_started(run, up_env, tmp_path)
 
 
-@pytest.mark.parametrize("spelling", ["REDIS_URL", "REDIS_URL_FILE"])
+@pytest.mark.parametrize("spelling", ["REDIS_URL", "REDIS_URL_FILE", "REDIS_PASSWORD_FILE"])
 def test_redis_url_that_does_not_answer_fails_clearly_without_leaking_the_password(
         up_env, runs, tmp_path, spelling):
     """Given by value or as a secret file, REDIS_URL is the Redis used: never a stand-in one on
     the embedded port (which may be another application's)."""
     url = f"redis://:s3cret-pw@127.0.0.1:{free_port()}/0"
+    env = {spelling: url}
     if spelling == "REDIS_URL_FILE":
         (tmp_path / "redis_url").write_text(url + "\n")
-        url = str(tmp_path / "redis_url")
-    run = runs({**up_env, spelling: url, "CPU_ONLY": "1"})
+        env = {spelling: str(tmp_path / "redis_url")}
+    elif spelling == "REDIS_PASSWORD_FILE":
+        (tmp_path / "redis_password").write_text("s3cret-pw\n")
+        env = {"REDIS_URL": url.replace(":s3cret-pw@", ""), spelling: str(tmp_path / "redis_password")}
+    run = runs({**up_env, **env, "CPU_ONLY": "1"})
     assert run.finish() == 1
     line = next(line for line in run.lines if line.startswith("[4/5]"))
     assert "FAILED" in line and "REDIS_URL" in line and "does not answer" in line

@@ -14,7 +14,7 @@ class Queue:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.redis = redis_client(settings.redis_url)
+        self.redis = redis_client(settings.redis_dsn)
         self.store = JobStore(self.redis, settings.result_ttl)
         self.celery = make_celery(settings)
 

@@ -18,6 +18,7 @@ import requests
 from huggingface_hub import constants as hub_constants
 from huggingface_hub import hf_hub_url
 
+from bge_m3.redaction import scrub
 from verify.errors import EndpointError, TransientError
 
 MAX_REDIRECTS = 5
@@ -30,16 +31,6 @@ READ_TIMEOUT = 60.0
 """Seconds without a byte from the server before the attempt counts as a timeout."""
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_BEARER = re.compile(r"(?i)(bearer\s+)[^\s'\"]+")
-_USERINFO = re.compile(r"(//)[^/\s]*@")  # to the last @ before the path, as urllib3 splits
-
-
-def scrub(text: str, token: str | None = None) -> str:
-    """``text`` with the token, any bearer credential and any URL's user:password replaced by
-    ``***``: an HTTP library's error may quote the header or the URL it could not send."""
-    if token:
-        text = text.replace(token, "***")
-    return _USERINFO.sub(r"\1***@", _BEARER.sub(r"\1***", text))
 
 
 @dataclass(frozen=True)

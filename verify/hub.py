@@ -11,7 +11,8 @@ import hashlib
 
 import requests
 
-from verify.endpoint import Endpoint, scrub
+from bge_m3.redaction import scrub
+from verify.endpoint import Endpoint
 from verify.errors import ManifestError, VerifyError
 from verify.manifest import FileEntry, Manifest, parse_manifest
 from verify.transfer import READ_CHUNK

@@ -60,7 +60,7 @@ class Runtime:
         self.settings = settings
         self.hostname = hostname
         self.instance = secrets.token_hex(8)  # this process, in its leases and readiness record
-        self.redis = redis_client(settings.redis_url)
+        self.redis = redis_client(settings.redis_dsn)
         self.store = JobStore(self.redis, settings.result_ttl)
         self.stats_key = workers.STATS_PREFIX + hostname
         self.started_at = time.time()
