@@ -3,9 +3,11 @@
 #   docker build --target api    -t bge-m3-api .     # Flask + gunicorn, no torch
 #   docker build --target worker -t bge-m3-worker .  # torch (CUDA build from PyPI) + FlagEmbedding
 # CPU-only worker: --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-ARG PYTHON_VERSION=3.11
+# A tag, so that a rebuild takes Debian's and Python's security fixes. For a build that is the
+# same every time, pin a digest: --build-arg BASE_IMAGE=python:3.11-slim-bookworm@sha256:...
+ARG BASE_IMAGE=python:3.11-slim-bookworm
 
-FROM python:${PYTHON_VERSION}-slim-bookworm AS base
+FROM ${BASE_IMAGE} AS base
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \

@@ -280,3 +280,16 @@ def test_a_code_change_reinstalls_only_the_project():
         assert "pip uninstall -y bge-m3-service" in body[:copy], target
         after = body[copy:]
         assert "pip install --no-deps ." in after and extra not in after, target
+
+
+def test_the_base_image_is_a_python_the_package_supports_and_can_be_pinned():
+    """The default tag is overridable as one build argument (a digest, README), and its Python
+    satisfies pyproject's requires-python."""
+    import tomllib
+
+    text = (ROOT / "Dockerfile").read_text()
+    default = re.search(r"^ARG BASE_IMAGE=python:(\d+)\.(\d+)-slim", text, re.M)
+    assert default and re.search(r"^FROM \$\{BASE_IMAGE\} AS base$", text, re.M)
+    needed = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    low = tuple(int(n) for n in re.fullmatch(r">=\s*(\d+)\.(\d+)", needed).groups())
+    assert tuple(int(n) for n in default.groups()) >= low

@@ -124,6 +124,27 @@ def test_symlink_inside_the_folder_is_fine(model, tiny_model):
     assert verify_folder(model, load_manifest(tiny_model.manifest)).ok
 
 
+def test_a_hard_link_from_elsewhere_passes_and_its_hashed_bytes_are_what_is_read(model, tiny_model,
+                                                                                 tmp_path):
+    """A hard link is a regular file of the folder (README, verify). What the worker reads is what
+    was hashed: the descriptor kept open by verification, whatever is renamed over a name later."""
+    outside = tmp_path / "elsewhere.json"
+    os.replace(model / "config.json", outside)
+    os.link(outside, model / "config.json")
+    handles: dict[str, int] = {}
+    try:
+        assert verify_folder(model, load_manifest(tiny_model.manifest), keep=handles).ok
+        hashed = (model / "config.json").read_bytes()
+        (tmp_path / "other.json").write_bytes(b"{}")
+        os.replace(tmp_path / "other.json", outside)
+        os.replace(outside, model / "config.json")
+        assert (model / "config.json").read_bytes() == b"{}"
+        assert os.pread(handles["config.json"], len(hashed) + 1, 0) == hashed
+    finally:
+        for fd in handles.values():
+            os.close(fd)
+
+
 def test_a_file_removed_while_it_is_checked_is_missing(model, tiny_model, monkeypatch):
     """Another process may delete a bad copy between the checks and the open (a gate replacing
     it): that file is MISSING, to be fetched, not an error that stops the worker."""
