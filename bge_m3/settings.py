@@ -31,7 +31,7 @@ REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://", "unix://")
 
 @dataclass(frozen=True)
 class Settings:
-    # name -> environment variable is declared in ENV_VARS below.
+    # name -> environment variable is declared in ENV_VARS (bge_m3.envvars).
     # The secrets (SECRET_VARS) are left out of repr(): a Settings in a log line or a traceback
     # must not print them.
     redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
