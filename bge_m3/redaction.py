@@ -13,8 +13,10 @@ from urllib.parse import urlsplit
 MASK = "***"
 """What a secret is replaced by."""
 
-_PASSWORD_QUERY = re.compile(r"(?i)(^|[?&])(password=)[^&\s#'\"]*")
-# redis-py reads a password from the query string as well as from the userinfo
+# redis-py reads a password from the query string as well as from the userinfo. In a parsed
+# query the value runs to the next &; in free text it also ends at a space or a quote.
+_PASSWORD_QUERY = re.compile(r"(?i)(^|[?&])(password=)[^&]*")
+_PASSWORD_IN_TEXT = re.compile(r"(?i)(^|[?&])(password=)[^&\s#'\"]*")
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s'\"]+")
 _USERINFO = re.compile(r"(//)[^/\s]*@")  # to the last @ before the path, as urllib3 splits
 
@@ -38,7 +40,7 @@ def scrub(text: str, token: str | None = None) -> str:
         text = text.replace(token, MASK)
     text = _BEARER.sub(rf"\1{MASK}", text)
     text = _USERINFO.sub(rf"\1{MASK}@", text)
-    return _PASSWORD_QUERY.sub(rf"\1\2{MASK}", text)
+    return _PASSWORD_IN_TEXT.sub(rf"\1\2{MASK}", text)
 
 
 def url_has_password(url: str) -> bool:

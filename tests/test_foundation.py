@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from bge_m3.queue import broker_url, make_celery, redis_client
-from bge_m3.redaction import redact_url
+from bge_m3.redaction import redact_url, scrub
 from bge_m3.settings import PACKAGED_MANIFEST, Settings, SettingsError
 from bge_m3.tinymodel import build
 from tests.support import BGE_M3
@@ -129,6 +129,11 @@ def test_redact_url():
     assert (redact_url("redis+socket:///run/r.sock?db=1&Password=s3cret")
             == "redis+socket:///run/r.sock?db=1&Password=***")
     assert redact_url("redis://u:s3c@ret@[::1]:6379/0") == "redis://u:***@[::1]:6379/0"
+    # a parsed query's value runs to the next &, whatever it holds
+    assert redact_url("redis://h/0?password=s3'c r\"et&x=1") == "redis://h/0?password=***&x=1"
+    # free text (an error quoting a URL): every credential form, the value ending at a space
+    said = scrub("GET https://u:s3cret@m.internal/x?password=s3cret failed: 'Bearer s3cret' x")
+    assert said == "GET https://***@m.internal/x?password=*** failed: 'Bearer ***' x"
 
 
 def test_packaged_manifest_is_the_pin():
