@@ -13,7 +13,7 @@ from api.results import job_out
 from api.tracing import name_job, traced
 from api.validation import job_request
 from api.waits import BUSY_RETRY_AFTER
-from bge_m3.jobs import MAX_WAIT_SECONDS
+from bge_m3.jobreader import MAX_WAIT_SECONDS
 from bge_m3.queue import QUEUE_NAME
 from bge_m3.records import TERMINAL, Job
 

@@ -15,13 +15,13 @@ from pathlib import Path
 
 from bge_m3 import ports
 from bge_m3.accelerator import EnvironmentProblem, detect
-from bge_m3.folderlock import FolderTaken, claim
-from bge_m3.redisproc import EmbeddedRedis, RedisProblem, eviction_warning, local_url, ping
-from bge_m3.redaction import redact_url
 from bge_m3.envvars import env_is_set
+from bge_m3.folderlock import FolderTaken, claim
+from bge_m3.redaction import redact_url
+from bge_m3.redisproc import EmbeddedRedis, RedisProblem, eviction_warning, local_url, ping
 from bge_m3.settings import Settings
-from bge_m3.supervisor import API_GRACE, REDIS_GRACE, Supervisor
 from bge_m3.startup import StartProblem, child_command, exit_status, probe_host, wait_until_ready
+from bge_m3.supervisor import API_GRACE, REDIS_GRACE, Supervisor
 
 STEPS = 5
 

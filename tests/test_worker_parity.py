@@ -47,10 +47,10 @@ def results(base_settings, redis_server, tmp_path_factory):
         long_job = queue.wait(queue.submit(LONG_TEXTS, ("dense", "colbert"), LONG_MAX_LENGTH))
         assert long_job.status == "succeeded", long_job.error
         out["long"] = long_job
-        from bge_m3.jobs import _result_chunks
+        from bge_m3.jobreader import result_chunks
 
         results = {k: queue.store.result(v.id) for k, v in out.items()}
-        results["long_elements"] = _result_chunks(queue.redis, long_job.id)
+        results["long_elements"] = result_chunks(queue.redis, long_job.id)
         yield results
     finally:
         queue.close()

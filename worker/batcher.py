@@ -4,11 +4,9 @@ In the style of TEI's queue, with fairness across jobs: each job's texts wait in
 their own, the jobs in arrival order; the batcher lingers up to ``batch_wait_ms`` for company,
 takes a window from the jobs in turn, one text each (at most ``WINDOW_BATCHES`` budgets of
 tokens, so a 10,000-text job cannot keep a 1-text job behind it waiting for more than one
-window), sorts the window by length and
-cuts it into batches whose *padded* size (rows x longest row) stays within
-``max_batch_tokens``. Each batch is one forward pass. A failing batch is split
-in halves and retried, so only the text that fails gets the exception and no
-other job in the batch is touched.
+window), sorts the window by length and cuts it into batches whose *padded* size (rows x
+longest row) stays within ``max_batch_tokens``. Each batch is one forward pass, run by ``worker.passes``, which also
+isolates a failing text from the rest of its batch.
 
 When the model is idle and nothing waits, a job that fits one batch runs in the
 submitting thread itself: two thread hand-offs (about a third of a millisecond)
@@ -23,7 +21,6 @@ the rest.
 from __future__ import annotations
 
 import collections
-import itertools
 import logging
 import threading
 import time
@@ -31,7 +28,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
-from worker.device import is_sticky
+from worker.passes import Passes
 from worker.pending import (Arrival, BatchStats, JobTrace, Pending, RunBatch, StartBatch,
                             job_names)
 from worker.planning import plan_batches
@@ -51,15 +48,11 @@ class Batcher:
                  on_batch: Callable[[BatchStats], None] | None = None, pass_tokens: int | None = None,
                  start_batch: StartBatch | None = None,
                  on_device_failed: Callable[[BaseException], None] | None = None):
-        self.run_batch = run_batch
-        self.on_device_failed = on_device_failed  # a sticky device error (the worker exits there)
-        # With an asynchronous device (CUDA), passes are pipelined: pass k+1 is queued before
-        # pass k's rows are taken, so the device never waits for the host's work between them.
-        self.start_batch = start_batch
+        # start_batch: an asynchronous device's (CUDA) passes are pipelined (worker.passes).
+        self._passes = Passes(run_batch, start_batch, on_batch, on_device_failed)
         self.max_batch_tokens = max(1, int(max_batch_tokens))
         self.pass_tokens = pass_tokens  # padding bound per batch (plan_batches); None: budget only
         self.wait_s = max(0.0, wait_ms / 1000.0)
-        self.on_batch = on_batch
         # One FIFO per submission (a job's texts), in arrival order: a window takes from them in
         # turn, so a small job behind a 10,000-text one waits one window, not the whole job.
         self._queue: collections.deque[collections.deque[Pending]] = collections.deque()
@@ -68,8 +61,6 @@ class Batcher:
         self._arriving = 0  # jobs announced (``arriving``) that have not submitted yet
         self._cond = threading.Condition()
         self._running = False
-        self._numbers = itertools.count(1)
-        self._finished_at = 0.0  # perf_counter at the end of the last pass (a pipelined pass's start)
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -127,7 +118,7 @@ class Batcher:
             try:
                 for item in items:
                     item.future.set_running_or_notify_cancel()
-                self._run_all(plan_batches(items, self.max_batch_tokens, self.pass_tokens))
+                self._passes.run_all(plan_batches(items, self.max_batch_tokens, self.pass_tokens))
             finally:
                 with self._cond:
                     self._busy = False
@@ -136,7 +127,7 @@ class Batcher:
 
     def run_direct(self, rows: list[Sequence[int]], want: frozenset[str]) -> list[Any]:
         """One forward pass outside the queue (the warm-up, before the thread starts)."""
-        return self.run_batch(rows, [want] * len(rows))
+        return self._passes.run_batch(rows, [want] * len(rows))
 
     def _take_window(self) -> list[Pending] | None:
         window_tokens = WINDOW_BATCHES * self.max_batch_tokens
@@ -172,7 +163,7 @@ class Batcher:
                 return
             try:
                 live = [p for p in window if p.future.set_running_or_notify_cancel()]
-                self._run_all(plan_batches(live, self.max_batch_tokens, self.pass_tokens))
+                self._passes.run_all(plan_batches(live, self.max_batch_tokens, self.pass_tokens))
             except Exception as exc:  # noqa: BLE001 - the model's only thread must outlive a bug
                 log.exception("Window of %d texts (jobs %s) failed outside a forward pass",
                               len(window), job_names(window))
@@ -182,103 +173,3 @@ class Batcher:
             finally:
                 with self._cond:
                     self._busy = False
-
-    def _run_all(self, batches: list[list[Pending]]) -> None:
-        if self.start_batch is None:
-            for batch in batches:
-                self._run(batch)
-            return
-        queued: tuple | None = None  # (batch, number, finish, queued at)
-        for batch in batches:
-            started = self._start(batch)
-            if queued is not None:
-                self._finish(*queued)
-            queued = started
-        if queued is not None:
-            self._finish(*queued)
-
-    def _start(self, batch: list[Pending]) -> tuple | None:
-        """Queue one pass (``start_batch``); a pass that fails to start is run and isolated
-        at once by ``_run``, and None is returned."""
-        number = next(self._numbers)
-        t0 = time.perf_counter()
-        try:
-            finish = self.start_batch([p.ids for p in batch], [p.want for p in batch])
-        except Exception as exc:  # noqa: BLE001 - isolate the failing text, spare the rest
-            log.warning("Batch %d of %d texts (jobs %s) failed to start (%s); running it alone",
-                        number, len(batch), job_names(batch), exc)
-            self._run(batch)
-            return None
-        return batch, number, finish, t0
-
-    def _finish(self, batch: list[Pending], number: int, finish: Callable[[], list[Any]],
-                queued_at: float) -> None:
-        """Take a queued pass's rows and resolve its futures. Its time is counted from when the
-        device turned to it: its queueing, or the end of the pass before, whichever is later."""
-        try:
-            rows = finish()
-        except Exception as exc:  # noqa: BLE001 - run it again alone, isolating the failing text
-            log.warning("Batch %d of %d texts (jobs %s) failed (%s); running it again", number,
-                        len(batch), job_names(batch), exc)
-            self._run(batch)
-            return
-        t1 = time.perf_counter()
-        began = max(queued_at, self._finished_at)
-        self._finished_at = t1
-        self._deliver(batch, number, rows, (t1 - began) * 1000)
-
-    def _run(self, batch: list[Pending]) -> None:
-        number = next(self._numbers)
-        t0 = time.perf_counter()
-        try:
-            rows = self.run_batch([p.ids for p in batch], [p.want for p in batch])
-        except Exception as exc:  # noqa: BLE001 - isolate the failing text, spare the rest
-            if is_sticky(exc):
-                self._device_failed(number, batch, exc)
-                return
-            if len(batch) == 1:
-                batch[0].future.set_exception(exc)
-                log.warning("Batch %d: a text of %d tokens (job %s) failed: %s", number,
-                            len(batch[0].ids), job_names(batch), exc)
-                return
-            log.warning("Batch %d of %d texts (jobs %s) failed (%s); retrying in halves", number,
-                        len(batch), job_names(batch), exc)
-            half = len(batch) // 2
-            self._run(batch[:half])
-            self._run(batch[half:])
-            return
-        self._finished_at = time.perf_counter()
-        self._deliver(batch, number, rows, (self._finished_at - t0) * 1000)
-
-    def _device_failed(self, number: int, batch: list[Pending], exc: BaseException) -> None:
-        """The device is gone for good: halving the batch would only fail every half. The handler
-        runs first (the worker exits there, so its jobs are redelivered rather than failed for
-        texts that did nothing wrong); without one, the batch's texts get the error."""
-        log.critical("Batch %d (jobs %s): the device failed and cannot recover: %s", number,
-                     job_names(batch), exc)
-        if self.on_device_failed is not None:
-            self.on_device_failed(exc)
-        for item in batch:
-            if not item.future.done():
-                item.future.set_exception(exc)
-
-    def _deliver(self, batch: list[Pending], number: int, rows: list[Any], encode_ms: float) -> None:
-        if len(rows) != len(batch):  # zip would leave the missing texts' futures unresolved
-            raise RuntimeError(f"batch {number}: {len(rows)} rows for {len(batch)} texts")
-        stats = BatchStats(number, len(batch), sum(len(p.ids) for p in batch),
-                           len(batch) * len(batch[0].ids), encode_ms,
-                           len({id(p.trace) for p in batch}))
-        if self.on_batch is not None:  # before the futures resolve: a finished job is counted
-            try:
-                self.on_batch(stats)
-            except Exception as exc:  # noqa: BLE001 - statistics must never stop serving
-                log.warning("batch statistics not recorded: %s", exc)
-        t2 = time.perf_counter()
-        for trace in {id(p.trace): p.trace for p in batch}.values():
-            trace.passes.add(number)
-            trace.forward_ms += stats.encode_ms
-        for item, row in zip(batch, rows):
-            item.future.set_result(row)
-        log.debug("Batch: %s texts, %s tokens, encode %.0f ms, postprocess %.0f ms",
-                  f"{stats.texts:,}", f"{stats.tokens:,}", stats.encode_ms,
-                  (time.perf_counter() - t2) * 1000)

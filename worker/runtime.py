@@ -7,7 +7,6 @@ Celery ``worker_init`` handler, never at import.
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import os
@@ -24,7 +23,7 @@ from bge_m3.queue import redis_client
 from bge_m3.settings import Settings
 from worker import faults, gate
 from worker.batcher import Batcher
-from worker.pending import BatchStats
+from worker.counters import Counters
 from worker.logs import get_logger
 from worker.planning import pass_cost
 
@@ -35,9 +34,6 @@ GIL_SWITCH_INTERVAL = 0.001
 """Seconds a thread may hold the GIL while another waits (CPython's default is 0.005). The
 batcher thread returns from every CUDA sync wanting the GIL back while task threads serialise
 results; at the default it can queue 5 ms behind them each time, with the GPU idle."""
-
-STATS_TTL = 7 * 24 * 3600
-"""Seconds a worker's statistics hash outlives its last update."""
 
 EXIT_DEVICE_FAILED = 6
 """Exit status when the device failed in a way no later pass recovers from (a sticky CUDA error)."""
@@ -62,16 +58,13 @@ class Runtime:
         self.instance = secrets.token_hex(8)  # this process, in its leases and readiness record
         self.redis = redis_client(settings.redis_dsn)
         self.store = JobStore(self.redis, settings.result_ttl)
-        self.stats_key = workers.STATS_PREFIX + hostname
+        self.counters = Counters(self.redis, workers.STATS_PREFIX + hostname)
         self.started_at = time.time()
         self.encoder: Any = None
         self.batcher: Batcher | None = None
         self.verified: gate.Verified | None = None
         self.placement: Any = None
         self.frozen_objects = 0  # heap.freeze() after the warm-up
-        self._counts: collections.Counter[str] = collections.Counter()
-        self._counts_lock = threading.Lock()
-        self._flush_lock = threading.RLock()
         self._announce_lock = threading.Lock()  # a record read before a state change lands before it
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
@@ -115,7 +108,7 @@ class Runtime:
                         "at %d tokens", self.settings.max_length, m3.max_positions, m3.max_positions)
         log.debug("torch CPU threads: %d", threads)
         self.batcher = Batcher(self.encoder.run_batch, self.settings.max_batch_tokens,
-                               self.settings.batch_wait_ms, on_batch=self._count_batch,
+                               self.settings.batch_wait_ms, on_batch=self.counters.add_batch,
                                start_batch=self.encoder.start_batch if self.encoder.asynchronous else None,
                                on_device_failed=self._device_failed)
         t0 = time.perf_counter()
@@ -223,8 +216,7 @@ class Runtime:
         while not self._stop.wait(workers.HEARTBEAT_INTERVAL):
             try:
                 self._announce_now()
-                with self._flush_lock:  # see count(): a job's end waits for this flush
-                    self.count().execute()  # batches of jobs that ended without a terminal write
+                self.counters.flush()  # batches of jobs that ended without a terminal write
             except Exception as exc:  # noqa: BLE001 - keep beating through a Redis blip
                 log.warning("heartbeat failed: %s", exc)
 
@@ -256,26 +248,8 @@ class Runtime:
             log.warning("could not withdraw readiness: %s", exc)
 
     def count(self, **fields: int) -> Any:
-        """A pipeline (not yet executed) adding ``fields`` and the batch counters gathered since
-        the last flush to this worker's statistics; the caller executes it, usually together
-        with the job's terminal write (``JobStore.succeed_chunks``/``fail``)."""
-        # Taking the flush lock waits out a heartbeat flush in flight: counters it took from a
-        # job's batches land before that job's terminal write, which readers rely on.
-        with self._flush_lock, self._counts_lock:
-            pending, self._counts = self._counts, collections.Counter()
-        pending.update(fields)
-        pipe = self.redis.pipeline(transaction=False)
-        for name, value in pending.items():
-            pipe.hincrby(self.stats_key, name, int(value))
-        pipe.expire(self.stats_key, STATS_TTL)
-        return pipe
-
-    def _count_batch(self, stats: BatchStats) -> None:
-        # In memory only: a Redis round trip here would sit between every forward pass and its
-        # results. The job that the batch served flushes it before turning terminal.
-        with self._counts_lock:
-            self._counts.update(forward_passes=1, batches=1, batch_texts=stats.texts,
-                                tokens=stats.tokens, padded_tokens=stats.padded_tokens)
+        """``Counters.pipeline``: the statistics to write with a job's terminal write."""
+        return self.counters.pipeline(**fields)
 
 
 def _set_current(runtime: Runtime) -> None:
