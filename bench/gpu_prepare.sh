@@ -12,7 +12,8 @@ mkdir -p .whl .deb
 names=(transformers tokenizers huggingface_hub FlagEmbedding datasets dill multiprocess lz4 peft fsspec
        celery kombu billiard vine amqp redis click-didyoumean click-repl click-plugins prompt_toolkit
        wcwidth tzlocal Flask blinker itsdangerous
-       gunicorn prometheus_client Werkzeug httpx httpcore h11 anyio sniffio idna certifi)  # api_bench
+       gunicorn prometheus_client Werkzeug httpx httpcore h11 anyio sniffio idna certifi  # api_bench
+       pytest-xdist execnet)  # pyproject's addopts name -n
 pins=()
 for name in "${names[@]}"; do pins+=("$(pin "$name")"); done
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

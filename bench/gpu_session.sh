@@ -52,7 +52,7 @@ chmod +x "$(dirname "$PY")/bge-m3"
 step "build the full-size model (background) and run the gpu tests"
 (timeout 240 "$PY" -m bge_m3.cli tiny-model /tmp/full --full >"$OUT/build.log" 2>&1; echo "build rc=$?" >>"$OUT/build.log") &
 build=$!
-timeout 200 "$PY" -m pytest -m gpu tests/test_worker_device.py -p no:cacheprovider -q -rA 2>&1 | tee "$OUT/gpu-tests.log" | tail -25
+timeout 200 "$PY" -m pytest -m gpu tests/test_worker_device.py -n 0 -p no:cacheprovider -q -rA 2>&1 | tee "$OUT/gpu-tests.log" | tail -25
 wait "$build"
 tail -2 "$OUT/build.log"
 grep -q "build rc=0" "$OUT/build.log" || { step "the full-size model was not built: no bench"; exit 1; }
