@@ -73,6 +73,15 @@ class RedisServer:
     def client(self, db: int = 0):
         return redis_client(f"unix://{self.socket}?db={db}", password=self.password)
 
+    def wait_written(self, timeout: float = 10) -> None:
+        """Wait until every write so far is in the append-only file (the kernel's, so a SIGKILL
+        cannot lose it). With ``appendfsync everysec`` Redis holds its AOF buffer back for up to
+        2 s while a background fsync is slow (a loaded machine, a busy disk), acknowledging
+        writes meanwhile: a kill then loses them, as everysec allows, and a test of the replay
+        would fail for Redis' reason, not ours (it did once, with two test processes)."""
+        wait_for(lambda: int(self.client().info("persistence")["aof_buffer_length"]) == 0, timeout,
+                 interval=0.05, what="the append-only file to hold every write")
+
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)

@@ -203,6 +203,7 @@ def test_redis_down_is_503_and_no_orphan(base_settings, tmp_path):
     server = RedisServer(tmp_path / "redis", appendonly=True)
     client = create_app(base_settings.replace(redis_url=server.url(0))).test_client()
     assert client.post("/v1/jobs", json={"texts": ["a"]}).status_code == 202
+    server.wait_written()
     server.kill()
     for method, path, body in (("post", "/v1/jobs", {"texts": ["a"]}), ("post", "/embed", {"texts": ["a"]}),
                                ("get", f"/v1/jobs/{'0' * 32}", None)):

@@ -44,7 +44,7 @@ def test_a_finish_published_while_the_subscription_is_down_is_not_missed(tmp_pat
     store, events = _store(server)
     try:
         job = store.create({})
-        time.sleep(1.2)  # appendfsync everysec: the record is on disk before the kill
+        server.wait_written()
         outcome: dict = {}
         waiter = threading.Thread(target=lambda: outcome.update(job=store.wait(job.id, 30)))
         waiter.start()
@@ -77,7 +77,7 @@ def test_a_sync_wait_survives_a_redis_restart(base_settings, tmp_path):
         waiter.start()
         client = server.client(0)
         job_id = _wait_for(lambda: [k.rsplit(":", 1)[1] for k in client.scan_iter(f"{PREFIX}:job:*")])[0]
-        time.sleep(1.2)  # appendfsync everysec: the record is on disk before the kill
+        server.wait_written()
         server.kill()
         time.sleep(0.3)
         server.start()

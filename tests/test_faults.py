@@ -337,6 +337,7 @@ def test_6_redis_kill_9_with_aof_keeps_queued_and_finished_jobs(base_settings, w
         worker.stop()
         queued = [queue.submit([f"queued {i}", *TEXTS], ("dense", "sparse")) for i in range(4)]
         assert queue.redis.llen(QUEUE_NAME) == 4
+        redis.wait_written()
         redis.kill(signal.SIGKILL)
         redis.start()  # same folder: the append-only file is replayed
         queue.close()
@@ -363,6 +364,7 @@ def test_7_redis_down_at_submit_is_503_and_leaves_no_orphan(base_settings, tmp_p
         with api.client() as http:
             accepted = http.post("/v1/jobs", json={"texts": ["before the outage"]})
             assert accepted.status_code == 202
+            redis.wait_written()
             redis.kill(signal.SIGKILL)
             for _ in range(3):
                 r = http.post("/v1/jobs", json={"texts": ["during the outage"]})
