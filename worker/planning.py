@@ -2,7 +2,7 @@
 
 ``plan_batches`` is the batcher's cut: longest first, within the token budget, and with at most
 as much padding as one more pass costs; ``pass_cost`` fits that cost at start-up from two timed
-passes. Both are tested on their own (``tests/test_worker_units.py``) and used by the bench to
+passes. Both are tested on their own (``tests/test_batcher.py``) and used by the bench to
 run a bare forward over exactly the worker's batches.
 """
 from __future__ import annotations
