@@ -95,7 +95,7 @@ class JobReader:
                 pipe.blpop([done_key(job_id)], block)
             pipe.hgetall(job_key(job_id))
             result_chunks(pipe, job_id)
-            if observe:  # EVALSHA by hand, as in _end
+            if observe:  # EVALSHA by hand, as in JobStore._end
                 pipe.evalsha(self._observe.sha, 1, job_key(job_id), OBSERVED_FIELD)
             replies = pipe.execute(raise_on_error=False)
             if create is not None:
