@@ -1,8 +1,9 @@
 """The Redis ``bge-m3 up`` uses: the configured one, a local one, or a private redis-server it starts.
 
-The private server keeps its data under the data folder with AOF on
-(``appendfsync everysec``: a crash loses about the last second of acknowledged writes, at
-most two when a slow fsync makes Redis hold the write back) and ``noeviction`` (Celery messages and job records must never be evicted).
+The private server keeps its data under the data folder with AOF on (``appendfsync
+everysec``: a crash loses about the last second of acknowledged writes, at most two when a slow
+fsync makes Redis hold the write back) and ``noeviction`` (Celery messages and job records must
+never be evicted).
 It is stopped with SIGTERM, which Redis handles as SHUTDOWN: fsync the AOF, then exit.
 """
 from __future__ import annotations
