@@ -1,7 +1,8 @@
 """Reading job state: a job's record and result, and waiting for its end, in few round trips.
 
-The read half of the job store (``bge_m3.jobs``, whose ``JobStore`` adds the writes). A finished job and its result come back in one round trip,
-and a synchronous route's create, wait and read are one pipeline (``JobStore.create_and_await``).
+The read half of the job store (``bge_m3.jobs``, whose ``JobStore`` adds the writes). A finished
+job and its result come back in one round trip, and a synchronous route's create, wait and read
+are one pipeline (``JobStore.create_and_await``).
 """
 from __future__ import annotations
 

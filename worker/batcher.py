@@ -5,8 +5,8 @@ their own, the jobs in arrival order; the batcher lingers up to ``batch_wait_ms`
 takes a window from the jobs in turn, one text each (at most ``WINDOW_BATCHES`` budgets of
 tokens, so a 10,000-text job cannot keep a 1-text job behind it waiting for more than one
 window), sorts the window by length and cuts it into batches whose *padded* size (rows x
-longest row) stays within ``max_batch_tokens``. Each batch is one forward pass, run by ``worker.passes``, which also
-isolates a failing text from the rest of its batch.
+longest row) stays within ``max_batch_tokens``. Each batch is one forward pass, run by
+``worker.passes``, which also isolates a failing text from the rest of its batch.
 
 When the model is idle and nothing waits, a job that fits one batch runs in the
 submitting thread itself: two thread hand-offs (about a third of a millisecond)
