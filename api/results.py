@@ -2,26 +2,28 @@
 
 At rest (written by the worker) dense and ColBERT are packed little-endian
 binary in base64; here they become float lists or stay base64, decoded with the
-standard library only (``bge_m3.codec``), so the API never needs numpy.
+standard library only (``bge_m3.codec``), so the API never needs numpy. Float
+lists are ``FloatArray``s, written out only as the response is sent
+(``api.streaming``).
 """
 from __future__ import annotations
 
 from typing import Any
 
-from bge_m3.codec import float32_base64, unpack_floats, unpack_rows
+from api.streaming import FloatArray
+from bge_m3.codec import float32_base64, unpack_floats
 from bge_m3.records import Job
 
 
-def dense_out(packed: dict[str, Any], encoding: str) -> list[float] | str:
+def dense_out(packed: dict[str, Any], encoding: str) -> FloatArray | str:
     if encoding == "base64" and packed.get("dtype") == "float32":
         return packed["data"]  # already raw little-endian float32
-    values = unpack_floats(packed)
-    return float32_base64(values) if encoding == "base64" else values
+    return float32_base64(unpack_floats(packed)) if encoding == "base64" else FloatArray(packed, False)
 
 
 def colbert_out(packed: dict[str, Any], encoding: str, packed_default: bool) -> dict[str, Any]:
     if encoding == "float" and not packed_default:
-        return {"shape": packed["shape"], "dtype": packed["dtype"], "data": unpack_rows(packed)}
+        return {"shape": packed["shape"], "dtype": packed["dtype"], "data": FloatArray(packed, True)}
     return {"shape": packed["shape"], "dtype": packed["dtype"], "data": packed["data"]}
 
 

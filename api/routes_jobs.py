@@ -10,6 +10,7 @@ from api.auth import owner
 from api.body import json_body
 from api.errors import ApiError
 from api.results import job_out
+from api.streaming import respond
 from api.tracing import name_job, traced
 from api.validation import job_request
 from api.waits import BUSY_RETRY_AFTER
@@ -38,11 +39,11 @@ def observe(job: Job) -> None:
         state.metrics.observe_job(job)
 
 
-def read(job: Job) -> dict:
+def read(job: Job, headers: dict[str, str] | None = None):
     state = backend()
     observe(job)
     result = state.backend.store.result(job.id) if job.status == "succeeded" else None
-    return job_out(job, result)
+    return respond(job_out(job, result), 200, headers)
 
 
 def wait_seconds() -> float:
@@ -78,7 +79,7 @@ def get_job(job_id: str):
     if seconds > 0 and job.status not in TERMINAL:
         with state.waits.slot() as free:
             if not free:  # answer now, as a long-poll may; the reserved threads stay free
-                return read(job), 200, {"Retry-After": BUSY_RETRY_AFTER}
+                return read(job, {"Retry-After": BUSY_RETRY_AFTER})
             job = state.backend.store.wait(job_id, seconds)
         if job is None:
             raise ApiError(404, "job_not_found", f"job {job_id} expired while waiting")

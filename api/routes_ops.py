@@ -27,13 +27,18 @@ def readyz():
         state.backend.redis.ping()
         workers = ready_workers(state.backend.redis)
     except Exception as exc:  # any Redis failure means "not ready", with the reason
-        return error_response(503, "redis_unavailable", f"Redis is not answering ({type(exc).__name__})",
-                              extra={"redis": False, "workers": 0})
+        return _not_ready("redis_unavailable", f"Redis is not answering ({type(exc).__name__})",
+                          redis=False)
     if not workers:
-        return error_response(503, "no_ready_worker",
-                              "Redis answers, but no verified worker has announced itself ready",
-                              extra={"redis": True, "workers": 0})
+        return _not_ready("no_ready_worker",
+                          "Redis answers, but no verified worker has announced itself ready", redis=True)
     return {"status": "ready", "redis": True, "workers": len(workers)}
+
+
+def _not_ready(code: str, message: str, *, redis: bool) -> tuple[dict, int]:
+    """The 503 body the schema's ``NotReady`` declares: the error, and beside it (not inside it)
+    the same ``redis`` and ``workers`` fields a 200 carries, so a probe reads one shape."""
+    return {"error": {"code": code, "message": message}, "redis": redis, "workers": 0}, 503
 
 
 @bp.get("/v1/models")

@@ -21,6 +21,7 @@ from api.body import json_body
 from api.errors import ApiError
 from api.results import item_out, total_tokens
 from api.routes_jobs import backend, job_url
+from api.streaming import respond
 from api.tracing import name_job, traced
 from api.validation import embed_request, embeddings_request, score_request
 from api.waits import BUSY_RETRY_AFTER
@@ -103,7 +104,7 @@ def embed():
             body[key] = [item.get(key) for item in items]
     body["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
     body["usage"] = {"tokens": total_tokens(job, result)}
-    return body
+    return respond(body)
 
 
 @bp.post("/v1/embeddings")
@@ -125,8 +126,8 @@ def embeddings():
     data = [{"object": "embedding", "index": i, "embedding": item_out(item, params)["dense"]}
             for i, item in enumerate(result.get("items", []))]
     tokens = total_tokens(job, result)
-    return {"object": "list", "data": data, "model": model,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    return respond({"object": "list", "data": data, "model": model,
+                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
 
 @bp.post("/v1/score")

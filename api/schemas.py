@@ -6,7 +6,7 @@ from typing import Any
 from api.results import TIMINGS
 from api.validation import EMBED_MODES, ENCODINGS, MODES
 from bge_m3.records import STATUSES
-from bge_m3.settings import Settings
+from bge_m3.settings import MIN_MAX_LENGTH, Settings
 
 NUM = {"type": "number"}
 INT = {"type": "integer"}
@@ -28,7 +28,7 @@ def schemas(settings: Settings) -> dict[str, Any]:
     # No maxItems: more than BGE_M3_MAX_TEXTS texts is a 413 (too large), not a 400 (malformed).
     texts = {"type": "array", "items": STR, "minItems": 1,
              "description": f"at most {settings.max_texts} (BGE_M3_MAX_TEXTS), else 413"}
-    limits = {"max_length": {**INT, "minimum": 1, "maximum": settings.max_length,
+    limits = {"max_length": {**INT, "minimum": MIN_MAX_LENGTH, "maximum": settings.max_length,
                              "default": settings.max_length},
               "truncate": {"type": "boolean", "default": True}}
     encoding = {"type": "string", "enum": list(ENCODINGS),

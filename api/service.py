@@ -115,6 +115,8 @@ class Backend:
                            f"{full.depth} {'job is' if full.depth == 1 else 'jobs are'} queued "
                            f"(BGE_M3_MAX_QUEUED={self.settings.max_queued})",
                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from None
+        except (redis_lib.exceptions.OutOfMemoryError, redis_lib.exceptions.ReadOnlyError):
+            raise  # Redis's own refusal (the app's handler: 503 redis_unavailable), not the queue's
         except redis_lib.exceptions.ResponseError as exc:  # e.g. the queue key is not a list
             log.warning("enqueue failed: %s", exc)
             raise ApiError(503, "queue_unavailable", "the job queue is not usable; try again",

@@ -11,7 +11,7 @@ import math
 from typing import Any
 
 from api.errors import ApiError
-from bge_m3.settings import Settings
+from bge_m3.settings import MIN_MAX_LENGTH, Settings
 
 MODES = ("dense", "sparse", "colbert")
 """Outputs a job can ask for; all come from one forward pass."""
@@ -73,8 +73,8 @@ def limits(body: dict[str, Any], settings: Settings) -> tuple[int, bool]:
         max_length = int(max_length)  # 140.0 is an integer to JSON Schema, as to most JSON encoders
     if isinstance(max_length, bool) or not isinstance(max_length, int):
         raise bad("max_length must be an integer")
-    if not 1 <= max_length <= settings.max_length:
-        raise bad(f"max_length must be between 1 and {settings.max_length}")
+    if not MIN_MAX_LENGTH <= max_length <= settings.max_length:
+        raise bad(f"max_length must be between {MIN_MAX_LENGTH} and {settings.max_length}")
     truncate = body.get("truncate", True)
     if not isinstance(truncate, bool):
         raise bad("truncate must be a boolean")

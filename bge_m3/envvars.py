@@ -2,6 +2,7 @@
 value is parsed, and secrets given as files. ``bge_m3.settings`` builds ``Settings`` from these."""
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,18 +25,32 @@ def csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
+def key_lines(text: str) -> str:
+    """An API key file's keys, comma-joined: one or more a line (comma-separated), blank lines and
+    lines starting with ``#`` skipped. A line is never split at spaces: ``key  # note`` stays one
+    (bad) key that ``Settings.validate`` refuses, not three keys ``key``, ``#`` and ``note``."""
+    lines = (line.strip() for line in text.splitlines())
+    return ",".join(key for line in lines if line and not line.startswith("#") for key in csv(line))
+
+
 def parse(kind: Any, raw: str, var: str) -> Any:
     kind = str(kind)
     if "bool" in kind:
         return truthy(raw)
     if "tuple" in kind:
-        return csv(raw)
+        values = csv(raw)
+        if not values:  # " , " must not read as unset: for BGE_M3_API_KEYS that is auth off
+            raise SettingsError(f"{var} is set but lists nothing; unset it or give a value")
+        return values
     if kind in ("int", "float"):
         try:
-            return int(raw) if kind == "int" else float(raw)
+            value = int(raw) if kind == "int" else float(raw)
         except ValueError:
             raise SettingsError(f"{var} must be {'an integer' if kind == 'int' else 'a number'}, "
                                 f"not {raw!r}") from None
+        if not math.isfinite(value):  # nan compares false with every bound; inf never ends a wait
+            raise SettingsError(f"{var} must be a finite number, not {raw!r}")
+        return value
     if "Path" in kind:
         return Path(raw).expanduser()
     return raw
@@ -82,8 +97,9 @@ ENV_VARS: dict[str, str] = {
 
 def read_secret_files(env: Mapping[str, str]) -> tuple[Mapping[str, str], tuple[tuple[str, str], ...]]:
     """``env`` with each ``VAR_FILE`` of ``SECRET_VARS`` read into ``VAR``. The file's surrounding
-    whitespace is dropped (a trailing newline); API keys may be one per line. An empty or
-    unreadable file is refused, never taken as "unset": an empty key file would turn auth off."""
+    whitespace is dropped (a trailing newline); API keys may be one per line (``key_lines``). An
+    empty or unreadable file is refused, never taken as "unset": an empty key file would turn auth
+    off."""
     files = [(var, env[var + "_FILE"]) for var in SECRET_VARS if env.get(var + "_FILE")]
     if not files:
         return env, ()
@@ -96,9 +112,10 @@ def read_secret_files(env: Mapping[str, str]) -> tuple[Mapping[str, str], tuple[
         except (OSError, UnicodeError) as exc:
             why = getattr(exc, "strerror", None) or type(exc).__name__
             raise SettingsError(f"{var}_FILE: cannot read {path}: {why}") from None
-        value = ",".join(text.split()) if var == "BGE_M3_API_KEYS" else text.strip()
+        value = key_lines(text) if var == "BGE_M3_API_KEYS" else text.strip()
         if not value:
-            raise SettingsError(f"{var}_FILE: {path} is empty")
+            raise SettingsError(f"{var}_FILE: {path} is empty"
+                                + (" (or holds only comments)" if text.strip() else ""))
         out[var] = value
     return out, tuple(files)
 

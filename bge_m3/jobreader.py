@@ -21,6 +21,12 @@ BLOCK_SLICE_SECONDS = 5.0
 """Longest single BLPOP of ``await_end``: below the client's socket timeout, so a long wait is
 several blocking reads and a silent connection is noticed."""
 
+CREATE_SLICE_SECONDS = 0.5
+"""Longest BLPOP sent behind a create (``JobStore.create_and_await``). A refused create pushes
+its own done entry so the BLPOP returns at once, but Redis out of memory or read-only refuses
+that push too, and the BLPOP would wait for nothing; a job still running after it costs one more
+round trip."""
+
 MAX_WAIT_SECONDS = 30.0
 """Upper bound on one long-poll (``GET /v1/jobs/<id>?wait=``), so a client cannot pin a connection."""
 

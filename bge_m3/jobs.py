@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from redis.exceptions import NoScriptError
 
 from bge_m3 import payload, scripts
-from bge_m3.jobreader import JobReader, check_created, wait_slice
+from bge_m3.jobreader import CREATE_SLICE_SECONDS, JobReader, check_created, wait_slice
 from bge_m3.records import PREFIX, Claim, Job, done_key, events_key, job_key, new_job_id, result_key
 from bge_m3.staging import Staging
 
@@ -55,10 +55,12 @@ class JobStore(JobReader):
     def create_and_await(self, params: dict[str, Any], owner: str, timeout: float, *, job_id: str,
                          message: str, queue: str, max_queued: int = 0) -> tuple[Job | None, Any, bool]:
         """``create`` with notify, then ``await_end``, in one round trip: what a synchronous
-        route needs from Redis when its job finishes within the first wait. A refused job
-        pushes its own done entry, so the BLPOP behind it returns at once."""
+        route needs from Redis when its job finishes within the first wait (at most
+        ``CREATE_SLICE_SECONDS``). A refused job pushes its own done entry, so the BLPOP behind
+        it returns at once."""
         job, keys, args = self._new(params, owner, job_id, message, queue, max_queued, True)
-        return self._read(job.id, True, wait_slice(timeout), create=(keys, args))
+        return self._read(job.id, True, min(wait_slice(timeout), CREATE_SLICE_SECONDS),
+                          create=(keys, args))
 
     def _new(self, params: dict[str, Any], owner: str, job_id: str | None, message: str, queue: str,
              max_queued: int, notify: bool) -> tuple[Job, list[str], list[Any]]:
@@ -147,6 +149,7 @@ class JobStore(JobReader):
 
     def cancel(self, job_id: str, queue: str = "") -> str:
         """'ok' when a queued job was cancelled, else the status that prevented it (or 'missing').
-        A cancelled job's message still on ``queue`` is taken off it."""
+        A cancelled job's message still on ``queue`` is taken off it; its record then lives
+        ``ttl`` from now, as a finished job's does."""
         keys = [job_key(job_id), events_key(job_id), done_key(job_id)] + ([queue] if queue else [])
-        return self._cancel(keys=keys, args=[repr(time.time())])
+        return self._cancel(keys=keys, args=[repr(time.time()), self.ttl])

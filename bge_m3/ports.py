@@ -9,19 +9,41 @@ from pathlib import Path
 _LISTEN = "0A"
 """TCP state code of a listening socket in ``/proc/net/tcp``."""
 
+UNPRIVILEGED_START = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+"""Linux: the lowest port a user without CAP_NET_BIND_SERVICE may bind (1024 unless tuned)."""
 
-def is_free(host: str, port: int) -> bool:
-    """True when a server could bind ``host:port`` now (SO_REUSEADDR, as gunicorn binds)."""
+
+class PrivilegedPort(PermissionError):
+    """The port is below the unprivileged start and this user may not bind it (EACCES)."""
+
+
+def is_free(host: str, port: int, setting: str = "BGE_M3_PORT") -> bool:
+    """True when a server could bind ``host:port`` now (SO_REUSEADDR, as gunicorn binds).
+
+    Raises ``PrivilegedPort`` (naming ``setting``) when no process of this user could bind it:
+    freeing it would not help, so "taken" would send the user hunting for a holder.
+    """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+            if exc.errno == errno.EADDRINUSE:
                 return False
+            if exc.errno == errno.EACCES:
+                raise PrivilegedPort(describe_privileged(host, port, setting)) from None
             raise
     return True
+
+
+def describe_privileged(host: str, port: int, setting: str) -> str:
+    try:
+        start = int(UNPRIVILEGED_START.read_text())
+    except (OSError, ValueError):
+        start = 1024
+    return (f"port {port} on {host} is a privileged port (below {start}) that this user may not "
+            f"bind (it needs root or CAP_NET_BIND_SERVICE); choose another port with {setting}")
 
 
 def _listening_inodes(port: int, proc: Path) -> set[str]:

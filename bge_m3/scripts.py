@@ -110,18 +110,20 @@ if message and KEYS[4] then
 end
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
 redis.call('HDEL', KEYS[1], 'message')
+redis.call('EXPIRE', KEYS[1], ARGV[2])
 if redis.call('HGET', KEYS[1], 'notify') then
   redis.call('RPUSH', KEYS[3], 'cancelled')
-  local ttl = redis.call('TTL', KEYS[1])
-  if ttl > 0 then redis.call('EXPIRE', KEYS[3], ttl) end
+  redis.call('EXPIRE', KEYS[3], ARGV[2])
 end
 redis.call('PUBLISH', KEYS[2], 'cancelled')
 return 'ok'
 """
-"""KEYS: job hash, events channel, done list[, queue]. ARGV: finished_at. Cancels only a queued
-job, and takes its message off the queue when a worker has not taken it yet (the queue's depth
-is what ``BGE_M3_MAX_QUEUED`` and the autoscaling metric count); a message a worker took and put
-back was rewritten by kombu and stays, to be skipped by the worker that takes it."""
+"""KEYS: job hash, events channel, done list[, queue]. ARGV: finished_at, ttl. Cancels only a
+queued job, and takes its message off the queue when a worker has not taken it yet (the queue's
+depth is what ``BGE_M3_MAX_QUEUED`` and the autoscaling metric count); a message a worker took and
+put back was rewritten by kombu and stays, to be skipped by the worker that takes it. Like a
+finish, a cancel gives the record ``ttl`` from now: a job cancelled after hours in the queue must
+not vanish seconds later, before its submitter reads that it was cancelled."""
 
 OBSERVE = """
 local s = redis.call('HGET', KEYS[1], 'status')

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -27,6 +28,24 @@ def _default_model_dir() -> Path:
 REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://", "unix://")
 """URL forms REDIS_URL may take; Celery gets ``unix://`` (redis-py's) in kombu's spelling
 (``bge_m3.queue.broker_url``)."""
+
+
+MIN_MAX_LENGTH = 2
+"""The least ``max_length`` (a setting, or a request's): CLS and EOS. Below it a tokenizer cannot
+truncate, and FlagEmbedding then embeds the whole text, uncut; no answer to it is meaningful."""
+
+CUDA_INDEX = re.compile(r"cuda:[0-9]+", re.ASCII)
+"""``BGE_M3_DEVICE`` naming one GPU; ``cuda:`` or ``cuda:-1`` would fail only once a worker ran."""
+
+BOUNDS: dict[str, tuple[float, float | None]] = {
+    "port": (1, 65535), "embedded_redis_port": (1, 65535), "max_batch_tokens": (1, None),
+    "worker_threads": (1, None), "batch_wait_ms": (0, None), "time_limit": (1, None),
+    "visibility_timeout": (1, None), "max_retries": (0, None), "max_body_bytes": (1, None),
+    "max_texts": (1, None), "max_queued": (1, None), "test_load_delay": (0, None),
+}
+"""Inclusive (least, most) of the numeric settings whose other values mean nothing useful: a
+``BGE_M3_MAX_TEXTS`` of 0 would answer every request 413, a ``BGE_M3_MAX_QUEUED`` of 0 would
+silently lift the 429 bound."""
 
 
 @dataclass(frozen=True)
@@ -124,14 +143,25 @@ class Settings:
                                 f"{found}; it must start with one of {', '.join(REDIS_SCHEMES)}")
         if self.redis_password and url_has_password(self.redis_url):
             raise SettingsError("REDIS_URL holds a password and REDIS_PASSWORD is set; set one")
-        if self.device not in {"auto", "cuda", "cpu"} and not self.device.startswith("cuda:"):
-            raise SettingsError(f"BGE_M3_DEVICE must be auto, cuda or cpu, not {self.device!r}")
+        if self.device not in {"auto", "cuda", "cpu"} and not CUDA_INDEX.fullmatch(self.device):
+            raise SettingsError(f"BGE_M3_DEVICE must be auto, cuda, cuda:N or cpu, not {self.device!r}")
+        for name, (least, most) in BOUNDS.items():
+            value = getattr(self, name)
+            if value < least or (most is not None and value > most):
+                where = f"between {least} and {most}" if most is not None else f"at least {least}"
+                raise SettingsError(f"{ENV_VARS[name]} must be {where}, not {value}")
+        if self.sync_timeout <= 0:
+            raise SettingsError("BGE_M3_SYNC_TIMEOUT must be more than 0 seconds")
+        if any(not key.isprintable() or any(c.isspace() for c in key) for key in self.api_keys):
+            # not shown: they are secrets
+            raise SettingsError("BGE_M3_API_KEYS: a key holds a space or a control character (keys "
+                                "are not shown); separate keys with commas, or lines in a key file")
         if self.colbert_dtype not in {"float16", "float32"}:
             raise SettingsError("BGE_M3_COLBERT_DTYPE must be float16 or float32")
         if self.torch_threads < 0:
             raise SettingsError("BGE_M3_TORCH_THREADS must be 0 (torch's default) or more")
-        if not 1 <= self.max_length <= 8192:
-            raise SettingsError("BGE_M3_MAX_LENGTH must be between 1 and 8192")
+        if not MIN_MAX_LENGTH <= self.max_length <= 8192:
+            raise SettingsError(f"BGE_M3_MAX_LENGTH must be between {MIN_MAX_LENGTH} and 8192")
         if self.hf_token and any(c.isspace() or not c.isprintable() or not c.isascii()
                                  for c in self.hf_token):
             # not shown: it is a secret, and the HTTP error it would cause would print it

@@ -126,7 +126,8 @@ class Up:
             self.redis_url = local_url(port)
             return (f"using the Redis already answering on 127.0.0.1:{port} (not started here: "
                     f"it keeps running after this stops){eviction_warning(self.redis_url)}")
-        if not ports.is_free("127.0.0.1", port):  # a Redis wanting a password says so here
+        # a Redis wanting a password says so here
+        if not ports.is_free("127.0.0.1", port, "BGE_M3_EMBEDDED_REDIS_PORT"):
             raise Failed(f"127.0.0.1:{port} is taken by {ports.owner(port) or 'another process'}"
                          f", which does not answer Redis without settings ({reason}); set "
                          "REDIS_URL (with its password) or BGE_M3_EMBEDDED_REDIS_PORT")

@@ -153,3 +153,15 @@ def spawn_worker(settings: Settings, log_dir: Path, *, wait: bool = True, timeou
             return worker.ready()
         wait_for(up, timeout, interval=0.2, what=f"worker {hostname} ready")
     return worker
+
+
+def conforms(doc: dict, path: str, method: str, response) -> None:
+    """Assert the response's status is declared for the route and its body fits the schema."""
+    import jsonschema_rs
+
+    declared = doc["paths"][path][method]["responses"]
+    assert str(response.status_code) in declared, (path, method, response.status_code)
+    content = declared[str(response.status_code)]["content"]
+    if "application/json" in content:
+        schema = {**content["application/json"]["schema"], "components": doc["components"]}
+        jsonschema_rs.validator_for(schema).validate(response.get_json())

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from api import create_app
+from tests.support import conforms
 
 BAD_BODIES = [
     ("/v1/jobs", b"\xff\xfe{}", "invalid_utf8"),
@@ -19,6 +20,7 @@ BAD_BODIES = [
     ("/v1/jobs", b'{"texts": ["a"], "mode": "dense"}', "invalid_request"),  # unknown field
     ("/v1/jobs", b'{"texts": ["a"], "max_length": true}', "invalid_request"),
     ("/v1/jobs", b'{"texts": ["a"], "max_length": 0}', "invalid_request"),
+    ("/v1/jobs", b'{"texts": ["a"], "max_length": 1}', "invalid_request"),  # less than CLS + EOS
     ("/v1/jobs", b'{"texts": ["a"], "max_length": 9000}', "invalid_request"),
     ("/v1/jobs", b'{"texts": ["a"], "truncate": "no"}', "invalid_request"),
     ("/v1/jobs", b'{"texts": ["a"], "encoding": "hex"}', "invalid_request"),
@@ -217,6 +219,8 @@ def test_sync_routes_need_a_ready_worker(base_settings, redis_server):
     assert list(db.scan_iter("bge-m3:job:*")) == []
     r = client.get("/readyz")
     assert r.status_code == 503 and "worker" in r.get_json()["error"]["message"]
+    assert r.get_json()["redis"] is True and r.get_json()["workers"] == 0
+    conforms(client.get("/openapi.json").get_json(), "/readyz", "get", r)
     db.flushdb()
 
 

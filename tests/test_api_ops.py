@@ -6,24 +6,17 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-import jsonschema_rs
 import pytest
+import redis
 
 from api import create_app
+from bge_m3.jobreader import CREATE_SLICE_SECONDS
 from bge_m3.queue import QUEUE_NAME
-from tests.support import RedisServer, wait_for
-
-
-def conforms(doc: dict, path: str, method: str, response) -> None:
-    """Assert the response's status is declared for the route and its body fits the schema."""
-    declared = doc["paths"][path][method]["responses"]
-    assert str(response.status_code) in declared, (path, method, response.status_code)
-    content = declared[str(response.status_code)]["content"]
-    if "application/json" in content:
-        schema = {**content["application/json"]["schema"], "components": doc["components"]}
-        jsonschema_rs.validator_for(schema).validate(response.get_json())
+from bge_m3.records import new_job_id
+from tests.support import RedisServer, conforms, wait_for
 
 
 def test_healthz_readyz_models(client, live_worker):
@@ -211,6 +204,8 @@ def test_redis_down_is_503_and_no_orphan(base_settings, tmp_path):
         assert r.status_code == 503 and r.get_json()["error"]["code"] == "redis_unavailable", path
     r = client.get("/readyz")
     assert r.status_code == 503 and "Redis" in r.get_json()["error"]["message"]
+    assert r.get_json()["redis"] is False and r.get_json()["workers"] == 0
+    conforms(client.get("/openapi.json").get_json(), "/readyz", "get", r)
     assert client.get("/healthz").status_code == 200
     exposition = client.get("/metrics").get_data(as_text=True)
     assert "bge_m3_redis_up 0.0" in exposition
@@ -257,8 +252,14 @@ def test_a_redis_refusing_writes_still_serves_finished_jobs(base_settings, tmp_p
         assert r.status_code in (200, 503), r.get_json()
         status = server.client(0).hget(f"bge-m3:job:{queued}", "status")
         assert (r.status_code, status) in ((200, "cancelled"), (503, "queued"))
-        r = client.post("/v1/jobs", json={"texts": ["c"]})
-        assert r.status_code == 503 and r.get_json()["error"]["code"] == "queue_unavailable"
+        r = client.post("/v1/jobs", json={"texts": ["c"]})  # Redis's refusal, not the queue's
+        assert r.status_code == 503 and r.get_json()["error"]["code"] == "redis_unavailable"
+        # A sync create can push no refusal either: the BLPOP behind it is short, not 5 s.
+        started = time.monotonic()
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            store.create_and_await({"texts": ["d"]}, "", 30.0, job_id=new_job_id(), message="m",
+                                   queue=QUEUE_NAME)
+        assert time.monotonic() - started < CREATE_SLICE_SECONDS + 1
         server.client(0).config_set("maxmemory", 0)
         assert client.get(f"/v1/jobs/{done}").status_code == 200
     finally:

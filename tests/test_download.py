@@ -450,6 +450,41 @@ def test_manifest_from_hub_matches_the_files(hub, manifest, tiny_model, tmp_path
     assert all(hub.body_gets[f.path] == 0 for f in manifest.files if f.path not in small)
 
 
+def _log_api_auth(server: FakeHub) -> list[str | None]:
+    """The Authorization header of each ``model_info`` call (the fake logs only file requests)."""
+    seen: list[str | None] = []
+
+    class Logging(server.server.RequestHandlerClass):
+        def _model_info(self, path: str) -> None:
+            seen.append(self.headers.get("Authorization"))
+            super()._model_info(path)
+
+    server.server.RequestHandlerClass = Logging
+    return seen
+
+
+def test_manifest_from_hub_sends_the_token_to_the_first_endpoint_only(hub, mirror, manifest,
+                                                                       tiny_model, tmp_path):
+    """``--endpoint`` may name any URL: HF_TOKEN goes there only when it is the origin of the
+    first of BGE_M3_ENDPOINTS, as for downloads, and never to a mirror (HfApi and hashing)."""
+    env = _env(tmp_path / "unused", tiny_model.manifest, hub.url, mirror.url)
+    env.pop("TRANSFORMERS_OFFLINE", None)
+    hub_api, mirror_api = _log_api_auth(hub), _log_api_auth(mirror)
+
+    def build(endpoint: str) -> None:
+        run = subprocess.run([BGE_M3, "manifest", "--from-hub",
+                              f"{manifest.repo_id}@{manifest.revision}", "--endpoint", endpoint,
+                              "-o", str(tmp_path / "hub.json")],
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+
+    build(mirror.url)
+    assert mirror_api == [None] and mirror.log and all(r["auth"] is None for r in mirror.log)
+    build(hub.url + "/")  # the same origin, however written, does get it
+    assert hub_api == [f"Bearer {TOKEN}"] and hub.log
+    assert all(r["auth"] == f"Bearer {TOKEN}" for r in hub.log)
+
+
 def _nested_hub(tmp_path) -> tuple[FakeHub, Manifest]:
     from verify.manifest import build_manifest
 

@@ -101,6 +101,39 @@ def test_malformed_settings_name_their_variable():
     assert broker_url("redis://h:6379/0") == "redis://h:6379/0"
 
 
+@pytest.mark.parametrize("var, raw, message", [
+    ("BGE_M3_SYNC_TIMEOUT", "nan", "must be a finite number, not 'nan'"),  # waited forever
+    ("BGE_M3_SYNC_TIMEOUT", "inf", "must be a finite number"),
+    ("BGE_M3_SYNC_TIMEOUT", "0", "must be more than 0"),
+    ("BGE_M3_BATCH_WAIT_MS", "-1", "must be at least 0"),
+    ("BGE_M3_MAX_TEXTS", "0", "must be at least 1, not 0"),  # every request 413
+    ("BGE_M3_MAX_BODY_BYTES", "-5", "must be at least 1"),
+    ("BGE_M3_MAX_QUEUED", "0", "must be at least 1"),  # the 429 bound silently gone
+    ("BGE_M3_WORKER_THREADS", "0", "must be at least 1"),
+    ("BGE_M3_MAX_BATCH_TOKENS", "0", "must be at least 1"),
+    ("BGE_M3_MAX_RETRIES", "-1", "must be at least 0"),
+    ("BGE_M3_PORT", "0", "must be between 1 and 65535"),
+    ("BGE_M3_PORT", "70000", "must be between 1 and 65535"),
+    ("BGE_M3_EMBEDDED_REDIS_PORT", "65536", "must be between 1 and 65535"),
+    ("BGE_M3_DEVICE", "cuda:", "must be auto, cuda, cuda:N or cpu"),
+    ("BGE_M3_DEVICE", "cuda:-1", "must be auto, cuda, cuda:N or cpu"),
+    ("BGE_M3_DEVICE", "cuda:x", "must be auto, cuda, cuda:N or cpu"),
+    ("BGE_M3_ENDPOINTS", " , ", "is set but lists nothing"),
+    ("BGE_M3_MAX_LENGTH", "1", "must be between 2 and 8192"),
+])
+def test_a_setting_out_of_its_range_is_refused_naming_it(var, raw, message):
+    with pytest.raises(SettingsError, match=f"^{var} {message}"):
+        Settings.from_env({var: raw})
+
+
+def test_the_edges_of_each_range_are_taken():
+    edges = {"BGE_M3_SYNC_TIMEOUT": "0.5", "BGE_M3_BATCH_WAIT_MS": "0", "BGE_M3_MAX_TEXTS": "1",
+             "BGE_M3_MAX_QUEUED": "1", "BGE_M3_MAX_RETRIES": "0", "BGE_M3_PORT": "65535",
+             "BGE_M3_EMBEDDED_REDIS_PORT": "1", "BGE_M3_DEVICE": "cuda:12"}
+    s = Settings.from_env(edges)
+    assert (s.sync_timeout, s.max_texts, s.max_queued, s.port, s.device) == (0.5, 1, 1, 65535, "cuda:12")
+
+
 def test_hf_token_is_trimmed_and_a_broken_one_is_refused_unshown():
     # a secret file's trailing newline would otherwise make every hub request fail (and quote it)
     assert Settings.from_env({"HF_TOKEN": " hf_abc123\r\n"}).hf_token == "hf_abc123"

@@ -93,6 +93,26 @@ def test_a_secret_file_that_is_empty_unreadable_or_doubled_is_refused_unshown(tm
     assert "abc" not in str(raised.value)
 
 
+def test_api_keys_are_lines_and_commas_never_spaces_and_never_none(tmp_path):
+    """A key file with a comment line, blank lines and commas gives exactly its keys; anything
+    that would read as no keys (auth off) or split a line at its spaces is refused, unshown."""
+    keys = _write(tmp_path / "keys", "# CI runner\nk1\n\n  k2,k3  \n")
+    assert Settings.from_env({"BGE_M3_API_KEYS_FILE": keys}).api_keys == ("k1", "k2", "k3")
+    only_commas = _write(tmp_path / "commas", ",\n , \n")
+    only_comments = _write(tmp_path / "comments", "# nothing yet\n")
+    for env in ({"BGE_M3_API_KEYS": " , "}, {"BGE_M3_API_KEYS": " "},
+                {"BGE_M3_API_KEYS_FILE": only_commas}, {"BGE_M3_API_KEYS_FILE": only_comments}):
+        with pytest.raises(SettingsError, match="BGE_M3_API_KEYS"):
+            Settings.from_env(env)
+    # "key  # note" was three keys ("key", "#", "note"); "correct horse" one from the environment
+    # and two from a file. Both are now one key with a space in it: refused, and not shown.
+    for env in ({"BGE_M3_API_KEYS_FILE": _write(tmp_path / "noted", "prod-7f3a  # CI runner\n")},
+                {"BGE_M3_API_KEYS": "correct horse"}, {"BGE_M3_API_KEYS": "k1,bad\tkey"}):
+        with pytest.raises(SettingsError, match="a key holds a space or a control") as raised:
+            Settings.from_env(env)
+        assert "7f3a" not in str(raised.value) and "horse" not in str(raised.value)
+
+
 def test_bge_m3_commands_exit_2_naming_the_file(tmp_path):
     env = {**worker_env(Settings()), "BGE_M3_API_KEYS_FILE": str(tmp_path / "missing")}
     done = subprocess.run([BGE_M3, "api"], env=env, capture_output=True, text=True, timeout=60)

@@ -1,6 +1,7 @@
 """Manifest validation and ``bge-m3 verify`` on real folders (the tiny model, copied per test)."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -11,11 +12,11 @@ import pytest
 from bge_m3.settings import PACKAGED_MANIFEST
 from tests.support import BGE_M3
 from verify.commands import (EXIT_BAD_MANIFEST, EXIT_MISMATCH, EXIT_MISSING, EXIT_OK,
-                             verify_main)
+                             download_main, manifest_main, verify_main)
 from verify.errors import ManifestError
 from verify.hashes import file_sha256
 from verify.manifest import load_manifest, parse_manifest
-from verify.verifier import HASH, MISSING, OK, SIZE, UNSAFE, verify_folder
+from verify.verifier import HASH, MISSING, OK, SIZE, UNREADABLE, UNSAFE, verify_folder
 
 GOOD = {"path": "a.bin", "size": 1, "sha256": "0" * 64}
 
@@ -64,6 +65,31 @@ def test_manifest_rejects_bad_hashes_and_sizes(change):
 def test_manifest_rejects_repeated_paths():
     with pytest.raises(ManifestError, match="twice"):
         parse_manifest({"repo_id": "r/m", "revision": "v", "files": [GOOD, dict(GOOD)]})
+
+
+@pytest.mark.parametrize("repo_id", ["local/my model", "a/b/c", "../x", "org--x/m", "", 7])
+def test_manifest_rejects_a_repo_id_the_hub_would(repo_id):
+    with pytest.raises(ManifestError, match="repo_id"):
+        parse_manifest({"repo_id": repo_id, "revision": "v", "files": [GOOD]})
+
+
+def test_download_with_a_bad_repo_id_is_a_bad_manifest_not_a_traceback(model, tiny_model,
+                                                                       tmp_path, monkeypatch, capsys):
+    """The repo id reaches huggingface_hub only when the first file URL is built, mid-download;
+    its ValueError escaped `bge-m3 download` as a traceback."""
+    data = json.loads(tiny_model.manifest.read_text())
+    data["repo_id"] = "local/my model"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    (model / "config.json").unlink()  # something to fetch
+    monkeypatch.setenv("BGE_M3_ENDPOINTS", "http://127.0.0.1:9")
+    assert download_main(["--model-dir", str(model), "--manifest", str(bad)]) == EXIT_BAD_MANIFEST
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bge-m3 download: bad manifest: bad repo_id:") and "\n" not in err
+    assert "'local/my model'" in err
+    # and `bge-m3 manifest` never writes one that would not load
+    assert manifest_main([str(model), "--repo-id", "local/my model"]) == EXIT_BAD_MANIFEST
+    assert "bad repo_id" in capsys.readouterr().err
 
 
 def test_clean_folder_verifies(model, tiny_model, capsys):
@@ -160,6 +186,36 @@ def test_a_file_removed_while_it_is_checked_is_missing(model, tiny_model, monkey
     monkeypatch.setattr(verifier.os, "open", open_after_removal)
     report = verify_folder(model, load_manifest(tiny_model.manifest))
     assert [(f.path, f.status) for f in report.failures] == [("config.json", MISSING)]
+
+
+def _deny(monkeypatch, name: str) -> None:
+    """Opening ``name`` fails as for a user without read permission (tests run as root, where
+    chmod 000 stops nothing)."""
+    import verify.verifier as verifier
+
+    real_open = os.open
+
+    def open_denied(path, flags, *args):
+        if os.path.basename(path) == name:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(verifier.os, "open", open_denied)
+
+
+def test_an_unreadable_file_is_a_failed_file_not_a_traceback(model, tiny_model, monkeypatch,
+                                                             capsys):
+    (model / "config.json").chmod(0)
+    _deny(monkeypatch, "config.json")
+    code, out, err = run_verify(model, tiny_model.manifest, capsys)
+    assert code == EXIT_MISMATCH
+    assert "UNREADABLE config.json: cannot be read: Permission denied (EACCES)" in out
+    assert out.count("OK ") == len(load_manifest(tiny_model.manifest).files) - 1
+    assert "FAILED: 1 of" in err
+    code, out, _ = run_verify(model, tiny_model.manifest, capsys, "--json")
+    (entry,) = [f for f in json.loads(out)["files"] if f["status"] != OK]
+    assert code == EXIT_MISMATCH and entry["status"] == UNREADABLE
+    assert entry["path"] == "config.json" and entry["error"] == "Permission denied (EACCES)"
 
 
 def test_mismatch_outranks_missing(model, tiny_model, capsys):

@@ -144,3 +144,32 @@ def test_cuda_pipelined_passes_match_cpu(tiny_model):
         assert np.allclose(row.dense, ref.dense, atol=2e-2)
         assert np.allclose(row.colbert.astype(np.float32), ref.colbert, atol=2e-2)
         assert np.allclose(row.weights, ref.weights, atol=5e-2)
+
+
+def test_colbert_is_normalised_in_float32_as_flagembedding_does(tiny_model):
+    """FlagEmbedding multiplies the ColBERT head's output by a float32 mask, so in fp16 its vectors
+    are normalised in float32; normalised in fp16 they came out up to two fp16 steps off. The
+    model in fp16 on the CPU stands in for the GPU's precision (no GPU here): its stored vectors
+    must be exactly FlagEmbedding's formula, rounded once to float16."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from worker.device import Placement
+    from worker.model import M3Model
+
+    m3 = M3Model(tiny_model.dir, Placement("cpu", "float16", "cpu (fp16)"))
+    rows = m3.tokenize(["the quick brown fox jumps over the lazy dog " * 6, "阳光明媚", ""])
+    out = m3.forward(rows, dense=False, sparse=False, colbert=True)
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [m3.pad_id] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    with torch.inference_mode():
+        hidden = m3.backbone(input_ids=ids, attention_mask=mask, return_dict=True).last_hidden_state
+        want = F.normalize(m3.colbert(hidden[:, 1:]) * mask[:, 1:][:, :, None].float(), dim=-1)
+    assert out.colbert.dtype == np.float16
+    np.testing.assert_array_equal(out.colbert, want.half().numpy())
+    wide = M3Model(tiny_model.dir, Placement("cpu", "float16", "cpu (fp16)"), colbert_half=False)
+    kept = wide.forward(rows, dense=False, sparse=False, colbert=True).colbert
+    assert kept.dtype == np.float32  # BGE_M3_COLBERT_DTYPE=float32: never rounded to fp16 on the way
+    np.testing.assert_allclose(kept, want.numpy(), rtol=0, atol=1e-6)

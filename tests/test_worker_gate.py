@@ -8,6 +8,8 @@ import subprocess
 import uuid
 from pathlib import Path
 
+import pytest
+
 from bge_m3.queue import QUEUE_NAME
 from tests.support import BIN, settings_on_db, spawn_worker, worker_env
 from tests.worker_support import Queue
@@ -210,3 +212,63 @@ def test_a_manifest_repinning_the_packaged_repo_is_logged(tmp_path, caplog):
     data["repo_id"] = "someone/else"
     edited.write_text(json.dumps(data))
     assert warnings(load_manifest(edited)) == []
+
+
+def test_a_failed_download_refuses_naming_the_folder_as_it_is_now(tiny_model, tmp_path, caplog):
+    """A download that fails part-way has still changed the folder: here the damaged weights were
+    deleted (their fetch then failed) and the missing config fetched. The refusal names what is on
+    disk after the download, not the report from before it (a HASH line for a deleted file)."""
+    from bge_m3.settings import Settings
+    from tests.fakehub import FakeHub
+    from verify.manifest import load_manifest
+    from worker import gate
+
+    manifest = load_manifest(tiny_model.manifest)
+    folder = _copy_model(tiny_model, tmp_path / "model")
+    weights = _tamper(folder)
+    (folder / "config.json").unlink()
+    hub = FakeHub(tiny_model.dir, manifest.repo_id, revision=manifest.revision)
+    hub.fault("status", path=weights, times=None, on="any", code=404)
+    settings = Settings.from_env({}, model_dir=folder, manifest=tiny_model.manifest,
+                                 endpoints=(hub.url,), auto_download=True)
+    try:
+        with caplog.at_level("ERROR", logger="bge_m3.worker"), \
+                pytest.raises(gate.GateRefused) as refused:
+            gate.check(settings)
+    finally:
+        hub.stop()
+    said = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("download failed: could not fetch 1 file(s)") for line in said)
+    assert [line for line in said if line.startswith("Verification failed")] == \
+        [f"Verification failed: MISSING  {weights}"]
+    assert str(refused.value).endswith(f"({weights})")
+    assert (folder / "config.json").is_file() and not (folder / weights).exists()
+
+
+def test_an_unreadable_file_refuses_with_its_line(tiny_model, tmp_path, caplog, monkeypatch):
+    """A file that cannot be opened (EACCES; tests run as root, so the open is made to fail) is a
+    failed file like any other: one log line naming it and the error, then the refusal."""
+    import errno
+    import os
+
+    import verify.verifier as verifier
+    from bge_m3.settings import Settings
+    from worker import gate
+
+    folder = _copy_model(tiny_model, tmp_path / "model")
+    real_open = os.open
+
+    def open_denied(path, flags, *args):
+        if os.path.basename(path) == "sparse_linear.pt":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(verifier.os, "open", open_denied)
+    settings = Settings.from_env({}, model_dir=folder, manifest=tiny_model.manifest,
+                                 auto_download=False)
+    with caplog.at_level("ERROR", logger="bge_m3.worker"), \
+            pytest.raises(gate.GateRefused, match=r"\(sparse_linear\.pt\)$"):
+        gate.check(settings)
+    assert [r.getMessage() for r in caplog.records] == [
+        "Verification failed: UNREADABLE sparse_linear.pt: cannot be read: "
+        "Permission denied (EACCES)"]

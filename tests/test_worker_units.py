@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import time
 
 import pytest
 
+from tests.support import wait_for
 from worker.encoder import truncate_ids
 from worker.execution import describe
 from worker.params import InvalidJob, parse_params
@@ -24,6 +27,8 @@ def test_truncation_keeps_head_and_eos():
     ({"texts": []}, "non-empty"), ({"texts": "abc"}, "non-empty"), ({"texts": ["a", None]}, "texts[1]"),
     ({"texts": ["a"] * 6}, "more than the limit"), ({"texts": ["a"], "modes": ["dense", "x"]}, "modes"),
     ({"texts": ["a"], "max_length": 9000}, "max_length"), ({"texts": ["a"], "truncate": "no"}, "truncate"),
+    # below CLS + EOS a tokenizer cannot cut, and FlagEmbedding embeds the whole text instead
+    ({"texts": ["a"], "max_length": 1}, "between 2 and 8192"),
 ])
 def test_invalid_params_are_rejected(params, fragment):
     with pytest.raises(InvalidJob, match=re.escape(fragment)):
@@ -88,7 +93,7 @@ def test_pack_json_encodes_an_array_as_the_at_rest_object():
     assert codec.unpack_rows(obj) == arr.astype(float).tolist()
     with pytest.raises(ValueError):
         codec.pack_json(arr, [3, 4], "int8")
-    empty = np.zeros((0, 4), dtype="<f2")  # ColBERT of a text cut to max_length 1
+    empty = np.zeros((0, 4), dtype="<f2")  # ColBERT of no tokens
     assert json.loads(codec.pack_json(empty, [0, 4], "float16"))["data"] == ""
 
 
@@ -277,3 +282,39 @@ def test_a_lease_left_by_an_ended_delivery_of_this_process_is_taken_over(unboote
         claimed = lease.claim(rt, job.id, third)
     assert claimed.state == "running" and claimed.attempt == 2
     assert rt.redis.get(third.key) == third.holder
+
+
+def test_drain_from_a_signal_handler_never_waits_on_an_announce_in_flight(unbooted, monkeypatch):
+    """Celery calls ``drain`` from its SIGTERM handler, on the main thread, which may be inside an
+    announce (``set_consuming`` during a Redis outage, seconds of retries) holding its lock: a
+    drain that announced itself would wait on its own thread forever. It only wakes the heartbeat,
+    which writes the not-accepting record once the announce in flight is done."""
+    from bge_m3 import workers
+
+    rt = unbooted
+    rt._consuming = True
+    rt.ready()
+    assert [w["hostname"] for w in workers.ready_workers(rt.redis)] == [rt.hostname]
+    entered, release = threading.Event(), threading.Event()
+    real = workers.announce
+
+    def slow(redis, hostname, info):
+        entered.set()
+        release.wait(10)
+        real(redis, hostname, info)
+
+    monkeypatch.setattr(workers, "announce", slow)
+    in_flight = threading.Thread(target=rt._announce_now)  # holds the lock, as the main thread may
+    in_flight.start()
+    try:
+        assert entered.wait(5)
+        started = time.monotonic()
+        rt.drain()
+        assert time.monotonic() - started < 1.0
+    finally:
+        release.set()
+        in_flight.join(10)
+    wait_for(lambda: not workers.ready_workers(rt.redis), 5, interval=0.05, what="not accepting")
+    assert workers.is_announced(rt.redis, rt.hostname)  # alive, for its jobs' leases
+    rt.shutdown()
+    assert not workers.is_announced(rt.redis, rt.hostname)

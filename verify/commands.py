@@ -20,7 +20,8 @@ EXIT_BAD_MANIFEST = 2
 EXIT_MISSING = 3
 """Some files are missing and none is wrong."""
 EXIT_MISMATCH = 4
-"""Some file has the wrong size or SHA-256, or is not a regular file inside the folder."""
+"""Some file has the wrong size or SHA-256, is not a regular file inside the folder, or cannot
+be read."""
 EXIT_DOWNLOAD = 5
 """``download`` could not bring the folder to a verified state from any endpoint."""
 
@@ -134,13 +135,15 @@ def manifest_main(argv: list[str]) -> int:
         parser.error("DIR or --from-hub is required")
     try:
         if args.from_hub:
+            from verify.endpoint import same_origin
             from verify.hub import manifest_from_hub, split_ref
 
             settings = Settings.from_env()
             repo, rev = split_ref(args.from_hub)
             endpoint = args.endpoint or settings.endpoints[0]
-            manifest = manifest_from_hub(repo, rev, endpoint, settings.hf_token,
-                                         tuple(args.include))
+            # As for downloads: HF_TOKEN is for the first endpoint's origin, never a mirror's.
+            token = settings.hf_token if same_origin(endpoint, settings.endpoints[0]) else None
+            manifest = manifest_from_hub(repo, rev, endpoint, token, tuple(args.include))
         else:
             manifest = build_manifest(args.dir, repo_id=args.repo_id, revision=args.revision)
         text = dump_manifest(manifest)

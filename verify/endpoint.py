@@ -93,6 +93,15 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     return parts.scheme, (parts.hostname or "").lower(), port
 
 
+def same_origin(url: str, other: str) -> bool:
+    """Whether two URLs share scheme, host and port; False when either cannot be parsed (a port
+    out of range), so a malformed URL is never trusted with the token."""
+    try:
+        return _origin(url) == _origin(other)
+    except ValueError:
+        return False
+
+
 class Endpoint:
     """A hub base URL plus the token that may be sent to it (and only to it)."""
 

@@ -14,7 +14,7 @@ import requests
 from bge_m3.redaction import scrub
 from verify.endpoint import Endpoint
 from verify.errors import ManifestError, VerifyError
-from verify.manifest import FileEntry, Manifest, parse_manifest
+from verify.manifest import FileEntry, Manifest, check_repo_id, parse_manifest
 from verify.transfer import READ_CHUNK
 
 
@@ -23,7 +23,7 @@ def split_ref(ref: str) -> tuple[str, str]:
     repo, _, rev = ref.partition("@")
     if not repo or "/" not in repo:
         raise ManifestError(f"expected OWNER/NAME@REVISION, got {ref!r}")
-    return repo, rev or "main"
+    return check_repo_id(repo), rev or "main"
 
 
 def _hash_remote(endpoint: Endpoint, repo_id: str, revision: str, path: str) -> tuple[int, str]:

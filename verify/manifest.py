@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
 from verify.errors import ManifestError
 from verify.hashes import file_sha256
 
@@ -55,12 +57,23 @@ def _check_path(path: object) -> str:
     return path
 
 
+def check_repo_id(repo_id: object) -> str:
+    """The hub's own rule (``OWNER/NAME`` of letters, digits, ``-_.``): a repo id it rejects
+    would otherwise fail only when the first URL is built, as a traceback mid-download."""
+    if not isinstance(repo_id, str) or not repo_id:
+        raise ManifestError(f"repo_id must be a non-empty string, got {repo_id!r}")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise ManifestError(f"bad repo_id: {exc}") from None
+    return repo_id
+
+
 def parse_manifest(data: object) -> Manifest:
     if not isinstance(data, dict):
         raise ManifestError("manifest must be a JSON object")
     repo_id, revision, files = data.get("repo_id"), data.get("revision"), data.get("files")
-    if not isinstance(repo_id, str) or not repo_id:
-        raise ManifestError("manifest needs a repo_id string")
+    repo_id = check_repo_id(repo_id)
     if not isinstance(revision, str) or not revision:
         raise ManifestError("manifest needs a revision string")
     if not isinstance(files, list) or not files:
@@ -107,6 +120,7 @@ def dump_manifest(manifest: Manifest, *, with_note: bool = True) -> str:
 def build_manifest(folder: str | Path, *, repo_id: str, revision: str) -> Manifest:
     """Hash every regular file under ``folder`` (hidden files and partial downloads skipped)."""
     folder = Path(folder)
+    check_repo_id(repo_id)  # a manifest written must load again
     entries = []
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder).as_posix()

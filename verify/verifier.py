@@ -12,6 +12,8 @@ from verify.hashes import file_sha256
 from verify.manifest import FileEntry, Manifest
 
 OK, MISSING, SIZE, HASH, UNSAFE = "OK", "MISSING", "SIZE", "HASH", "UNSAFE"
+UNREADABLE = "UNREADABLE"
+"""The file is there but cannot be opened or read (permissions, an I/O error): not verified."""
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,8 @@ class FileResult:
     actual_size: int | None = None
     expected_sha256: str = ""
     actual_sha256: str | None = None
+    error: str | None = None
+    """Why an ``UNREADABLE`` file could not be read (``Permission denied (EACCES)``)."""
 
     @property
     def ok(self) -> bool:
@@ -34,6 +38,8 @@ class FileResult:
             return f"MISSING  {self.path}"
         if self.status == UNSAFE:
             return f"UNSAFE   {self.path}: not a regular file inside the model folder"
+        if self.status == UNREADABLE:
+            return f"UNREADABLE {self.path}: cannot be read: {self.error}"
         if self.status == SIZE:
             return f"SIZE     {self.path}: expected {self.expected_size} bytes, actual {self.actual_size}"
         return (f"HASH     {self.path}: expected sha256 {self.expected_sha256}, "
@@ -75,6 +81,21 @@ def check_file(folder: Path, entry: FileEntry, keep: dict[str, int] | None = Non
     """Check one file, reading it through one descriptor. With ``keep``, the descriptor of a file
     that verified is left open in ``keep[entry.path]``: whoever loads it then reads the very
     bytes that were hashed, whatever is renamed over the path meanwhile (``worker.model``)."""
+    try:
+        return _check_file(folder, entry, keep)
+    except OSError as exc:  # one unreadable file is a per-file failure, never a traceback
+        return FileResult(entry.path, UNREADABLE, entry.size, expected_sha256=entry.sha256,
+                          error=_os_reason(exc))
+
+
+def _os_reason(exc: OSError) -> str:
+    """``Permission denied (EACCES)``: no path (the report names the file), no ``[Errno 13]``."""
+    name = errno.errorcode.get(exc.errno or 0)
+    text = exc.strerror or type(exc).__name__
+    return f"{text} ({name})" if name else text
+
+
+def _check_file(folder: Path, entry: FileEntry, keep: dict[str, int] | None) -> FileResult:
     path = Path(folder) / entry.path
     if not path.exists() and not path.is_symlink():
         return FileResult(entry.path, MISSING, entry.size, expected_sha256=entry.sha256)
@@ -86,7 +107,7 @@ def check_file(folder: Path, entry: FileEntry, keep: dict[str, int] | None = Non
     except OSError as exc:  # it changed since the checks above
         if exc.errno == errno.ENOENT:  # removed (another process replacing a bad copy)
             return FileResult(entry.path, MISSING, entry.size, expected_sha256=entry.sha256)
-        if exc.errno != errno.ELOOP:  # ELOOP: a link raced in
+        if exc.errno != errno.ELOOP:  # ELOOP: a link raced in; anything else: UNREADABLE
             raise
         return FileResult(entry.path, UNSAFE, entry.size, expected_sha256=entry.sha256)
     try:

@@ -2,8 +2,8 @@
 
 Order: load the manifest → require both heads in it → verify every file (size,
 SHA-256) → when any file fails and auto-download is on, fetch what is missing and
-replace what is wrong (the bad copy is deleted), then verify again → refuse with one
-log line per failing file.
+replace what is wrong (the bad copy is deleted), then verify again, even after a failed
+download → refuse with one log line per failing file, as it is on disk now.
 """
 from __future__ import annotations
 
@@ -81,6 +81,19 @@ def _download(settings: Settings, manifest: Manifest) -> bool:
     return True
 
 
+def _repair(settings: Settings, manifest: Manifest, report: Report,
+            handles: dict[str, int]) -> Report:
+    """Download, then verify again, even when the download failed: it may have deleted or
+    replaced files on the way, and the refusal must name what is on disk now."""
+    try:
+        if not _download(settings, manifest):
+            return report  # nothing was touched
+    except VerifyError as exc:
+        log.error("download failed: %s", exc)
+    _close(handles)  # a file replaced by the download is another file now
+    return verify_folder(settings.model_dir, manifest, keep=handles)
+
+
 def _warn_if_repinned(manifest: Manifest) -> None:
     """A manifest for the packaged repository that is not the packaged pin (other hashes, another
     revision) is allowed, as a deliberate upgrade, but said: edited hashes verify edited files."""
@@ -111,12 +124,7 @@ def check(settings: Settings) -> Verified:
     # Any failure, not only a missing file: a damaged one is what `bge-m3 up` and `download`
     # repair too, and whether it is repaired must not hinge on another file being absent.
     if not report.ok and settings.auto_download:
-        try:
-            if _download(settings, manifest):
-                _close(handles)  # a file replaced by the download is another file now
-                report = verify_folder(settings.model_dir, manifest, keep=handles)
-        except VerifyError as exc:
-            log.error("download failed: %s", exc)
+        report = _repair(settings, manifest, report, handles)
     if not report.ok:
         _close(handles)
         for failure in report.failures:

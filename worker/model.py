@@ -76,7 +76,7 @@ def verified_view(model_dir: Path, paths: Sequence[str], handles: Mapping[str, i
 class M3Model:
     """Tokenizer, transformer and the two heads, on one device, in inference mode."""
 
-    def __init__(self, folder: Path, placement: Placement):
+    def __init__(self, folder: Path, placement: Placement, colbert_half: bool = True):
         require_torch()
         transformers.logging.set_verbosity_error()
         self.placement = placement
@@ -104,6 +104,7 @@ class M3Model:
         self.vocab = int(self.backbone.config.vocab_size)
         self.max_positions = int(self.backbone.config.max_position_embeddings) - 2
         self.colbert = self._head(folder / "colbert_linear.pt", hidden, hidden, dtype)
+        self.colbert_half = colbert_half  # BGE_M3_COLBERT_DTYPE=float16: copy ColBERT out as fp16
         self.sparse = self._head(folder / "sparse_linear.pt", hidden, 1, dtype)
         for module in (self.backbone, self.colbert, self.sparse):
             module.to(placement.device).eval()
@@ -153,8 +154,11 @@ class M3Model:
             if sparse:
                 out.weights = _host(torch.relu(self.sparse(hidden)).squeeze(-1), pinned=pinned)
             if colbert:
-                vecs = self.colbert(hidden[:, 1:]) * attention[:, 1:, None].to(hidden.dtype)
-                vecs = F.normalize(vecs, dim=-1)
+                # As FlagEmbedding: its float32 mask widens the head's fp16 output, so the vectors
+                # are normalised in float32 (in fp16 they came out up to two fp16 steps off).
+                vecs = F.normalize(self.colbert(hidden[:, 1:]) * attention[:, 1:, None].float(), dim=-1)
+                if self.colbert_half and hidden.dtype != torch.float32:
+                    vecs = vecs.half()  # stored as float16: the copy to the host is half the bytes
                 out.colbert = _host(vecs, keep_half=True, pinned=pinned)
             done = None
             if pinned:  # on the placement's stream: a thread's current device is cuda:0 by default

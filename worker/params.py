@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from bge_m3.settings import MIN_MAX_LENGTH
 from worker.encoder import MODES
 
 
@@ -46,8 +47,9 @@ def parse_params(params: Any, max_texts: int, max_length: int) -> tuple[list[str
     if not isinstance(modes, list) or not set(modes) <= set(MODES) or not modes:
         raise InvalidJob(f"modes must be a non-empty subset of {list(MODES)}")
     length = params.get("max_length", max_length)
-    if not isinstance(length, int) or isinstance(length, bool) or not 1 <= length <= max_length:
-        raise InvalidJob(f"max_length must be an integer between 1 and {max_length}")
+    if (not isinstance(length, int) or isinstance(length, bool)
+            or not MIN_MAX_LENGTH <= length <= max_length):
+        raise InvalidJob(f"max_length must be an integer between {MIN_MAX_LENGTH} and {max_length}")
     truncate = params.get("truncate", True)
     if not isinstance(truncate, bool):
         raise InvalidJob("truncate must be true or false")

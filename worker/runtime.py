@@ -67,6 +67,7 @@ class Runtime:
         self.frozen_objects = 0  # heap.freeze() after the warm-up
         self._announce_lock = threading.Lock()  # a record read before a state change lands before it
         self._stop = threading.Event()
+        self._wake = threading.Event()  # announce now, not at the next beat (drain, withdraw)
         self._heartbeat: threading.Thread | None = None
         self._deliveries: set[str] = set()  # lease tokens of the deliveries running here now
         self._deliveries_lock = threading.Lock()
@@ -95,7 +96,8 @@ class Runtime:
                                           self.verified.handles)
         t0 = time.perf_counter()
         try:
-            m3 = model_module.M3Model(view, self.placement)
+            m3 = model_module.M3Model(view, self.placement,
+                                      colbert_half=self.settings.colbert_dtype == "float16")
         finally:  # only links; what was read is in memory (or mapped) by now
             shutil.rmtree(view, ignore_errors=True)
             self.verified.release()
@@ -204,16 +206,21 @@ class Runtime:
     def drain(self) -> None:
         """A warm shutdown began: the jobs running finish, but no new one will be taken, so the
         record says not accepting at once (not when the last job ends). It stays, alive, for the
-        leases of those jobs."""
+        leases of those jobs. Celery calls this from its SIGTERM handler, on the main thread,
+        which may be inside ``_announce_now`` holding its lock: so the heartbeat thread writes
+        the record, woken here, and this neither locks nor waits on Redis."""
         if self._draining:
             return
         self._draining = True
         log.info("Draining: %s takes no new jobs; the running ones finish", self.hostname)
-        if self._heartbeat is not None and not self._stop.is_set():
-            self._announce()
+        self._wake.set()
 
     def _beat(self) -> None:
-        while not self._stop.wait(workers.HEARTBEAT_INTERVAL):
+        while True:
+            self._wake.wait(workers.HEARTBEAT_INTERVAL)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 self._announce_now()
                 self.counters.flush()  # batches of jobs that ended without a terminal write
@@ -239,6 +246,7 @@ class Runtime:
     def _withdraw(self) -> None:
         """Stop the heartbeat and delete the readiness key (it would expire with its TTL anyway)."""
         self._stop.set()
+        self._wake.set()
         heartbeat = self._heartbeat
         if heartbeat is not None and heartbeat is not threading.current_thread():
             heartbeat.join(WITHDRAW_WAIT_SECONDS)  # an announce in flight would undo the delete

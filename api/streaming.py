@@ -1,0 +1,116 @@
+"""Vectors written as JSON numbers while the response is sent, one row at a time.
+
+A stored ColBERT result is compact (2 bytes a value at rest), but as Python floats in a response
+dict each value costs ~50 bytes before the JSON text is even built: one 8,192-token text asked
+for with ``"encoding": "float"`` grew the API by 400 MiB, and a job at the ColBERT budget would
+have needed some 13 GB, per request. Here the packed bytes stay packed until each row is written,
+so a response costs its stored size plus one row, whatever its length.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import struct
+from typing import Any, Iterator
+
+from flask import Response
+
+from bge_m3.codec import DTYPE_CODES
+
+CHUNK_BYTES = 64 * 1024
+"""Bytes of JSON text gathered before one write to the client: rows are a few KB each, and a
+write per row would be a syscall per row."""
+
+_SEPARATORS = (",", ":")
+
+
+class FloatArray:
+    """A packed array (``bge_m3.codec``) that becomes JSON numbers only when it is written: a flat
+    list, or with ``rows`` a list of lists of ``shape[1]`` values. Its bytes are decoded and
+    checked here, before any of the response is sent, so damaged data is still a JSON error."""
+    __slots__ = ("raw", "code", "rows")
+
+    def __init__(self, packed: dict[str, Any], rows: bool):
+        try:
+            self.code = DTYPE_CODES[packed["dtype"]]
+            self.raw = base64.b64decode(packed["data"], validate=True)
+            shape = [int(n) for n in packed["shape"]]
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            raise ValueError(f"a stored array cannot be read ({type(exc).__name__})") from None
+        count = len(self.raw) // struct.calcsize(self.code)
+        self.rows: tuple[int, int] | None = None
+        if rows:
+            self.rows = (shape[0], shape[1]) if len(shape) == 2 else (1, count)
+            if self.rows[0] * self.rows[1] != count:
+                raise ValueError(f"a stored array holds {count} values, not {shape}")
+
+    def chunks(self) -> Iterator[str]:
+        if self.rows is None:
+            flat = struct.unpack(f"<{len(self.raw) // struct.calcsize(self.code)}{self.code}", self.raw)
+            yield json.dumps(list(flat), separators=_SEPARATORS)
+            return
+        n, width = self.rows
+        if not width:
+            yield "[" + ",".join(["[]"] * n) + "]"
+            return
+        yield "["
+        for i, row in enumerate(struct.iter_unpack(f"<{width}{self.code}", self.raw)):
+            yield ("," if i else "") + json.dumps(list(row), separators=_SEPARATORS)
+        yield "]"
+
+    def tolist(self) -> list[Any]:
+        return json.loads("".join(self.chunks()))
+
+
+def holds_arrays(obj: Any) -> bool:
+    """Whether ``obj`` has a ``FloatArray`` anywhere (lists of plain values are not walked)."""
+    if isinstance(obj, FloatArray):
+        return True
+    if isinstance(obj, dict):
+        return any(holds_arrays(v) for v in obj.values())
+    if isinstance(obj, list) and obj and isinstance(obj[0], (dict, list, FloatArray)):
+        return any(holds_arrays(v) for v in obj)
+    return False
+
+
+def iter_json(obj: Any) -> Iterator[str]:
+    """The JSON text of ``obj`` in pieces, ``FloatArray`` rows written as they come."""
+    if isinstance(obj, FloatArray):
+        yield from obj.chunks()
+    elif isinstance(obj, dict) and holds_arrays(obj):
+        yield "{"
+        for i, (key, value) in enumerate(obj.items()):
+            yield ("," if i else "") + json.dumps(str(key)) + ":"
+            yield from iter_json(value)
+        yield "}"
+    elif isinstance(obj, list) and holds_arrays(obj):
+        yield "["
+        for i, value in enumerate(obj):
+            if i:
+                yield ","
+            yield from iter_json(value)
+        yield "]"
+    else:
+        yield json.dumps(obj, separators=_SEPARATORS)
+
+
+def gathered(pieces: Iterator[str]) -> Iterator[bytes]:
+    buffer: list[str] = []
+    size = 0
+    for piece in pieces:
+        buffer.append(piece)
+        size += len(piece)
+        if size >= CHUNK_BYTES:
+            yield "".join(buffer).encode()
+            buffer, size = [], 0
+    if buffer:
+        yield "".join(buffer).encode()
+
+
+def respond(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Any:
+    """What a route returns: Flask's own JSON for a body of plain values, else the body streamed."""
+    if not holds_arrays(body):
+        return body, status, headers or {}
+    return Response(gathered(iter_json(body)), status=status, headers=headers,
+                    mimetype="application/json")
