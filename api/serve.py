@@ -38,7 +38,8 @@ ACCESS_LOG_FORMAT = ('%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s
 """gunicorn's default access line, then the answer's ids (``-`` where it has none)."""
 
 GRACE_SECONDS = 30
-"""How long in-flight requests get to finish on SIGTERM."""
+"""Margin of gunicorn's worker timeout over the longest sync wait. How long requests in flight get
+on SIGTERM is ``Settings.request_grace``."""
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -67,7 +68,7 @@ def options(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         "worker_class": "gthread",
         # gthread's timeout is a worker heartbeat, but keep it above the longest sync wait anyway.
         "timeout": int(settings.sync_timeout) + GRACE_SECONDS,
-        "graceful_timeout": GRACE_SECONDS,
+        "graceful_timeout": settings.request_grace,
         "keepalive": 5,
         # gunicorn's largest request line (its default is 4094): long ?wait= query strings and
         # ids stay the app's to judge (JSON 400/404); beyond this gunicorn answers 414, as JSON.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import struct
 from typing import Any, Iterator
 
@@ -38,12 +39,15 @@ class FloatArray:
             shape = [int(n) for n in packed["shape"]]
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
             raise ValueError(f"a stored array cannot be read ({type(exc).__name__})") from None
-        count = len(self.raw) // struct.calcsize(self.code)
+        # Every way the bytes could fail to unpack is caught here: once the 200 and the first
+        # rows are sent, a failure can only cut the body short.
+        count, odd = divmod(len(self.raw), struct.calcsize(self.code))
+        if odd or not shape or any(n < 0 for n in shape) or math.prod(shape) != count:
+            raise ValueError(f"a stored array of shape {shape} holds {len(self.raw)} bytes of "
+                             f"{packed['dtype']}")
         self.rows: tuple[int, int] | None = None
         if rows:
             self.rows = (shape[0], shape[1]) if len(shape) == 2 else (1, count)
-            if self.rows[0] * self.rows[1] != count:
-                raise ValueError(f"a stored array holds {count} values, not {shape}")
 
     def chunks(self) -> Iterator[str]:
         if self.rows is None:

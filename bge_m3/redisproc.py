@@ -44,6 +44,18 @@ def ping(url: str) -> str | None:
     return None
 
 
+def server_pid(url: str) -> int | None:
+    """The pid of the redis-server answering ``url`` (``INFO server``), None if it will not say."""
+    try:
+        client = redis_client(url, socket_timeout=3, socket_connect_timeout=3)
+        try:
+            return int(client.info("server")["process_id"])
+        finally:
+            client.close()
+    except Exception:  # noqa: BLE001 - INFO refused or renamed: not this child's, as far as known
+        return None
+
+
 def eviction_warning(url: str) -> str:
     """A warning when ``url``'s Redis may evict keys (its ``maxmemory-policy`` is not
     ``noeviction``): it could drop queued messages and job records. Empty when it cannot, or
@@ -91,17 +103,23 @@ class EmbeddedRedis:
         if not self.exe:
             raise RedisProblem(f"no redis-server binary on the PATH: {INSTALL_HINT}")
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o700)  # its AOF holds every job's texts and vectors: no other user's to read
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self.proc = popen("redis", self.args(), self.log_file.with_suffix(".out"))
         deadline = time.monotonic() + START_TIMEOUT
-        reason = ping(self.url)
-        while reason is not None:
+        while True:
+            # Exited first, then answering, and answering as this child: a Redis that took the
+            # port since it was found free would answer the PING while this one exits.
             if self.proc.poll() is not None:
                 raise RedisProblem(f"redis-server exited with {self.proc.returncode}: see "
                                    f"{self.log_file}")
+            reason = ping(self.url)
+            if reason is None:
+                pid = server_pid(self.url)
+                if pid == self.proc.pid:
+                    return self.proc
+                reason = f"another Redis (pid {pid}) answers on port {self.port}"
             if time.monotonic() > deadline:
                 raise RedisProblem(f"redis-server on port {self.port} did not answer within "
                                    f"{START_TIMEOUT:.0f}s ({reason}); see {self.log_file}")
             time.sleep(0.1)
-            reason = ping(self.url)
-        return self.proc

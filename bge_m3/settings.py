@@ -7,6 +7,7 @@ Every other module receives a ``Settings`` and never calls ``os.getenv``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -174,6 +175,14 @@ class Settings:
         if self.result_ttl <= self.time_limit:  # the record's TTL runs from the job's creation
             raise SettingsError("BGE_M3_RESULT_TTL must be longer than BGE_M3_TIME_LIMIT: a job's record "
                              "expires that long after it was submitted, queued or not")
+
+    @property
+    def request_grace(self) -> int:
+        """Seconds the API gives requests in flight to finish after SIGTERM (gunicorn's graceful
+        timeout): the longest wait one may be in (a sync call's ``sync_timeout``, a long-poll's
+        30 s) and a margin to answer. Shorter, and gunicorn killed a sync call still waiting: no
+        result, no 504, and a client retrying would start the same work again."""
+        return math.ceil(max(self.sync_timeout, 30.0)) + 5
 
     @property
     def redis_dsn(self) -> str:

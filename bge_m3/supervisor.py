@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-API_GRACE = 35.0
-"""Seconds the API may take to exit after SIGTERM: above gunicorn's own 30 s graceful timeout."""
+API_GRACE_MARGIN = 5.0
+"""Seconds the API may take to exit after SIGTERM beyond gunicorn's own graceful timeout
+(``Settings.request_grace``)."""
 
 REDIS_GRACE = 30.0
 """Seconds the private Redis may take to fsync its AOF and exit after SIGTERM."""

@@ -21,7 +21,7 @@ from bge_m3.redaction import redact_url
 from bge_m3.redisproc import EmbeddedRedis, RedisProblem, eviction_warning, local_url, ping
 from bge_m3.settings import Settings
 from bge_m3.startup import StartProblem, child_command, exit_status, probe_host, wait_until_ready
-from bge_m3.supervisor import API_GRACE, REDIS_GRACE, Supervisor
+from bge_m3.supervisor import API_GRACE_MARGIN, REDIS_GRACE, Supervisor
 
 STEPS = 5
 
@@ -221,7 +221,7 @@ class Up:
                 started = True
                 then = ", then Redis" if self.embedded is not None else ""
                 print(f"stopping: API, worker(s){then} (Ctrl-C again kills them now) ...", flush=True)
-                grace = {"api": API_GRACE, "redis": REDIS_GRACE,
+                grace = {"api": self.settings.request_grace + API_GRACE_MARGIN, "redis": REDIS_GRACE,
                          "worker": self.settings.time_limit + WORKER_GRACE_MARGIN}
                 at_stop = self.signals
                 self.supervisor.stop_all(grace, hurry=lambda: self.signals > at_stop)

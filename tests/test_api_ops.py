@@ -322,3 +322,15 @@ def test_waits_leave_threads_for_quick_routes(base_settings, redis_server, live_
             assert [p.result().json()["status"] for p in polls] == ["cancelled"] * 3
     finally:
         api.stop()
+
+
+@pytest.mark.parametrize("timeout", [10.0, 60.0, 300.0])
+def test_gunicorn_lets_a_waiting_sync_call_finish_on_sigterm(base_settings, timeout):
+    """gunicorn kills what is still running after its graceful timeout: that must outlast a sync
+    call's wait, or a stop drops the call with neither its result nor a 504."""
+    from api.serve import options, parse
+    from bge_m3.jobreader import MAX_WAIT_SECONDS
+
+    opts = options(base_settings.replace(sync_timeout=timeout), parse([]))
+    assert opts["graceful_timeout"] > max(timeout, MAX_WAIT_SECONDS)
+    assert opts["timeout"] > timeout

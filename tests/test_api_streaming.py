@@ -2,6 +2,7 @@
 a long ColBERT result in float lists costs the API its stored size, not ~50 bytes a value."""
 from __future__ import annotations
 
+import base64
 import json
 import struct
 import tracemalloc
@@ -34,10 +35,14 @@ def test_a_float_array_writes_what_the_codec_reads(rows, width, dtype):
 
 def test_a_damaged_array_is_refused_before_anything_is_sent():
     packed = _packed(3, 4)
+    odd = base64.b64encode(base64.b64decode(packed["data"]) + b"x").decode()
     for broken in ({**packed, "data": "not base64!"}, {**packed, "shape": [4, 4]},
-                   {**packed, "dtype": "int8"}, {"data": packed["data"]}):
-        with pytest.raises(ValueError, match="stored array"):
-            FloatArray(broken, True)
+                   {**packed, "dtype": "int8"}, {"data": packed["data"]},
+                   {**packed, "shape": [-3, -4]}, {**packed, "shape": []},
+                   {**packed, "data": odd, "shape": [25]}):
+        for rows in (True, False):  # a flat (dense) array is checked as strictly as rows
+            with pytest.raises(ValueError, match="stored array"):
+                FloatArray(broken, rows)
 
 
 @pytest.fixture
