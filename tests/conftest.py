@@ -15,6 +15,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from bge_m3.settings import Settings  # noqa: E402
+from tests.console_support import CHROMIUM, LAUNCH_ARGS, UI_TIMEOUT_MS  # noqa: E402
 from tests.support import RedisServer, spawn_worker  # noqa: E402
 
 
@@ -120,3 +121,54 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# -- the web console's browser (tests/test_console*.py) ---------------------------------------
+@pytest.fixture(scope="module")
+def served(base_settings, live_worker):
+    from tests.console_support import serve
+
+    server = serve(base_settings)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        message = f"{CHROMIUM} is missing; install it with `apt-get install -y chromium`"
+        if os.environ.get("CI"):  # CI must run the browser tests, never skip them silently
+            pytest.fail(message)
+        pytest.skip(message + " (not in CI)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def open_page(browser):
+    """Opens the console in a fresh context; fails the test on any uncaught page error or alert."""
+    contexts, problems = [], []
+
+    def open_(url: str, width: int = 1280, height: int = 800, setup=None):
+        """``setup(page)`` runs before the page loads: routes and clocks that its very first
+        requests must meet."""
+        context = browser.new_context(viewport={"width": width, "height": height})
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(UI_TIMEOUT_MS)
+        page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+        page.on("dialog", lambda dialog: (problems.append(f"dialog: {dialog.message}"),
+                                          dialog.dismiss()))
+        if setup:
+            setup(page)
+        page.goto(url + "/")
+        return page
+
+    yield open_
+    for context in contexts:
+        context.close()
+    assert not problems, problems

@@ -7,202 +7,18 @@ checked against numbers the test fetches from the API itself, never against cons
 from __future__ import annotations
 
 import json
-import math
-import os
 import threading
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
-from werkzeug.serving import make_server
 
-from tests.support import SUITE_DBS
-
-
-CHROMIUM = Path("/usr/bin/chromium")
-"""Debian's chromium; Playwright's own browser download cannot work offline."""
-
-LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-UI_TIMEOUT_MS = 60_000
-"""Bounds one wait for the page (a job on the tiny model takes well under a second)."""
-
-STATUS_DB = SUITE_DBS["console"]
-"""Redis database of the tests that need no worker or their own, so no other suite's worker is
-seen as ready."""
-
-THREE_TEXTS = ["今天天气真好", "阳光明媚", "The stock market fell sharply today"]
+from tests.console_support import (
+    STATUS_DB, THREE_TEXTS, ServedApp, assert_matrix, assert_the_one_job_cancelled, cosine, items,
+    latency_ms, lexical, maxsim, no_horizontal_overflow, rows, run_embed, serve, shown_ms,
+)
 
 pytestmark = pytest.mark.timeout(300)
-
-
-# -- stack -----------------------------------------------------------------------------------
-class ServedApp:
-    """A Flask app on a free port in a thread (threaded: long-polls must not block the page)."""
-
-    def __init__(self, app):
-        self.server = make_server("127.0.0.1", 0, app, threaded=True)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def request(self, method: str, path: str, body=None, key: str | None = None) -> tuple[int, dict]:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method)
-        req.add_header("Content-Type", "application/json")
-        if key:
-            req.add_header("Authorization", f"Bearer {key}")
-        try:
-            with urllib.request.urlopen(req, timeout=60) as res:
-                return res.status, json.loads(res.read() or b"null")
-        except urllib.error.HTTPError as err:
-            return err.code, json.loads(err.read() or b"null")
-
-    def job(self, job_id: str, key: str | None = None) -> dict:
-        status, body = self.request("GET", f"/v1/jobs/{job_id}?wait=30", key=key)
-        assert status == 200, body
-        assert body["status"] == "succeeded", body
-        return body
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.thread.join(10)
-
-
-def _serve(settings) -> ServedApp:
-    from api import create_app
-
-    return ServedApp(create_app(settings))
-
-
-@pytest.fixture(scope="module")
-def served(base_settings, live_worker):
-    server = _serve(base_settings)
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        message = f"{CHROMIUM} is missing; install it with `apt-get install -y chromium`"
-        if os.environ.get("CI"):  # CI must run the browser tests, never skip them silently
-            pytest.fail(message)
-        pytest.skip(message + " (not in CI)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def open_page(browser):
-    """Opens the console in a fresh context; fails the test on any uncaught page error or alert."""
-    contexts, problems = [], []
-
-    def open_(url: str, width: int = 1280, height: int = 800):
-        context = browser.new_context(viewport={"width": width, "height": height})
-        contexts.append(context)
-        page = context.new_page()
-        page.set_default_timeout(UI_TIMEOUT_MS)
-        page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-        page.on("dialog", lambda dialog: (problems.append(f"dialog: {dialog.message}"),
-                                          dialog.dismiss()))
-        page.goto(url + "/")
-        return page
-
-    yield open_
-    for context in contexts:
-        context.close()
-    assert not problems, problems
-
-
-# -- maths, from the API's numbers -----------------------------------------------------------
-def cosine(a: list[float], b: list[float]) -> float:
-    dot = sum(x * y for x, y in zip(a, b))
-    return dot / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
-
-
-def lexical(a: dict, b: dict) -> float:
-    other = dict(zip(b["indices"], b["values"]))
-    return sum(w * other[i] for i, w in zip(a["indices"], a["values"]) if i in other)
-
-
-def rows(colbert: dict) -> list[list[float]]:
-    data = colbert["data"]
-    if isinstance(data, list) and data and isinstance(data[0], list):
-        return data
-    from bge_m3.codec import unpack_rows
-
-    return unpack_rows(colbert)
-
-
-def maxsim(q: list[list[float]], p: list[list[float]]) -> float:
-    return sum(max(sum(x * y for x, y in zip(qv, pv)) for pv in p) for qv in q) / len(q)
-
-
-def items(job: dict) -> list[dict]:
-    return job["result"]["items"]
-
-
-def latency_ms(job: dict) -> tuple[float, float, float]:
-    """Queue, compute and total time as the API reports them (the worker's timings)."""
-    timings = job["timings"]
-    return timings["queue_ms"], timings["compute_ms"], timings["total_ms"]
-
-
-def shown_ms(text: str) -> tuple[float, float]:
-    """A displayed duration in ms, and the rounding of its display ("12.3 ms" or "1.01 s")."""
-    value, unit = text.split()
-    return (float(value) * 1000, 5.0) if unit == "s" else (float(value), 0.05)
-
-
-# -- page helpers ----------------------------------------------------------------------------
-def run_embed(page, texts: list[str], mode: str) -> str:
-    page.fill("#texts", "\n".join(texts))
-    page.check(f'input[name="mode"][value="{mode}"]')
-    previous = page.get_attribute("#embed-results", "data-job")
-    page.click("#run-embed")
-    page.wait_for_function(
-        "prev => { const r = document.querySelector('#embed-results');"
-        " return !r.hidden && r.dataset.job && r.dataset.job !== prev; }", arg=previous)
-    return page.get_attribute("#embed-results", "data-job")
-
-
-def heatmap(page) -> dict[tuple[int, int], tuple[float, str]]:
-    cells = page.eval_on_selector_all(
-        "#heatmap td.cell", "cells => cells.map(c => [+c.dataset.row, +c.dataset.col,"
-        " +c.dataset.value, c.textContent, getComputedStyle(c).backgroundColor])")
-    assert len({c[4] for c in cells}) > 1, "cells are not coloured by value"
-    return {(r, c): (v, label) for r, c, v, label, _ in cells}
-
-
-def assert_matrix(page, expected, tolerance: float = 1e-5) -> None:
-    shown = heatmap(page)
-    n = len(expected)
-    assert set(shown) == {(i, j) for i in range(n) for j in range(n)}
-    for (i, j), (value, label) in shown.items():
-        assert value == pytest.approx(expected[i][j], abs=tolerance), (i, j)
-        assert float(label) == pytest.approx(expected[i][j], abs=0.0005 + tolerance), (i, j, label)
-
-
-def assert_the_one_job_cancelled(page, redis_server) -> None:
-    """The page says the job was cancelled, and the console's database holds it, cancelled."""
-    error = page.locator("#embed-error")
-    error.wait_for(state="visible")
-    assert "cancelled" in error.text_content(), error.text_content()
-    db = redis_server.client(STATUS_DB)
-    (key,) = list(db.scan_iter("bge-m3:job:*"))
-    assert db.hget(key, "status") == "cancelled"
-
-
-def no_horizontal_overflow(page) -> None:
-    width = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
-    assert width[0] <= width[1], f"page is {width[0]}px wide in a {width[1]}px window"
 
 
 # -- tests -----------------------------------------------------------------------------------
@@ -347,7 +163,7 @@ def test_status_strip_shows_worker_then_no_worker_ready(base_settings, redis_ser
     redis_server.client(STATUS_DB).flushdb()
     settings = base_settings.replace(redis_url=redis_server.url(STATUS_DB))
     worker = worker_factory(settings)
-    server = _serve(settings)
+    server = serve(settings)
     try:
         page = open_page(server.url)
         page.wait_for_function("() => document.querySelector('#st-ready').dataset.state === 'ok'")
@@ -375,7 +191,7 @@ def test_status_strip_shows_worker_then_no_worker_ready(base_settings, redis_ser
 def test_api_key_is_asked_for_kept_in_session_and_sent(base_settings, live_worker, open_page,
                                                        tmp_path):
     key = "console-test-key"
-    server = _serve(base_settings.replace(api_keys=(key,)))
+    server = serve(base_settings.replace(api_keys=(key,)))
     try:
         page = open_page(server.url)
         # /readyz is open to all, the rest is not: the strip says a key is needed before a run.
@@ -446,7 +262,7 @@ def test_a_job_with_no_worker_says_so_and_cancel_cancels_it(base_settings, redis
     """No worker: the page says why the job waits instead of showing "queued" forever, and
     Cancel withdraws the job (DELETE) rather than leaving it queued behind the user's back."""
     redis_server.client(STATUS_DB).flushdb()
-    server = _serve(base_settings.replace(redis_url=redis_server.url(STATUS_DB)))
+    server = serve(base_settings.replace(redis_url=redis_server.url(STATUS_DB)))
     try:
         page = open_page(server.url)
         page.fill("#texts", "nobody will embed this")
@@ -469,7 +285,7 @@ def test_a_running_job_is_shown_running_and_cancel_links_to_it(base_settings, re
     redis_server.client(STATUS_DB).flushdb()
     settings = base_settings.replace(redis_url=redis_server.url(STATUS_DB), test_faults=True)
     worker_factory(settings)
-    server = _serve(settings)
+    server = serve(settings)
     try:
         page = open_page(server.url)
         # The page looks at ~1, 3 and 7 s (waits of 1, 2, 4 s); the job sleeps past all of them,
@@ -498,7 +314,7 @@ def test_cancel_while_the_job_is_submitted_cancels_the_job(base_settings, redis_
     """Cancel pressed while the POST is in flight: the job the server creates anyway is found and
     cancelled, not left to run unseen."""
     redis_server.client(STATUS_DB).flushdb()
-    server = _serve(base_settings.replace(redis_url=redis_server.url(STATUS_DB)))
+    server = serve(base_settings.replace(redis_url=redis_server.url(STATUS_DB)))
     try:
         page = open_page(server.url)
         held = []
@@ -519,7 +335,7 @@ def test_redis_down_is_named_and_the_queue_depth_unknown(base_settings, open_pag
     from tests.support import RedisServer
 
     redis = RedisServer(tmp_path / "redis")
-    server = _serve(base_settings.replace(redis_url=redis.url(0)))
+    server = serve(base_settings.replace(redis_url=redis.url(0)))
     try:
         page = open_page(server.url)
         page.wait_for_function("() => document.querySelector('#st-queue').textContent === 'queue: 0'")
@@ -622,7 +438,7 @@ def test_max_length_follows_the_workers_limit_and_a_drained_worker_is_said(
     settings = base_settings.replace(redis_url=redis_server.url(STATUS_DB), max_length=256,
                                      test_faults=True)
     worker = worker_factory(settings)
-    server = _serve(settings)
+    server = serve(settings)
     try:
         page = open_page(server.url)
         page.wait_for_function("() => document.querySelector('#max-length').value === '256'")

@@ -1,6 +1,6 @@
 // Console entry point: tabs, the API key field, and the three panels.
 import { apiKey, setApiKey } from "./client.js";
-import { $, arrowKeys } from "./dom.js";
+import { $, arrowKeys, showError } from "./dom.js";
 import { initEmbed, refreshHybrid } from "./embed.js";
 import { initScore } from "./score.js";
 import { initStatus } from "./status.js";
@@ -20,10 +20,20 @@ function initTabs() {
   arrowKeys(list, select);
 }
 
+/** Said when a key has a character no HTTP header can carry: fetch() would refuse every call,
+ * which would read as "the API is down". */
+const BAD_KEY = "this API key is invalid: it has a space or a character outside printable ASCII "
+  + "(often an invisible one pasted with it); it was not kept, so no key is sent. Type it again.";
+
 function initKey(refresh) {
   const field = $("#api-key");
   field.value = apiKey();
-  field.addEventListener("change", () => { setApiKey(field.value.trim()); refresh(); });
+  field.addEventListener("change", () => {
+    const kept = setApiKey(field.value.trim());
+    field.setAttribute("aria-invalid", String(!kept));
+    showError($("#key-error"), kept ? "" : BAD_KEY);
+    refresh();
+  });
 }
 
 initTabs();

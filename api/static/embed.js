@@ -2,7 +2,7 @@
 // and ColBERT counts, all computed from the vectors the API returned.
 import { ApiError, runJob } from "./client.js";
 import {
-  cosine, epochMs, hybrid, lexical, matrix, maxsim, perText, sparseEntries, vector,
+  anyWeight, cosine, epochMs, hybrid, lexical, matrix, maxsim, perText, sparseEntries, vector,
 } from "./vectors.js";
 import { $, arrowKeys, el, lines, ms, short, showError, showProgress } from "./dom.js";
 import { currentWeights } from "./score.js";
@@ -21,7 +21,11 @@ const KINDS = {
   hybrid: { label: "Hybrid", caption: "weighted dense + sparse + ColBERT, weights from the Score tab" },
 };
 
-let state = null; // {texts, items, matrices: {kind: number[][]}, active}
+let state = null; // {texts, items, matrices: {kind: number[][] | null}, active}
+
+/** The Hybrid tab's caption when the Score tab's weights are all zero: the matrix is left out
+ * rather than shown as zeros under a "weighted" caption, as the Score tab refuses those weights. */
+const NO_WEIGHTS = "no hybrid score: every weight on the Score tab is zero; move one above zero";
 
 // The worker's own timings (GET /v1/jobs/<id> "timings"); timestamps are the fallback.
 function timing(job, name) {
@@ -57,9 +61,12 @@ function computeMatrices(all) {
   return { out, dense, sparse, colbert };
 }
 
+/** The matrices with the hybrid one under the Score tab's weights: null (its tab stays, and says
+ * why it is empty) when every weight is zero. */
 function withHybrid(matrices) {
   if (!(matrices.dense && matrices.sparse && matrices.colbert)) return matrices;
   const w = currentWeights();
+  if (!anyWeight(w)) return { ...matrices, hybrid: null };
   const n = matrices.dense.length;
   return {
     ...matrices,
@@ -77,9 +84,24 @@ function colour(t) {
   return `hsl(212, 70%, ${light.toFixed(1)}%)`;
 }
 
+function selectTab(kind) {
+  for (const b of document.querySelectorAll("#heat-tabs button")) {
+    b.setAttribute("aria-selected", String(b.dataset.kind === kind));
+    b.tabIndex = b.dataset.kind === kind ? 0 : -1;
+  }
+  $("#heatmap").dataset.kind = kind;
+  state.active = kind;
+}
+
 function renderHeatmap(kind) {
   const table = $("#heatmap");
   const values = state.matrices[kind];
+  if (!values) {  // only the hybrid's, with every weight at zero
+    table.replaceChildren();
+    $("#heat-caption").textContent = NO_WEIGHTS;
+    selectTab(kind);
+    return;
+  }
   const n = values.length;
   const flat = values.flat();
   // Scale colours to this matrix's own range, so small differences between texts stay visible.
@@ -100,19 +122,14 @@ function renderHeatmap(kind) {
       return cell;
     })));
   table.replaceChildren(el("thead", {}, head), el("tbody", {}, ...rows));
-  table.dataset.kind = kind;
   const cut = state.texts.length > n ? `; first ${n} of ${state.texts.length} texts` : "";
   const scale = span ? `colour from ${lo.toFixed(3)} (light) to ${hi.toFixed(3)} (dark)` : `every value ${lo.toFixed(3)}`;
   $("#heat-caption").textContent = `${KINDS[kind].caption}; ${scale}${cut}`;
-  for (const b of document.querySelectorAll("#heat-tabs button")) {
-    b.setAttribute("aria-selected", String(b.dataset.kind === kind));
-    b.tabIndex = b.dataset.kind === kind ? 0 : -1;
-  }
-  state.active = kind;
+  selectTab(kind);
 }
 
 function renderTabs() {
-  const kinds = Object.keys(KINDS).filter((k) => state.matrices[k]);
+  const kinds = Object.keys(KINDS).filter((k) => k in state.matrices);
   const tabs = kinds.map((k) => {
     const b = el("button", { type: "button", role: "tab", "data-kind": k, text: KINDS[k].label,
       "aria-controls": "heatmap" });

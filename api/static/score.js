@@ -1,7 +1,8 @@
 // The Score panel: one query against many documents via POST /v1/score, ranked by the hybrid
 // score; moving a weight slider re-asks the API with the new weights.
-import { ApiError, call } from "./client.js";
+import { ApiError, callUnlessBusy } from "./client.js";
 import { $, el, lines, short, showError, showProgress } from "./dom.js";
+import { anyWeight } from "./vectors.js";
 
 /** Milliseconds the sliders must rest before the API is asked again (one request per drag). */
 const RESCORE_DELAY_MS = 150;
@@ -9,6 +10,7 @@ const SLIDERS = ["dense", "sparse", "colbert"];
 
 let timer = null;
 let sequence = 0; // answers to older requests are dropped, so the last slider position wins
+let inFlight = null; // the AbortController of the newest request: a newer one stops its retries
 let scored = false;
 
 export function currentWeights() {
@@ -54,20 +56,24 @@ async function score() {
   const documents = lines($("#documents").value);
   const weights = currentWeights();
   const mine = ++sequence;  // also drops an answer in flight: it is for what was on screen
+  if (inFlight) inFlight.abort();  // and stops its retries while the API is busy
+  const controller = new AbortController();
+  inFlight = controller;
   const refuse = (message) => {
     $("#score-results").hidden = true;  // a ranking for other documents or weights
     showProgress(progress, "");
     showError(error, message);
   };
   if (!query || !documents.length) return refuse("type a query and at least one document, one per line");
-  if (!weights.some((w) => w > 0)) return refuse("at least one weight must be above zero");
+  if (!anyWeight(weights)) return refuse("at least one weight must be above zero");
   showError(error, "");
   showProgress(progress, "scoring…");
   try {
     const body = { query, documents, weights, truncate: $("#score-truncate").checked };
     const maxLength = parseInt($("#score-max-length").value, 10);
     if (!Number.isNaN(maxLength)) body.max_length = maxLength;
-    const { data } = await call("POST", "/v1/score", body);
+    const onBusy = (s) => showProgress(progress, `the API is busy; retrying in ${s} s…`);
+    const { data } = await callUnlessBusy("POST", "/v1/score", body, controller.signal, onBusy);
     if (mine !== sequence) return;
     render(documents, weights, data);
     scored = true;

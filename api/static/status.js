@@ -3,12 +3,18 @@
 import { ApiError, apiKey, call } from "./client.js";
 import { $ } from "./dom.js";
 
-/** Milliseconds between refreshes of the strip; a dead worker's record expires in ~15 s anyway. */
+/** Milliseconds from the end of one refresh of the strip to the start of the next; a dead
+ * worker's record expires in ~15 s anyway. Counted from the end, so slow answers never pile up. */
 export const STATUS_INTERVAL_MS = 2000;
+/** Milliseconds one refresh may take before it is given up, so a request that never answers
+ * cannot stop the refreshes. */
+export const STATUS_TIMEOUT_MS = 10_000;
 
-async function get(path) {
+let generation = 0; // a refresh started later wins: an older one's answers are dropped
+
+async function get(path, signal) {
   try {
-    const r = await call("GET", path);
+    const r = await call("GET", path, undefined, signal);
     return { ok: true, status: r.status, data: r.data, raw: r.raw };
   } catch (e) {
     if (!(e instanceof ApiError)) throw e;
@@ -16,10 +22,11 @@ async function get(path) {
   }
 }
 
-async function getBody(path) {
-  // /readyz answers 503 with a useful body; fetch directly so that body is kept.
+async function getBody(path, signal) {
+  // /readyz answers 503 with a useful body; fetch directly so that body is kept. It and /metrics
+  // are open to all: no key is sent, so a key the API refuses cannot hide the readiness.
   try {
-    const res = await fetch(path, { cache: "no-store", headers: authHeaders() });
+    const res = await fetch(path, { cache: "no-store", headers: { Accept: "application/json" }, signal });
     const raw = await res.text();
     let data = null;
     try { data = raw ? JSON.parse(raw) : null; } catch (e) { data = null; }
@@ -27,11 +34,6 @@ async function getBody(path) {
   } catch (e) {
     return { ok: false, status: 0, data: null, raw: "" };
   }
-}
-
-function authHeaders() {
-  const key = apiKey();
-  return key ? { Authorization: `Bearer ${key}`, Accept: "application/json" } : { Accept: "application/json" };
 }
 
 function workerList(data) {
@@ -89,7 +91,10 @@ function applyMaxLength(workers) {
 }
 
 export async function refreshStatus() {
-  const [ready, models] = await Promise.all([getBody("/readyz"), get("/v1/models")]);
+  const mine = ++generation;
+  const signal = AbortSignal.timeout(STATUS_TIMEOUT_MS);
+  const [ready, models] = await Promise.all([getBody("/readyz", signal), get("/v1/models", signal)]);
+  if (mine !== generation) return;
   const workers = models.ok ? workerList(models.data) : [];
   const count = first(ready.data, ["workers", "error.workers", "ready_workers"]);
   const readyCount = typeof count === "number" ? count : workers.length;
@@ -98,7 +103,7 @@ export async function refreshStatus() {
   const redisDown = first(ready.data, ["error.code"]) === "redis_unavailable"
     || first(ready.data, ["redis", "error.redis"]) === false;
   if (ready.status === 0) {
-    set("#st-ready", "cannot reach the API", "down");
+    set("#st-ready", signal.aborted ? "the API did not answer in time" : "cannot reach the API", "down");
   } else if (ready.ok && keyNeeded) {
     set("#st-ready", apiKey() ? "ready, but the API key is wrong" : "ready; an API key is needed: enter it at the top", "down");
   } else if (ready.ok) {
@@ -132,7 +137,8 @@ export async function refreshStatus() {
   let depth = first(ready.data, ["queue_depth", "queue.depth"]);
   if (depth == null && models.ok) depth = first(models.data, ["queue_depth"]);
   if (depth == null && !redisDown) {  // with Redis down the metric says 0, which is not known
-    const metrics = await getBody("/metrics");
+    const metrics = await getBody("/metrics", signal);
+    if (mine !== generation) return;
     if (metrics.ok) depth = queueFromMetrics(metrics.raw);
   }
   set("#st-queue", `queue: ${depth == null ? "—" : depth}`);
@@ -142,8 +148,16 @@ export function initStatus() {
   for (const id of ["#max-length", "#score-max-length"]) {
     $(id).addEventListener("input", (event) => { event.target.dataset.edited = "1"; });
   }
-  const tick = () => refreshStatus().catch(() => set("#st-ready", "status unavailable", "down"));
+  let timer = null;
+  // The next refresh is set when this one settles (one in flight at a time); a refresh asked for
+  // out of turn (a new key) starts at once, and the one it overtakes schedules nothing.
+  const tick = () => {
+    clearTimeout(timer);
+    const mine = generation + 1;  // the one refreshStatus is about to take
+    refreshStatus()
+      .catch(() => { if (mine === generation) set("#st-ready", "status unavailable", "down"); })
+      .finally(() => { if (mine === generation) timer = setTimeout(tick, STATUS_INTERVAL_MS); });
+  };
   tick();
-  setInterval(tick, STATUS_INTERVAL_MS);
   return tick;
 }

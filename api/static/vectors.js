@@ -110,6 +110,11 @@ export function maxsim(q, p) {
   return total / q.length;
 }
 
+/** Whether the weights make a hybrid score: with all at zero there is none (the API refuses them). */
+export function anyWeight(weights) {
+  return weights.some((w) => w > 0);
+}
+
 export function hybrid(scores, weights) {
   const sum = weights[0] + weights[1] + weights[2];
   if (!sum) return 0;
