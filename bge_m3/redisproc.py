@@ -8,6 +8,8 @@ It is stopped with SIGTERM, which Redis handles as SHUTDOWN: fsync the AOF, then
 """
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
 import subprocess
 import time
@@ -78,8 +80,20 @@ def local_url(port: int) -> str:
     return f"redis://127.0.0.1:{port}/0"
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by this user only, never through a link."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, 0o600)  # O_CREAT's mode does nothing to a file that was already there
+        f.write(text)
+
+
 class EmbeddedRedis:
-    """A redis-server child on 127.0.0.1:``port``, in its own process group."""
+    """A redis-server child on 127.0.0.1:``port``, in its own process group, with a password
+    made for this run: loopback is every local user's, and its data is every job's texts and
+    vectors. The password is in ``password_file`` (0600, in the 0700 data folder), which is how
+    the children get it (``REDIS_PASSWORD_FILE``); redis-server reads it from a config file
+    there, never from its command line, which any user can read in ``ps``."""
 
     def __init__(self, port: int, data_dir: Path, log_file: Path, exe: str | None = None):
         self.port = port
@@ -87,13 +101,24 @@ class EmbeddedRedis:
         self.log_file = Path(log_file)
         self.exe = exe or shutil.which("redis-server")
         self.proc: subprocess.Popen | None = None
+        self.password = secrets.token_hex(32)
 
     @property
     def url(self) -> str:
+        """The URL without the password (for lines a person reads, and ``REDIS_URL``)."""
         return local_url(self.port)
 
+    @property
+    def dsn(self) -> str:
+        """The URL this process connects with, password included."""
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    @property
+    def password_file(self) -> Path:
+        return self.dir / "password"
+
     def args(self) -> list[str]:
-        return [str(self.exe), "--bind", "127.0.0.1", "--port", str(self.port),
+        return [str(self.exe), str(self.dir / "redis.conf"), "--bind", "127.0.0.1", "--port", str(self.port),
                 "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "everysec",
                 "--maxmemory-policy", "noeviction", "--save", "", "--daemonize", "no",
                 "--logfile", str(self.log_file)]
@@ -104,6 +129,8 @@ class EmbeddedRedis:
             raise RedisProblem(f"no redis-server binary on the PATH: {INSTALL_HINT}")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o700)  # its AOF holds every job's texts and vectors: no other user's to read
+        write_private(self.dir / "redis.conf", f"requirepass {self.password}\n")
+        write_private(self.password_file, self.password + "\n")
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self.proc = popen("redis", self.args(), self.log_file.with_suffix(".out"))
         deadline = time.monotonic() + START_TIMEOUT
@@ -113,9 +140,9 @@ class EmbeddedRedis:
             if self.proc.poll() is not None:
                 raise RedisProblem(f"redis-server exited with {self.proc.returncode}: see "
                                    f"{self.log_file}")
-            reason = ping(self.url)
+            reason = ping(self.dsn)
             if reason is None:
-                pid = server_pid(self.url)
+                pid = server_pid(self.dsn)
                 if pid == self.proc.pid:
                     return self.proc
                 reason = f"another Redis (pid {pid}) answers on port {self.port}"

@@ -134,10 +134,10 @@ class Up:
         self.locks.append(claim(s.data_dir, "data folder", "BGE_M3_DATA_DIR"))
         self.embedded = EmbeddedRedis(port, s.data_dir, s.log_dir / "redis.log")
         self.embedded.start(self._spawn_redis)
-        self.redis_url = self.embedded.url
+        self.redis_url = self.embedded.dsn
         return (f"started a private redis-server on 127.0.0.1:{port} (pid "
-                f"{self.embedded.proc.pid}; AOF everysec in {self.embedded.dir}; log "
-                f"{self.embedded.log_file})")
+                f"{self.embedded.proc.pid}; password in {self.embedded.password_file}; AOF "
+                f"everysec in {self.embedded.dir}; log {self.embedded.log_file})")
 
     def _spawn_redis(self, name: str, argv: list[str], log: Path):
         return self.supervisor.spawn(name, argv, log)
@@ -145,7 +145,11 @@ class Up:
     def start(self) -> str:
         s = self.settings
         children = s
-        if self.redis_url != s.redis_dsn:  # a local Redis found or started here: no password
+        if self.embedded is not None:  # children get the path of its password, not the password
+            files = tuple(f for f in s.secret_files if f[0] not in ("REDIS_URL", "REDIS_PASSWORD"))
+            children = s.replace(redis_url=self.embedded.url, redis_password=self.embedded.password,
+                                 secret_files=(*files, ("REDIS_PASSWORD", str(self.embedded.password_file))))
+        elif self.redis_url != s.redis_dsn:  # a local Redis found answering: no password
             children = s.replace(redis_url=self.redis_url, redis_password=None)
         self.supervisor.env = {**children.child_env(os.environ), "PYTHONUNBUFFERED": "1"}
         host = socket.gethostname()

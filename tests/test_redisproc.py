@@ -1,5 +1,5 @@
 """``bge_m3.redisproc.EmbeddedRedis``: the private redis-server ``bge-m3 up`` starts is trusted only
-once it answers as itself, and its data folder is its user's alone."""
+once it answers as itself, and it and its data folder are its user's alone."""
 from __future__ import annotations
 
 import stat
@@ -20,8 +20,13 @@ def test_the_private_redis_answers_as_itself_in_a_private_folder(tmp_path):
     embedded = EmbeddedRedis(free_port(), tmp_path / "data", tmp_path / "logs" / "redis.log")
     proc = embedded.start(_popen)
     try:
-        assert server_pid(embedded.url) == proc.pid
+        assert server_pid(embedded.dsn) == proc.pid
+        assert server_pid(embedded.url) is None  # no password, no answer
         assert stat.S_IMODE(embedded.dir.stat().st_mode) == 0o700
+        for private in (embedded.password_file, embedded.dir / "redis.conf"):
+            assert stat.S_IMODE(private.stat().st_mode) == 0o600
+        assert embedded.password_file.read_text().strip() == embedded.password
+        assert embedded.password not in " ".join(proc.args)  # `ps` shows every user the arguments
     finally:
         proc.terminate()
         proc.wait(30)

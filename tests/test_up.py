@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisDown
 
 from bge_m3.queue import redis_client
@@ -145,16 +147,17 @@ def healthcheck(env: dict[str, str], *args: str) -> int:
 
 def test_up_serves_the_seed_request_and_sigint_stops_every_process(up_env, runs, tmp_path):
     port, redis_port = int(up_env["BGE_M3_PORT"]), int(up_env["BGE_M3_EMBEDDED_REDIS_PORT"])
-    # REDIS_PASSWORD belongs with REDIS_URL: the private Redis started here has no password, and
-    # a worker or API sending one would be refused ("AUTH called without any password").
+    # REDIS_PASSWORD belongs with REDIS_URL: the private Redis started here has a password of its
+    # own, which the children get as a file; one set for another Redis must not reach them.
     run = runs({**up_env, "REDIS_PASSWORD": "for-another-redis"}, "--workers", "2")
     run.wait_line(r"^web page: ", START_TIMEOUT)
     out = run.output
     assert re.search(r"^\[1/5\] environment (GPU mode: cuda:0|CPU mode: no CUDA device found)",
                      out, re.M), out
     assert re.search(r"^\[2/5\] model .* verified", out, re.M)
-    assert re.search(rf"^\[4/5\] redis +started a private redis-server on 127\.0\.0\.1:{redis_port}",
-                     out, re.M)
+    password_file = tmp_path / "data" / "redis" / "password"
+    assert re.search(rf"^\[4/5\] redis +started a private redis-server on 127\.0\.0\.1:{redis_port}"
+                     rf" \(pid \d+; password in {re.escape(str(password_file))};", out, re.M), out
     assert re.search(rf"^\[5/5\] start +2 workers and the API ready .*{re.escape(str(tmp_path))}",
                      out, re.M)
     assert f"http://127.0.0.1:{port}/" in out
@@ -171,8 +174,18 @@ def test_up_serves_the_seed_request_and_sigint_stops_every_process(up_env, runs,
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as page:
         assert page.status == 200 and "html" in page.headers["Content-Type"]
 
-    # The embedded Redis: durable settings, the data folder, reachable only while `up` runs.
-    redis = redis_client(f"redis://127.0.0.1:{redis_port}/0")
+    # The embedded Redis: durable settings, the data folder, reachable only while `up` runs, and
+    # only with its password, which is in a file of this user's alone and in no child's environment.
+    with pytest.raises(AuthenticationError):
+        redis_client(f"redis://127.0.0.1:{redis_port}/0").ping()
+    password = password_file.read_text().strip()
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600 and len(password) == 64
+    for pid in listed.values():
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        assert password.encode() not in environ and b"for-another-redis" not in environ, pid
+    assert f"REDIS_PASSWORD_FILE={password_file}".encode() in Path(f"/proc/{listed['api']}/environ").read_bytes()
+    assert password not in out
+    redis = redis_client(f"redis://:{password}@127.0.0.1:{redis_port}/0")
     assert redis.config_get("appendonly") == {"appendonly": "yes"}
     assert redis.config_get("appendfsync") == {"appendfsync": "everysec"}
     assert redis.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
@@ -181,7 +194,8 @@ def test_up_serves_the_seed_request_and_sigint_stops_every_process(up_env, runs,
     ready_keys = sorted(redis.scan_iter(match="bge-m3:worker:*"))
     assert len(ready_keys) == 2
 
-    check_env = {**up_env, "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"}
+    check_env = {**up_env, "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+                 "REDIS_PASSWORD_FILE": str(password_file)}
     worker_hostname = ready_keys[0].removeprefix("bge-m3:worker:")
     assert healthcheck(check_env, "--worker", worker_hostname) == 0
     assert healthcheck(check_env, "--worker", "nobody@nowhere") == 1
