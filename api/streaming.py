@@ -68,12 +68,12 @@ class FloatArray:
 
 
 def holds_arrays(obj: Any) -> bool:
-    """Whether ``obj`` has a ``FloatArray`` anywhere (lists of plain values are not walked)."""
+    """Whether ``obj`` has a ``FloatArray`` anywhere."""
     if isinstance(obj, FloatArray):
         return True
     if isinstance(obj, dict):
         return any(holds_arrays(v) for v in obj.values())
-    if isinstance(obj, list) and obj and isinstance(obj[0], (dict, list, FloatArray)):
+    if isinstance(obj, (list, tuple)):
         return any(holds_arrays(v) for v in obj)
     return False
 
@@ -88,7 +88,7 @@ def iter_json(obj: Any) -> Iterator[str]:
             yield ("," if i else "") + json.dumps(str(key)) + ":"
             yield from iter_json(value)
         yield "}"
-    elif isinstance(obj, list) and holds_arrays(obj):
+    elif isinstance(obj, (list, tuple)) and holds_arrays(obj):
         yield "["
         for i, value in enumerate(obj):
             if i:

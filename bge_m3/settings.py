@@ -153,10 +153,11 @@ class Settings:
                 raise SettingsError(f"{ENV_VARS[name]} must be {where}, not {value}")
         if self.sync_timeout <= 0:
             raise SettingsError("BGE_M3_SYNC_TIMEOUT must be more than 0 seconds")
-        if any(not key.isprintable() or any(c.isspace() for c in key) for key in self.api_keys):
-            # not shown: they are secrets
-            raise SettingsError("BGE_M3_API_KEYS: a key holds a space or a control character (keys "
-                                "are not shown); separate keys with commas, or lines in a key file")
+        if any(not key.isascii() or not key.isprintable() or any(c.isspace() for c in key)
+               for key in self.api_keys):  # no header can carry those: such a key never matches
+            raise SettingsError("BGE_M3_API_KEYS: a key holds a space, a control or a non-ASCII "
+                                "character (keys are not shown); separate keys with commas, or "
+                                "lines in a key file")
         if self.colbert_dtype not in {"float16", "float32"}:
             raise SettingsError("BGE_M3_COLBERT_DTYPE must be float16 or float32")
         if self.torch_threads < 0:

@@ -101,10 +101,25 @@ def test_seed_curl_body(client, live_worker):
 
 @pytest.mark.parametrize("mode", ["sparse", "colbert", "all"])
 def test_embed_other_modes(client, live_worker, mode):
-    body = client.post("/embed", json={"texts": ["hello world"], "mode": mode}).get_json()
+    r = client.post("/embed", json={"texts": ["hello world"], "mode": mode})
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
     expected = ["dense", "sparse", "colbert"] if mode == "all" else [mode]
     assert [k for k in ("dense", "sparse", "colbert") if k in body] == expected, body
     assert body["embeddings"] == body["dense" if mode == "all" else mode]
+    # the same values as the job route for the same text, mode by mode
+    job = client.post("/v1/jobs", json={"texts": ["hello world"], "modes": expected}).get_json()
+    item = poll(client, job["id"])["result"]["items"][0]
+    for key in expected:
+        assert body[key] == [item[key]], key
+    if "sparse" in expected:
+        sparse = body["sparse"][0]
+        assert len(sparse["indices"]) == len(sparse["values"]) > 0
+    if "colbert" in expected:
+        colbert = body["colbert"][0]
+        assert colbert["shape"] == [item["tokens"] - 1, 32]
+        rows = unpack_rows(colbert)
+        assert len(rows) == item["tokens"] - 1 and all(len(row) == 32 for row in rows)
 
 
 def test_too_long_without_truncate_is_422(client, live_worker):
@@ -250,7 +265,10 @@ def test_api_keys_scope_jobs(base_settings, redis_server):
         assert client.get(f"/v1/jobs/{job_id}").status_code == 401
         for open_route in ("/healthz", "/metrics"):
             assert client.get(open_route).status_code == 200
-        assert client.get("/readyz").status_code in (200, 503)  # open, whatever the state
+        # open without a key; database 2 (flushed above) has no worker, so not ready
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.get_json()["error"]["code"] == "no_ready_worker"
+        assert ready.get_json()["workers"] == 0
         assert client.get("/v1/models").status_code == 401
     finally:
         redis_server.client(2).flushdb()

@@ -10,7 +10,7 @@ import tracemalloc
 import pytest
 
 from api import create_app
-from api.streaming import FloatArray
+from api.streaming import FloatArray, gathered, holds_arrays, iter_json
 from bge_m3.codec import pack, unpack_floats, unpack_rows
 from tests.support import SUITE_DBS
 
@@ -31,6 +31,17 @@ def test_a_float_array_writes_what_the_codec_reads(rows, width, dtype):
     assert FloatArray(packed, True).tolist() == unpack_rows(packed)
     flat = FloatArray(packed, False).tolist()
     assert flat == unpack_floats(packed) and len(flat) == rows * width
+
+
+def test_arrays_are_found_and_written_wherever_they_are():
+    """Not only as the first element of a list: a body the JSON encoder meets a FloatArray in
+    raises mid-response."""
+    array = FloatArray(_packed(1, 3), False)
+    body = {"a": [None, array], "b": (1, {"c": array}), "d": [1, 2], "e": "é"}
+    assert holds_arrays(body) and not holds_arrays({"d": [1, [2, None]]})
+    text = b"".join(gathered(iter_json(body))).decode()
+    assert json.loads(text) == {"a": [None, array.tolist()], "b": [1, {"c": array.tolist()}],
+                                "d": [1, 2], "e": "é"}
 
 
 def test_a_damaged_array_is_refused_before_anything_is_sent():

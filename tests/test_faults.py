@@ -105,6 +105,12 @@ def test_3_whole_worker_killed_then_new_worker_redelivers_once(faulty, worker_fa
     killed_at = time.time()
     first.proc.send_signal(signal.SIGKILL)
     first.proc.wait(10)
+    # A SIGKILLed worker cannot withdraw: its readiness lapses with its TTL (15 s) instead. Read
+    # now, not timed at the end: on a loaded machine the rest of the test takes longer than that.
+    from bge_m3.workers import READY_TTL
+
+    lapses_in = queue.redis.pttl(WORKER_PREFIX + first.hostname) / 1000
+    assert 0 < lapses_in <= READY_TTL
     assert unacked(queue) == 1 and queue.redis.llen(QUEUE_NAME) == 0  # held by the dead worker
     second = worker_factory(settings)
     job = queue.wait(job_id, VISIBILITY + 60)
@@ -113,12 +119,8 @@ def test_3_whole_worker_killed_then_new_worker_redelivers_once(faulty, worker_fa
     assert queue.stats(second.hostname)["jobs"] == 1
     assert queue.stats(first.hostname).get("jobs", 0) == 0
     check_result(queue, reference, job_id, texts, ("dense", "colbert"))
-    # A SIGKILLed worker cannot withdraw: its readiness lapses with its TTL (15 s) instead.
-    from bge_m3.workers import READY_TTL
-
-    wait_for(lambda: not first.ready(), max(0.5, READY_TTL + 5 - (time.time() - killed_at)),
+    wait_for(lambda: not first.ready(), max(0.5, lapses_in + 5 - (time.time() - killed_at)),
              what="the killed worker's readiness expiring")
-    assert time.time() - killed_at <= READY_TTL + 5
     # Not before the visibility timeout (counted from the first delivery), and not long after it.
     delay = job.started_at - killed_at
     assert job.started_at - first_start >= VISIBILITY - 0.5, job.started_at - first_start
@@ -369,7 +371,7 @@ def test_7_redis_down_at_submit_is_503_and_leaves_no_orphan(base_settings, tmp_p
             for _ in range(3):
                 r = http.post("/v1/jobs", json={"texts": ["during the outage"]})
                 assert r.status_code == 503, r.text
-                assert r.json()["error"]["code"] in ("redis_unavailable", "queue_unavailable")
+                assert r.json()["error"]["code"] == "redis_unavailable", r.text
                 assert int(r.headers["Retry-After"]) > 0
             redis.start()
             client = redis.client(0)

@@ -107,8 +107,9 @@ def test_api_keys_are_lines_and_commas_never_spaces_and_never_none(tmp_path):
     # "key  # note" was three keys ("key", "#", "note"); "correct horse" one from the environment
     # and two from a file. Both are now one key with a space in it: refused, and not shown.
     for env in ({"BGE_M3_API_KEYS_FILE": _write(tmp_path / "noted", "prod-7f3a  # CI runner\n")},
-                {"BGE_M3_API_KEYS": "correct horse"}, {"BGE_M3_API_KEYS": "k1,bad\tkey"}):
-        with pytest.raises(SettingsError, match="a key holds a space or a control") as raised:
+                {"BGE_M3_API_KEYS": "correct horse"}, {"BGE_M3_API_KEYS": "k1,bad\tkey"},
+                {"BGE_M3_API_KEYS": "clé-horse"}):  # sent as UTF-8 it never matched: 401 always
+        with pytest.raises(SettingsError, match="a key holds a space, a control or a non-ASCII") as raised:
             Settings.from_env(env)
         assert "7f3a" not in str(raised.value) and "horse" not in str(raised.value)
 

@@ -16,6 +16,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -312,8 +313,26 @@ def test_sighup_stops_the_stack_in_order(up_env, runs, tmp_path):
     workers, then Redis), not an instant death whose children all stop at once."""
     run = runs({**up_env, "CPU_ONLY": "1"})
     run.wait_line(r"^web page: ", START_TIMEOUT)
+    listed = dict(item.split("=") for item in run.wait_line(r"pids: ([^;]+);", 1).group(1).split())
+    stages = [["api"], sorted(name for name in listed if name.startswith("worker-")), ["redis"]]
+    assert stages[1] and set(listed) == {name for stage in stages for name in stage}, listed
     tree = descendants(run.proc.pid)
     os.kill(run.proc.pid, signal.SIGHUP)
+    # Poll the listed pids until all are gone, noting the poll that first found each gone. Each
+    # poll looks at the later stages first, so one found gone in an earlier poll than a process
+    # of an earlier stage really exited first: the order is never wrongly failed, only proven.
+    gone_at: dict[str, int] = {}
+    polls, deadline = 0, time.monotonic() + 120
+    while len(gone_at) < len(listed):
+        for name in (name for stage in reversed(stages) for name in stage):
+            if name not in gone_at and not alive(int(listed[name])):
+                gone_at[name] = polls
+        polls += 1
+        assert time.monotonic() < deadline, f"still running: {set(listed) - set(gone_at)}"
+        time.sleep(0.01)
+    assert gone_at["api"] <= min(gone_at[name] for name in stages[1]), gone_at
+    assert max(gone_at[name] for name in stages[1]) <= gone_at["redis"], gone_at
+    assert gone_at["api"] < gone_at["redis"], gone_at  # the stop took more than one poll
     assert run.finish() == 0, run.output
     assert any(line.startswith("stopping: API, worker(s), then Redis") for line in run.lines)
     assert run.lines[-1] == "stopped"

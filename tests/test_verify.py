@@ -11,11 +11,11 @@ import pytest
 
 from bge_m3.settings import PACKAGED_MANIFEST
 from tests.support import BGE_M3
-from verify.commands import (EXIT_BAD_MANIFEST, EXIT_MISMATCH, EXIT_MISSING, EXIT_OK,
-                             download_main, manifest_main, verify_main)
+from verify.commands import (EXIT_BAD_MANIFEST, EXIT_FAILED, EXIT_MISMATCH, EXIT_MISSING, EXIT_OK,
+                             download_main, verify_main)
 from verify.errors import ManifestError
 from verify.hashes import file_sha256
-from verify.manifest import load_manifest, parse_manifest
+from verify.manifest import check_repo_id, load_manifest, parse_manifest
 from verify.verifier import HASH, MISSING, OK, SIZE, UNREADABLE, UNSAFE, verify_folder
 
 GOOD = {"path": "a.bin", "size": 1, "sha256": "0" * 64}
@@ -47,19 +47,38 @@ def test_pinned_manifest_is_the_published_bge_m3():
     assert len(manifest.digest()) == 64
 
 
-@pytest.mark.parametrize("path", ["/etc/passwd", "../x.bin", "a/../../x.bin", "a/./b", "a//b",
-                                  "a\\b", "", 7])
-def test_manifest_rejects_unsafe_paths(path):
-    with pytest.raises(ManifestError):
-        parse_manifest({"repo_id": "r/m", "revision": "v", "files": [{**GOOD, "path": path}]})
+BASE = {"repo_id": "r/m", "revision": "v", "files": [GOOD]}
+"""A manifest that parses: each rejection below changes one thing in it."""
 
 
-@pytest.mark.parametrize("change", [{"sha256": "0" * 63}, {"sha256": "g" * 64},
-                                    {"sha256": "0" * 65}, {"size": -1}, {"size": "1"},
-                                    {"size": True}])
-def test_manifest_rejects_bad_hashes_and_sizes(change):
-    with pytest.raises(ManifestError):
-        parse_manifest({"repo_id": "r/m", "revision": "v", "files": [{**GOOD, **change}]})
+def test_the_base_manifest_parses():
+    manifest = parse_manifest(BASE)
+    assert (manifest.repo_id, manifest.revision) == ("r/m", "v")
+    assert [(f.path, f.size, f.sha256) for f in manifest.files] == [("a.bin", 1, "0" * 64)]
+
+
+@pytest.mark.parametrize("path,reason", [
+    ("/etc/passwd", "absolute path not allowed"), ("../x.bin", "path traversal not allowed"),
+    ("a/../../x.bin", "path traversal not allowed"), ("a/./b", "path traversal not allowed"),
+    ("a//b", "path traversal not allowed"), ("a\\b", "unsafe file path"),
+    ("", "file path must be a non-empty string"), (7, "file path must be a non-empty string")])
+def test_manifest_rejects_unsafe_paths(path, reason):
+    parse_manifest(BASE)  # passes: only the path below makes it fail
+    with pytest.raises(ManifestError, match=reason):
+        parse_manifest({**BASE, "files": [{**GOOD, "path": path}]})
+
+
+@pytest.mark.parametrize("change,reason", [
+    ({"sha256": "0" * 63}, "sha256 must be 64 lowercase hex digits"),
+    ({"sha256": "g" * 64}, "sha256 must be 64 lowercase hex digits"),
+    ({"sha256": "0" * 65}, "sha256 must be 64 lowercase hex digits"),
+    ({"size": -1}, "size must be a non-negative integer"),
+    ({"size": "1"}, "size must be a non-negative integer"),
+    ({"size": True}, "size must be a non-negative integer")])
+def test_manifest_rejects_bad_hashes_and_sizes(change, reason):
+    parse_manifest(BASE)  # passes: only the change below makes it fail
+    with pytest.raises(ManifestError, match=reason):
+        parse_manifest({**BASE, "files": [{**GOOD, **change}]})
 
 
 def test_manifest_rejects_repeated_paths():
@@ -68,9 +87,17 @@ def test_manifest_rejects_repeated_paths():
 
 
 @pytest.mark.parametrize("repo_id", ["local/my model", "a/b/c", "../x", "org--x/m", "", 7])
-def test_manifest_rejects_a_repo_id_the_hub_would(repo_id):
+def test_a_repo_id_the_hub_would_reject_is_refused_before_it_is_asked(repo_id):
+    """Only where a hub is asked (download, ``manifest --from-hub``): a manifest only verified
+    against may name its model freely, but it must be a name."""
     with pytest.raises(ManifestError, match="repo_id"):
-        parse_manifest({"repo_id": repo_id, "revision": "v", "files": [GOOD]})
+        check_repo_id(repo_id)
+    if isinstance(repo_id, str) and repo_id:
+        assert parse_manifest({"repo_id": repo_id, "revision": "v", "files": [GOOD]}).repo_id == repo_id
+    else:
+        with pytest.raises(ManifestError, match="repo_id"):
+            parse_manifest({"repo_id": repo_id, "revision": "v", "files": [GOOD]})
+    assert check_repo_id("BAAI/bge-m3") == "BAAI/bge-m3"
 
 
 def test_download_with_a_bad_repo_id_is_a_bad_manifest_not_a_traceback(model, tiny_model,
@@ -81,15 +108,18 @@ def test_download_with_a_bad_repo_id_is_a_bad_manifest_not_a_traceback(model, ti
     data["repo_id"] = "local/my model"
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(data))
-    (model / "config.json").unlink()  # something to fetch
     monkeypatch.setenv("BGE_M3_ENDPOINTS", "http://127.0.0.1:9")
+    # Nothing to fetch: the folder verifies against it, and no hub is asked.
+    assert download_main(["--model-dir", str(model), "--manifest", str(bad)]) == EXIT_OK
+    capsys.readouterr()
+    (model / "config.json").unlink()  # something to fetch: refused before anything is deleted
+    target = model / "model.safetensors"
+    target.write_bytes(target.read_bytes()[:-1])
     assert download_main(["--model-dir", str(model), "--manifest", str(bad)]) == EXIT_BAD_MANIFEST
     err = capsys.readouterr().err.strip()
     assert err.startswith("bge-m3 download: bad manifest: bad repo_id:") and "\n" not in err
     assert "'local/my model'" in err
-    # and `bge-m3 manifest` never writes one that would not load
-    assert manifest_main([str(model), "--repo-id", "local/my model"]) == EXIT_BAD_MANIFEST
-    assert "bad repo_id" in capsys.readouterr().err
+    assert target.exists()  # the damaged copy is still there: nothing was deleted
 
 
 def test_clean_folder_verifies(model, tiny_model, capsys):
@@ -216,6 +246,21 @@ def test_an_unreadable_file_is_a_failed_file_not_a_traceback(model, tiny_model, 
     (entry,) = [f for f in json.loads(out)["files"] if f["status"] != OK]
     assert code == EXIT_MISMATCH and entry["status"] == UNREADABLE
     assert entry["path"] == "config.json" and entry["error"] == "Permission denied (EACCES)"
+
+
+def test_download_leaves_an_unreadable_file_alone_and_says_why(model, tiny_model, monkeypatch,
+                                                                capsys):
+    """Its bytes may be right: a permission or disk error is no reason to delete a 2 GB file and
+    fetch it again. `download` stops before fetching anything (exit 1, the folder's own fault)."""
+    _deny(monkeypatch, "config.json")
+    (model / "sparse_linear.pt").unlink()  # something to fetch too: nothing is
+    monkeypatch.setenv("BGE_M3_ENDPOINTS", "http://127.0.0.1:9")
+    manifest = tiny_model.manifest
+    assert download_main(["--model-dir", str(model), "--manifest", str(manifest)]) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "UNREADABLE config.json: cannot be read: Permission denied (EACCES)" in err
+    assert "not deleted: fix its permissions or the disk" in err
+    assert (model / "config.json").exists() and not (model / "sparse_linear.pt").exists()
 
 
 def test_mismatch_outranks_missing(model, tiny_model, capsys):

@@ -3,11 +3,16 @@ finishes the job. Redis restores a dead worker's unacked messages once they are 
 visibility timeout, on the next worker's periodic restore pass, so this test uses a short one."""
 from __future__ import annotations
 
+import json
 import signal
+import threading
 
 import numpy as np
 import pytest
 
+from bge_m3.queue import redis_client
+from bge_m3.settings import Settings
+from bge_m3.workers import WORKER_PREFIX
 from tests.support import settings_on_db, spawn_worker, wait_for
 from tests.worker_support import Queue
 
@@ -45,6 +50,46 @@ def waiting_on_a_live_holder(queue: Queue, worker):
     wait_for(lambda: "is being run by another delivery (other@alive)" in worker.output(), 30,
              what="the delivery waiting")
     return job
+
+
+class RecordWrites:
+    """The ``accepting`` field of every write of one worker's readiness record, in order, seen by
+    Redis MONITOR on a connection of its own (so a state held for a moment is never missed)."""
+
+    def __init__(self, settings: Settings, hostname: str):
+        self.key = WORKER_PREFIX + hostname
+        self.redis = redis_client(settings.redis_dsn, socket_timeout=None)
+        self.db_id = self.redis.connection_pool.connection_kwargs.get("db", 0)
+        self.writes: list[bool] = []
+        self.done = threading.Event()
+        self.monitor = self.redis.monitor()
+        self.monitor.__enter__()  # MONITOR is on before the thread starts: nothing is missed
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        while not self.done.is_set():
+            try:
+                command = self.monitor.next_command()
+            except Exception:  # noqa: BLE001 - the connection closed by close()
+                return
+            if command is None or command["db"] != self.db_id:
+                continue
+            head, _, rest = command["command"].partition(" ")
+            if head.upper() != "SET" or not rest.startswith(self.key + " "):
+                continue
+            value = rest[len(self.key) + 1:].rsplit(" ", 2)[0]  # less the trailing EX <ttl>
+            self.writes.append(json.loads(value)["accepting"])
+
+    def accepting(self) -> list[bool]:
+        return list(self.writes)
+
+    def close(self) -> None:
+        self.done.set()
+        self.redis.ping()  # a command the monitor sees, so its read returns and the thread ends
+        self.thread.join(10)
+        self.monitor.__exit__(None, None, None)
+        self.redis.close()
 
 
 def test_sigkill_mid_job_then_restart_completes_the_job(base_settings, redis_server, tmp_path):
@@ -188,6 +233,7 @@ def test_a_worker_between_broker_connections_is_not_ready(base_settings, redis_s
     settings = settings_on_db(base_settings, redis_server, "kill")
     queue = Queue(settings)
     worker = spawn_worker(settings, tmp_path)
+    records = RecordWrites(settings, worker.hostname)
     try:
         def consumer_ids() -> list[str]:  # the connection blocked in BRPOP on the queue
             return [c["id"] for c in queue.redis.client_list() if c.get("cmd") in ("brpop", "blpop")]
@@ -199,8 +245,15 @@ def test_a_worker_between_broker_connections_is_not_ready(base_settings, redis_s
         output = worker.output()
         lost = output.index("Consumer lost the broker: not accepting jobs until it reconnects")
         assert lost < output.index("Consumer connected to the broker: accepting jobs")
+        # The record itself said so: written not accepting once the consumer was cut off, then
+        # accepting again once it was back (the heartbeat may write either state in between).
+        def false_then_true() -> bool:
+            seen = records.accepting()
+            return False in seen and True in seen[seen.index(False):]
+        wait_for(false_then_true, 15, what="the record written not accepting, then accepting")
         job_id = queue.submit(["served again"])
         assert queue.wait(job_id, 30).status == "succeeded"
     finally:
+        records.close()
         worker.stop()
         queue.close()

@@ -1,6 +1,7 @@
 """Worker logic on its own, without a worker process: truncation, params, the gate's manifest
 check, the stored result's encoding, tokenizing, and leases. The batcher's tests are in
-``tests/test_batcher.py``.
+``tests/test_batcher.py``. One test starts a worker process: a setting that only a booting
+worker applies (BGE_M3_TORCH_THREADS) is seen there.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import time
 
 import pytest
 
-from tests.support import wait_for
+from tests.support import spawn_worker, wait_for
 from worker.encoder import truncate_ids
 from worker.execution import describe
 from worker.params import InvalidJob, parse_params
@@ -157,14 +158,20 @@ def test_big_vectors_become_an_element_of_their_own_without_a_copy():
         payload.unpack(elements[0])
 
 
-def test_torch_threads_setting_is_applied():
+def test_torch_threads_setting_is_applied(base_settings, redis_server, redis_db, tmp_path):
+    """BGE_M3_TORCH_THREADS reaches torch in a real worker: its DEBUG line gives the count in force.
+    The count set is not torch's default here (the worker inherits this environment), so a worker
+    that never applied it cannot pass."""
     from worker.model import torch_threads
 
-    before = torch_threads()
+    wanted = 1 if torch_threads() > 1 else 2
+    settings = base_settings.replace(redis_url=redis_server.url(1), torch_threads=wanted,
+                                     log_level="DEBUG")
+    worker = spawn_worker(settings, tmp_path)
     try:
-        assert torch_threads(1) == 1 and torch_threads() == 1
+        assert re.findall(r"torch CPU threads: (\d+)", worker.output()) == [str(wanted)], worker.output()
     finally:
-        torch_threads(before)
+        worker.stop()
 
 
 def test_tokenize_gives_the_hf_tokenizers_ids(tiny_model):

@@ -103,6 +103,9 @@ def download_main(argv: list[str]) -> int:
     try:
         report = ensure_model(settings.model_dir, manifest, settings.endpoints,
                               token=settings.hf_token, log=log)
+    except ManifestError as exc:  # found only once something must be fetched: its repo_id
+        print(f"bge-m3 download: bad manifest: {exc}", file=sys.stderr)
+        return EXIT_BAD_MANIFEST
     except (DownloadError, OSError) as exc:
         remote = isinstance(exc, DownloadError) and not isinstance(exc, LocalDiskError)
         return _failed("download", exc, EXIT_DOWNLOAD if remote else EXIT_FAILED)

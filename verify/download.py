@@ -20,10 +20,10 @@ from tqdm import tqdm
 from verify.endpoint import Endpoint, RemoteMeta
 from verify.errors import (BadContentError, DownloadError, EndpointError, LocalDiskError,
                            TransientError)
-from verify.manifest import FileEntry, Manifest
+from verify.manifest import FileEntry, Manifest, check_repo_id
 from verify.retry import RetryPolicy
 from verify.transfer import fetch
-from verify.verifier import MISSING, OK, FileResult, Report, verify_folder
+from verify.verifier import MISSING, OK, UNREADABLE, FileResult, Report, verify_folder
 
 LOCK_NAME = ".bge-m3-download.lock"
 """The folder lock's file name; hidden, so manifests built from the folder skip it."""
@@ -187,6 +187,11 @@ def _ensure_locked(folder: Path, manifest: Manifest, endpoints: list[Endpoint],
     if report.ok:
         log(f"{folder}: all {len(report.files)} files verified; nothing to download")
         return report
+    unreadable = [r for r in report.failures if r.status == UNREADABLE]
+    if unreadable:  # its bytes may be right: a permission or disk error is not a bad copy to delete
+        raise LocalDiskError("; ".join(f"{r.describe()} (not deleted: fix its permissions or the disk)"
+                                       for r in unreadable))
+    check_repo_id(manifest.repo_id)  # before anything is deleted, as every URL is built with it
     results = {r.path: r for r in report.files}
     run = _Run(folder, manifest, endpoints, policy, log)
     problems = []
