@@ -19,6 +19,11 @@ from flask import Response
 
 from bge_m3.codec import DTYPE_CODES
 
+EAGER_VALUES = 65_536
+"""Most vector values a response is built whole for, as Python floats in Flask's own JSON with a
+Content-Length (a few MB at most): a few vectors streamed cost a sequential ``/embed`` more in
+Python and chunk framing than they saved. Above it the response streams."""
+
 CHUNK_BYTES = 64 * 1024
 """Bytes of JSON text gathered before one write to the client: rows are a few KB each, and a
 write per row would be a syscall per row."""
@@ -30,7 +35,7 @@ class FloatArray:
     """A packed array (``bge_m3.codec``) that becomes JSON numbers only when it is written: a flat
     list, or with ``rows`` a list of lists of ``shape[1]`` values. Its bytes are decoded and
     checked here, before any of the response is sent, so damaged data is still a JSON error."""
-    __slots__ = ("raw", "code", "rows")
+    __slots__ = ("raw", "code", "rows", "count")
 
     def __init__(self, packed: dict[str, Any], rows: bool):
         try:
@@ -45,37 +50,61 @@ class FloatArray:
         if odd or not shape or any(n < 0 for n in shape) or math.prod(shape) != count:
             raise ValueError(f"a stored array of shape {shape} holds {len(self.raw)} bytes of "
                              f"{packed['dtype']}")
+        self.count = count
         self.rows: tuple[int, int] | None = None
         if rows:
             self.rows = (shape[0], shape[1]) if len(shape) == 2 else (1, count)
 
+    def _rows(self) -> Iterator[list[float]]:
+        n, width = self.rows or (1, self.count)
+        if not width:
+            yield from ([] for _ in range(n))
+        else:
+            yield from (list(row) for row in struct.iter_unpack(f"<{width}{self.code}", self.raw))
+
     def chunks(self) -> Iterator[str]:
         if self.rows is None:
-            flat = struct.unpack(f"<{len(self.raw) // struct.calcsize(self.code)}{self.code}", self.raw)
-            yield json.dumps(list(flat), separators=_SEPARATORS)
-            return
-        n, width = self.rows
-        if not width:
-            yield "[" + ",".join(["[]"] * n) + "]"
+            yield json.dumps(next(self._rows(), []), separators=_SEPARATORS)
             return
         yield "["
-        for i, row in enumerate(struct.iter_unpack(f"<{width}{self.code}", self.raw)):
-            yield ("," if i else "") + json.dumps(list(row), separators=_SEPARATORS)
+        for i, row in enumerate(self._rows()):
+            yield ("," if i else "") + json.dumps(row, separators=_SEPARATORS)
         yield "]"
 
     def tolist(self) -> list[Any]:
-        return json.loads("".join(self.chunks()))
+        """The values as Python floats: a flat list, or a list of rows."""
+        if self.rows is None:
+            return next(self._rows(), [])
+        return list(self._rows())
 
 
 def holds_arrays(obj: Any) -> bool:
     """Whether ``obj`` has a ``FloatArray`` anywhere."""
+    return array_values(obj, stop_at=1) > 0
+
+
+def array_values(obj: Any, stop_at: int | None = None) -> int:
+    """The values of the ``FloatArray``s in ``obj`` (counting stops once past ``stop_at``)."""
     if isinstance(obj, FloatArray):
-        return True
+        return obj.count or 1  # an empty one still makes the body need writing
+    children = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()
+    total = 0
+    for child in children:
+        total += array_values(child, stop_at)
+        if stop_at is not None and total >= stop_at:
+            break
+    return total
+
+
+def plain(obj: Any) -> Any:
+    """``obj`` with each ``FloatArray`` as Python floats (for a body small enough to build)."""
+    if isinstance(obj, FloatArray):
+        return obj.tolist()
     if isinstance(obj, dict):
-        return any(holds_arrays(v) for v in obj.values())
+        return {k: plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return any(holds_arrays(v) for v in obj)
-    return False
+        return [plain(v) for v in obj]
+    return obj
 
 
 def iter_json(obj: Any) -> Iterator[str]:
@@ -113,8 +142,10 @@ def gathered(pieces: Iterator[str]) -> Iterator[bytes]:
 
 
 def respond(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Any:
-    """What a route returns: Flask's own JSON for a body of plain values, else the body streamed."""
-    if not holds_arrays(body):
-        return body, status, headers or {}
+    """What a route returns: Flask's own JSON for a body of plain values, the body written whole
+    for a few vectors, else the body streamed."""
+    values = array_values(body, stop_at=EAGER_VALUES + 1)
+    if values <= EAGER_VALUES:
+        return (plain(body) if values else body), status, headers or {}
     return Response(gathered(iter_json(body)), status=status, headers=headers,
                     mimetype="application/json")

@@ -10,7 +10,7 @@ import tracemalloc
 import pytest
 
 from api import create_app
-from api.streaming import FloatArray, gathered, holds_arrays, iter_json
+from api.streaming import EAGER_VALUES, FloatArray, gathered, holds_arrays, iter_json, respond
 from bge_m3.codec import pack, unpack_floats, unpack_rows
 from tests.support import SUITE_DBS
 
@@ -42,6 +42,25 @@ def test_arrays_are_found_and_written_wherever_they_are():
     text = b"".join(gathered(iter_json(body))).decode()
     assert json.loads(text) == {"a": [None, array.tolist()], "b": [1, {"c": array.tolist()}],
                                 "d": [1, 2], "e": "é"}
+
+
+def test_a_few_vectors_are_written_whole_and_many_are_streamed():
+    """A sequential /embed of a few texts answers with a Content-Length (chunks cost it ~0.3 ms);
+    past EAGER_VALUES values the body streams."""
+    from flask import Flask
+
+    few = {"v": [FloatArray(_packed(1, 1024, "float32"), False)] * 3}
+    many = {"v": FloatArray(_packed(EAGER_VALUES // 1024 + 1, 1024), True)}
+    app = Flask(__name__)
+    with app.test_request_context():
+        body, status, headers = respond(few, 200, {"X": "1"})  # Flask's own JSON of the floats
+        assert body == {"v": [few["v"][0].tolist()] * 3} and (status, headers) == (200, {"X": "1"})
+        whole = app.make_response((body, status, headers))
+        assert not whole.is_streamed and whole.content_length == len(whole.get_data())
+        streamed = respond(many)
+        assert streamed.is_streamed and streamed.content_length is None
+        assert json.loads(streamed.get_data()) == {"v": many["v"].tolist()}
+        assert respond({"plain": [1.5]}) == ({"plain": [1.5]}, 200, {})  # Flask's own JSON
 
 
 def test_a_damaged_array_is_refused_before_anything_is_sent():
