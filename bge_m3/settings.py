@@ -181,9 +181,11 @@ class Settings:
     def request_grace(self) -> int:
         """Seconds the API gives requests in flight to finish after SIGTERM (gunicorn's graceful
         timeout): the longest wait one may be in (a sync call's ``sync_timeout``, a long-poll's
-        30 s) and a margin to answer. Shorter, and gunicorn killed a sync call still waiting: no
-        result, no 504, and a client retrying would start the same work again."""
-        return math.ceil(max(self.sync_timeout, 30.0)) + 5
+        ``MAX_WAIT_SECONDS``) and a margin to answer. Shorter, and gunicorn killed a sync call
+        still waiting: no result, no 504, and a client retrying would start the same work again."""
+        from bge_m3.jobreader import MAX_WAIT_SECONDS
+
+        return math.ceil(max(self.sync_timeout, MAX_WAIT_SECONDS)) + 5
 
     @property
     def redis_dsn(self) -> str:
