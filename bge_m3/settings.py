@@ -43,6 +43,7 @@ BOUNDS: dict[str, tuple[float, float | None]] = {
     "worker_threads": (1, None), "batch_wait_ms": (0, None), "time_limit": (1, None),
     "visibility_timeout": (1, None), "max_retries": (0, None), "max_body_bytes": (1, None),
     "max_texts": (1, None), "max_queued": (1, None), "test_load_delay": (0, None),
+    "max_length": (MIN_MAX_LENGTH, 8192), "max_colbert_tokens": (1, None),
 }
 """Inclusive (least, most) of the numeric settings whose other values mean nothing useful: a
 ``BGE_M3_MAX_TEXTS`` of 0 would answer every request 413, a ``BGE_M3_MAX_QUEUED`` of 0 would
@@ -162,15 +163,11 @@ class Settings:
             raise SettingsError("BGE_M3_COLBERT_DTYPE must be float16 or float32")
         if self.torch_threads < 0:
             raise SettingsError("BGE_M3_TORCH_THREADS must be 0 (torch's default) or more")
-        if not MIN_MAX_LENGTH <= self.max_length <= 8192:
-            raise SettingsError(f"BGE_M3_MAX_LENGTH must be between {MIN_MAX_LENGTH} and 8192")
         if self.hf_token and any(c.isspace() or not c.isprintable() or not c.isascii()
                                  for c in self.hf_token):
             # not shown: it is a secret, and the HTTP error it would cause would print it
             raise SettingsError("HF_TOKEN holds a space, a control or a non-ASCII character (its "
                                 "value is not shown); a hub token is one word of ASCII")
-        if self.max_colbert_tokens < 1:
-            raise SettingsError("BGE_M3_MAX_COLBERT_TOKENS must be at least 1")
         if self.time_limit >= self.visibility_timeout:
             raise SettingsError("BGE_M3_TIME_LIMIT must stay below BGE_M3_VISIBILITY_TIMEOUT")
         if self.result_ttl <= self.time_limit:  # the record's TTL runs from the job's creation
