@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from api.streaming import FloatArray
+from api.streaming import FloatArray, Numbers
 from bge_m3.codec import float32_base64, unpack_floats
 from bge_m3.records import Job
 
@@ -28,7 +28,7 @@ def colbert_out(packed: dict[str, Any], encoding: str, packed_default: bool) -> 
 
 
 def sparse_out(sparse: dict[str, Any]) -> dict[str, Any]:
-    return {"indices": list(sparse.get("indices", [])), "values": list(sparse.get("values", []))}
+    return {"indices": Numbers(sparse.get("indices", [])), "values": Numbers(sparse.get("values", []))}
 
 
 def item_out(item: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:

@@ -30,6 +30,14 @@ write per row would be a syscall per row."""
 
 _SEPARATORS = (",", ":")
 
+_LEAVES = frozenset((str, int, float, bool, type(None)))
+
+
+class Numbers(list):
+    """A list of plain numbers (a sparse result's ids or weights), marked so the walks below skip
+    it whole: stepping through 10,000 texts' weights one value at a time took 300 ms a response."""
+    __slots__ = ()
+
 
 class FloatArray:
     """A packed array (``bge_m3.codec``) that becomes JSON numbers only when it is written: a flat
@@ -87,9 +95,13 @@ def array_values(obj: Any, stop_at: int | None = None) -> int:
     """The values of the ``FloatArray``s in ``obj`` (counting stops once past ``stop_at``)."""
     if isinstance(obj, FloatArray):
         return obj.count or 1  # an empty one still makes the body need writing
+    if isinstance(obj, Numbers):
+        return 0
     children = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()
     total = 0
     for child in children:
+        if type(child) in _LEAVES:
+            continue
         total += array_values(child, stop_at)
         if stop_at is not None and total >= stop_at:
             break
@@ -100,6 +112,8 @@ def plain(obj: Any) -> Any:
     """``obj`` with each ``FloatArray`` as Python floats (for a body small enough to build)."""
     if isinstance(obj, FloatArray):
         return obj.tolist()
+    if isinstance(obj, Numbers) or type(obj) in _LEAVES:
+        return obj
     if isinstance(obj, dict):
         return {k: plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
