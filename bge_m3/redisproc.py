@@ -46,16 +46,17 @@ def ping(url: str) -> str | None:
     return None
 
 
-def server_pid(url: str) -> int | None:
-    """The pid of the redis-server answering ``url`` (``INFO server``), None if it will not say."""
+def server_pid(url: str) -> tuple[int | None, str | None]:
+    """``(pid, None)`` with the pid of the redis-server answering ``url`` (``INFO server``), else
+    ``(None, why)``: not answering, or answering without saying (password redacted)."""
     try:
         client = redis_client(url, socket_timeout=3, socket_connect_timeout=3)
         try:
-            return int(client.info("server")["process_id"])
+            return int(client.info("server")["process_id"]), None
         finally:
             client.close()
-    except Exception:  # noqa: BLE001 - INFO refused or renamed: not this child's, as far as known
-        return None
+    except Exception as exc:  # noqa: BLE001 - down, refused, or INFO renamed: the reason says which
+        return None, f"{type(exc).__name__}: {exc}".replace(url, redact_url(url))
 
 
 def eviction_warning(url: str) -> str:
@@ -140,11 +141,11 @@ class EmbeddedRedis:
             if self.proc.poll() is not None:
                 raise RedisProblem(f"redis-server exited with {self.proc.returncode}: see "
                                    f"{self.log_file}")
-            reason = ping(self.dsn)
-            if reason is None:
-                pid = server_pid(self.dsn)
-                if pid == self.proc.pid:
-                    return self.proc
+            # One connection a poll: INFO both answers and names the process that answers.
+            pid, reason = server_pid(self.dsn)
+            if pid == self.proc.pid:
+                return self.proc
+            if pid is not None:
                 reason = f"another Redis (pid {pid}) answers on port {self.port}"
             if time.monotonic() > deadline:
                 raise RedisProblem(f"redis-server on port {self.port} did not answer within "

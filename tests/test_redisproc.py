@@ -20,8 +20,9 @@ def test_the_private_redis_answers_as_itself_in_a_private_folder(tmp_path):
     embedded = EmbeddedRedis(free_port(), tmp_path / "data", tmp_path / "logs" / "redis.log")
     proc = embedded.start(_popen)
     try:
-        assert server_pid(embedded.dsn) == proc.pid
-        assert server_pid(embedded.url) is None  # no password, no answer
+        assert server_pid(embedded.dsn) == (proc.pid, None)
+        pid, reason = server_pid(embedded.url)  # no password, no answer
+        assert pid is None and "Authentication" in reason
         assert stat.S_IMODE(embedded.dir.stat().st_mode) == 0o700
         for private in (embedded.password_file, embedded.dir / "redis.conf"):
             assert stat.S_IMODE(private.stat().st_mode) == 0o600
@@ -39,7 +40,7 @@ def test_another_redis_taking_the_port_meanwhile_is_not_taken_for_it(tmp_path):
     other = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                               "--appendonly", "no"], stdout=subprocess.DEVNULL)
     try:
-        wait_for(lambda: server_pid(f"redis://127.0.0.1:{port}/0") == other.pid, 15, what="the other Redis")
+        wait_for(lambda: server_pid(f"redis://127.0.0.1:{port}/0")[0] == other.pid, 15, what="the other Redis")
         embedded = EmbeddedRedis(port, tmp_path / "data", tmp_path / "logs" / "redis.log")
         with pytest.raises(RedisProblem, match="exited|another Redis"):
             embedded.start(_popen)
