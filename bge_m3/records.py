@@ -56,6 +56,11 @@ def done_key(job_id: str) -> str:
     return f"{PREFIX}:done:{job_id}"
 
 
+RESULT_ADVICE = "split the job, or leave colbert out of its modes"
+"""What a ``result_too_large`` failure advises (the worker writes it); a route whose caller cannot
+choose the modes (``/v1/score``) says otherwise."""
+
+
 class QueueFull(Exception):
     """The queue already holds the most jobs it may."""
 

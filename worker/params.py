@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from bge_m3.records import RESULT_ADVICE
 from bge_m3.settings import MIN_MAX_LENGTH
 from worker.encoder import MODES
 
@@ -26,10 +27,16 @@ def check_result_size(rows: Sequence[Sequence[int]], modes: frozenset[str], limi
         return
     vectors = sum(max(0, len(r) - 1) for r in rows)
     if vectors > limit:
-        size = vectors * dimension * itemsize * 4 / 3 / 1e9  # base64 in the result
+        size = vectors * dimension * itemsize * 4 / 3  # base64 in the result
         raise ResultTooLarge(f"colbert for {vectors:,} tokens is more than BGE_M3_MAX_COLBERT_TOKENS "
-                             f"({limit:,}), about {size:.1f} GB of result; split the job, or ask "
-                             "for dense and sparse only")
+                             f"({limit:,}), about {_size(size)} of result; {RESULT_ADVICE}")
+
+
+def _size(nbytes: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes / 1e3:.1f} kB"
 
 
 def parse_params(params: Any, max_texts: int, max_length: int) -> tuple[list[str], frozenset[str], int, bool]:
