@@ -126,11 +126,16 @@ class Up:
             self.redis_url = local_url(port)
             return (f"using the Redis already answering on 127.0.0.1:{port} (not started here: "
                     f"it keeps running after this stops){eviction_warning(self.redis_url)}")
-        # a Redis wanting a password says so here
         if not ports.is_free("127.0.0.1", port, "BGE_M3_EMBEDDED_REDIS_PORT"):
-            raise Failed(f"127.0.0.1:{port} is taken by {ports.owner(port) or 'another process'}"
-                         f", which does not answer Redis without settings ({reason}); set "
-                         "REDIS_URL (with its password) or BGE_M3_EMBEDDED_REDIS_PORT")
+            holder = ports.owner(port) or "another process"
+            if reason.startswith("AuthenticationError"):  # often another `up`'s private Redis
+                raise Failed(f"127.0.0.1:{port} is a Redis that wants a password, held by {holder} "
+                             f"({reason}); to share it set REDIS_URL to it and REDIS_PASSWORD_FILE "
+                             "to its password (another `bge-m3 up` keeps it in its data folder's "
+                             "redis/password), or set BGE_M3_EMBEDDED_REDIS_PORT to start one here")
+            raise Failed(f"127.0.0.1:{port} is taken by {holder}, which does not answer Redis "
+                         f"without settings ({reason}); set REDIS_URL (with its password) or "
+                         "BGE_M3_EMBEDDED_REDIS_PORT")
         self.locks.append(claim(s.data_dir, "data folder", "BGE_M3_DATA_DIR"))
         self.embedded = EmbeddedRedis(port, s.data_dir, s.log_dir / "redis.log")
         self.embedded.start(self._spawn_redis)

@@ -296,11 +296,25 @@ def test_a_local_redis_wanting_a_password_is_named_as_such(up_env, runs, tmp_pat
         run = runs({**up_env, "CPU_ONLY": "1"})
         assert run.finish() == 1
         line = next(line for line in run.lines if line.startswith("[4/5]"))
-        assert "FAILED" in line and f"127.0.0.1:{port} is taken by" in line, line
-        assert "AuthenticationError" in line and "set REDIS_URL (with its password)" in line
+        assert "FAILED" in line and f"127.0.0.1:{port} is a Redis that wants a password, held by" in line, line
+        assert "AuthenticationError" in line and "set REDIS_URL to it and REDIS_PASSWORD_FILE" in line
+        assert "BGE_M3_EMBEDDED_REDIS_PORT" in line
     finally:
         guarded.terminate()
         guarded.wait(10)
+
+
+def test_a_local_port_held_by_something_else_is_named_with_its_holder(up_env, runs):
+    """Not a Redis at all (here a socket that never answers): the line says what holds the port
+    and how to go elsewhere, not that a password is wanted."""
+    port = int(up_env["BGE_M3_EMBEDDED_REDIS_PORT"])
+    with socket.create_server(("127.0.0.1", port)):
+        run = runs({**up_env, "CPU_ONLY": "1"})
+        assert run.finish() == 1
+    line = next(line for line in run.lines if line.startswith("[4/5]"))
+    assert "FAILED" in line and f"127.0.0.1:{port} is taken by" in line, line
+    assert "does not answer Redis without settings" in line and "wants a password" not in line, line
+    assert "set REDIS_URL (with its password) or BGE_M3_EMBEDDED_REDIS_PORT" in line, line
 
 
 def _port_free(port: int) -> bool:
