@@ -186,10 +186,13 @@ def test_unknown_route_and_wrong_method(client):
 def test_bad_wait_is_400(client):
     # float() takes all but the first four too; each is a typo or a guess, not a number of seconds
     for wait in ("soon", "-1", "nan", "inf", "1_0", "%2B1", "1.", ".5", "1%20", "%EF%BC%91",
-                 "%D9%A1", "0x10", "01", "-01"):
+                 "%D9%A1", "0x10", "01", "-01", "-1e400", "-" + "9" * 400):
         r = client.get(f"/v1/jobs/{'0' * 32}?wait={wait}")
         assert r.status_code == 400 and r.get_json()["error"]["code"] == "invalid_request", wait
-    for wait in ("0", "0.5", "30", "1e1", "2.5E-1", "-0"):  # the job is unknown: 404, not 400
+        negative = wait in ("-1", "-1e400", "-" + "9" * 400)  # numbers, but not ones of seconds
+        assert ("negative" in r.get_json()["error"]["message"]) == negative, wait
+    # the job is unknown: 404, not 400; a number past a double's range is capped as 31 is
+    for wait in ("0", "0.5", "30", "1e1", "2.5E-1", "-0", "1e400", "9" * 400):
         assert client.get(f"/v1/jobs/{'0' * 32}?wait={wait}").status_code == 404, wait
 
 
