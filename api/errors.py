@@ -28,6 +28,19 @@ HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "m
 """werkzeug status -> our error code, for errors raised by Flask itself (routing, body size)."""
 
 
+SHOWN_CHARS = 100
+"""Most characters of a caller's own value an error message repeats: enough to recognise it, not
+an 8 kB job id or a 400-digit number sent back whole."""
+
+
+def shown(value: object) -> str:
+    """``value`` as an error message quotes it, cut at ``SHOWN_CHARS``."""
+    text = str(value)
+    if len(text) <= SHOWN_CHARS:
+        return text
+    return f"{text[:SHOWN_CHARS]}… ({len(text):,} characters)"
+
+
 class ApiError(Exception):
     """An error with a status, a stable machine-readable code and a human message."""
 

@@ -18,7 +18,7 @@ from flask import Blueprint
 
 from api.auth import owner
 from api.body import json_body
-from api.errors import ApiError
+from api.errors import ApiError, shown
 from api.results import item_out, total_tokens
 from api.routes_jobs import backend, job_url
 from api.streaming import respond
@@ -118,7 +118,7 @@ def embeddings():
     dims = {w.get("dimension") for w in workers}
     if dimensions is not None and dimensions not in dims:
         raise ApiError(400, "dimensions_unsupported",
-                       f"dimensions={dimensions} is not supported; this model returns {sorted(dims)}",
+                       f"dimensions={shown(dimensions)} is not supported; this model returns {sorted(dims)}",
                        extra={"param": "dimensions"})
     params["encoding"] = encoding
     single = isinstance(body.get("input"), str)

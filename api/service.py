@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import redis as redis_lib
 
-from api.errors import ApiError
+from api.errors import ApiError, shown
 from bge_m3.events import JobEvents
 from bge_m3.jobs import JobStore
 from bge_m3.records import TERMINAL, Job, QueueFull, events_key, new_job_id
@@ -126,7 +126,7 @@ class Backend:
     def visible(self, job_id: str, owner: str) -> Job:
         job = self.store.get(job_id) if _plausible_id(job_id) else None
         if job is None or job.owner != owner:
-            raise ApiError(404, "job_not_found", f"no job {job_id} (unknown, expired or not yours)")
+            raise ApiError(404, "job_not_found", f"no job {shown(job_id)} (unknown, expired or not yours)")
         return job
 
     def first_observation(self, job: Job) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from api.errors import ApiError
+from api.errors import ApiError, shown
 from bge_m3.settings import MIN_MAX_LENGTH, Settings
 
 MODES = ("dense", "sparse", "colbert")
@@ -37,7 +37,7 @@ def bad(message: str, param: str | None = None) -> ApiError:
 def reject_unknown(body: dict[str, Any], allowed: frozenset[str]) -> None:
     unknown = sorted(set(body) - allowed)
     if unknown:
-        raise bad(f"unknown field(s): {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+        raise bad(f"unknown field(s): {shown(', '.join(unknown))}; allowed: {', '.join(sorted(allowed))}")
 
 
 def _field(where: str) -> str:
@@ -108,7 +108,7 @@ def job_request(body: dict[str, Any], settings: Settings) -> dict[str, Any]:
         raise bad("modes must be a non-empty list of strings")
     unknown = [m for m in modes if m not in MODES]
     if unknown:
-        raise bad(f"unknown mode(s) {', '.join(unknown)}; use {', '.join(MODES)}")
+        raise bad(f"unknown mode(s) {shown(', '.join(unknown))}; use {', '.join(MODES)}")
     modes = [m for m in MODES if m in modes]
     max_length, truncate = limits(body, settings)
     return params(texts, modes, max_length, truncate, encoding_field(body))

@@ -183,6 +183,22 @@ def test_unknown_route_and_wrong_method(client):
     assert r.status_code == 405 and r.is_json
 
 
+def test_a_callers_long_value_is_quoted_cut_short(client):
+    """An error message names what it refuses, but an 8 kB id or field name comes back as its
+    first 100 characters and its length, not whole."""
+    r = client.get("/v1/jobs/" + "a" * 8100)
+    message = r.get_json()["error"]["message"]
+    assert r.status_code == 404 and message.startswith("no job " + "a" * 100 + "… (8,100 characters)"), message
+    assert len(message) < 200
+    r = client.post("/v1/jobs", json={"texts": ["a"], "x" * 5000: 1})
+    message = r.get_json()["error"]["message"]
+    assert r.status_code == 400 and f"unknown field(s): {'x' * 100}… (5,000 characters); allowed:" in message
+    r = client.post("/v1/jobs", json={"texts": ["a"], "modes": ["dense", "m" * 300]})
+    assert "unknown mode(s) " + "m" * 100 + "… (300 characters)" in r.get_json()["error"]["message"]
+    r = client.get("/v1/jobs/" + "0" * 32)  # a short value is quoted whole
+    assert r.get_json()["error"]["message"] == f"no job {'0' * 32} (unknown, expired or not yours)"
+
+
 def test_bad_wait_is_400(client):
     # float() takes all but the first four too; each is a typo or a guess, not a number of seconds
     for wait in ("soon", "-1", "nan", "inf", "1_0", "%2B1", "1.", ".5", "1%20", "%EF%BC%91",

@@ -91,6 +91,10 @@ def test_openai_client_errors(server):
     with pytest.raises(openai.BadRequestError) as bad_dims:
         client.embeddings.create(model="bge-m3", input="a", dimensions=8)
     assert bad_dims.value.code == "dimensions_unsupported"
+    with pytest.raises(openai.BadRequestError) as huge_dims:  # quoted cut short, not 400 digits
+        client.embeddings.create(model="bge-m3", input="a", dimensions=int("9" * 400))
+    assert huge_dims.value.code == "dimensions_unsupported"
+    assert "9" * 100 + "… (400 characters) is not supported" in huge_dims.value.message
     assert client.models.retrieve("bge-m3").id == "bge-m3"
     assert [m.id for m in client.models.list()][0] == "bge-m3"
     with pytest.raises(openai.NotFoundError):
