@@ -14,6 +14,7 @@ from typing import Any, Iterator
 from flask import Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from bge_m3.records import Job
 from bge_m3.queue import queue_depth
@@ -84,7 +85,7 @@ class Metrics:
 
         @app.after_request
         def _count(response: Response) -> Response:
-            route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+            route = request.url_rule.rule if request.url_rule is not None else _route_of_405(app)
             method = request.method if request.method in METHODS else "OTHER"
             self.requests.labels(route, method, str(response.status_code)).inc()
             started = g.get("started")
@@ -94,3 +95,18 @@ class Metrics:
 
     def exposition(self) -> Response:
         return Response(generate_latest(self.exposed), content_type=CONTENT_TYPE_LATEST)
+
+
+def _route_of_405(app: Flask) -> str:
+    """The rule whose path matched when only the method did not (werkzeug sets no ``url_rule``
+    for a 405), so ``POST /healthz`` counts under ``/healthz``; else ``<unmatched>``. Only the
+    app's own rules become labels: unknown paths cannot grow the label set."""
+    error = request.routing_exception
+    if not isinstance(error, MethodNotAllowed) or not error.valid_methods:
+        return "<unmatched>"
+    try:
+        rule, _ = app.url_map.bind_to_environ(request.environ).match(
+            method=sorted(error.valid_methods)[0], return_rule=True)
+    except HTTPException:
+        return "<unmatched>"
+    return rule.rule

@@ -159,6 +159,14 @@ def test_made_up_methods_share_one_metrics_label(client):
         assert client.open("/healthz", method=method).status_code == 405
     text = client.get("/metrics").get_data(as_text=True)
     assert 'method="OTHER"' in text and "ZZQQ" not in text
+    # A 405 counts under the route whose path matched (werkzeug names no rule for it), an
+    # unknown path under <unmatched>.
+    assert 'bge_m3_http_requests_total{method="OTHER",route="/healthz",status="405"} 2.0' in text, text
+    assert client.post("/v1/jobs/" + "0" * 32).status_code == 405
+    assert client.put("/v2/nowhere").status_code == 404
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'bge_m3_http_requests_total{method="POST",route="/v1/jobs/<job_id>",status="405"} 1.0' in text
+    assert 'bge_m3_http_requests_total{method="PUT",route="<unmatched>",status="404"} 1.0' in text
 
 
 def test_too_many_texts_is_413(base_settings):
