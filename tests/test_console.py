@@ -147,7 +147,7 @@ def test_score_sends_max_length_and_truncate(served, open_page):
     page.click("#tab-score")
     page.fill("#query", QUERY)
     page.fill("#documents", "a document far longer than four tokens, about the weather today")
-    page.fill("#score-max-length", "4")
+    page.fill("#score-max-length", "0.4e1")  # 4, as the browser reads the field (parseInt: 0)
     page.uncheck("#score-truncate")
     page.click("#run-score")
     error = page.locator("#score-error")
@@ -228,7 +228,7 @@ def test_api_key_is_asked_for_kept_in_session_and_sent(base_settings, live_worke
 def test_errors_show_inline_in_plain_words(served, open_page):
     page = open_page(served.url)
     page.fill("#texts", "word " * 200)
-    page.fill("#max-length", "8")
+    page.fill("#max-length", "0.8e1")  # 8, as the browser reads the field (parseInt: 0)
     page.uncheck("#truncate")
     page.click("#run-embed")
     error = page.locator("#embed-error")

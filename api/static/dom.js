@@ -39,6 +39,13 @@ export function short(text, n = 40) {
   return text.length > n ? `${text.slice(0, n - 1)}…` : text;
 }
 
+/** A number field's value as the browser reads it ("1e3" is 1000, where parseInt reads 1), or
+ * undefined when it is empty. */
+export function numberOf(input) {
+  const n = input.valueAsNumber;
+  return Number.isFinite(n) ? n : undefined;
+}
+
 export function lines(text) {
   return text.split("\n").map((s) => s.replace(/\r$/, "")).filter((s) => s.trim() !== "");
 }

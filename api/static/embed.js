@@ -4,7 +4,7 @@ import { ApiError, runJob } from "./client.js";
 import {
   anyWeight, cosine, epochMs, hybrid, lexical, matrix, maxsim, perText, sparseEntries, vector,
 } from "./vectors.js";
-import { $, arrowKeys, el, lines, ms, short, showError, showProgress } from "./dom.js";
+import { $, arrowKeys, el, lines, ms, numberOf, short, showError, showProgress } from "./dom.js";
 import { currentWeights } from "./score.js";
 
 /** How many top-weighted sparse tokens each text shows as chips. */
@@ -216,8 +216,8 @@ async function submit(event) {
   const modes = mode === "all" ? ["dense", "sparse", "colbert"] : [mode];
   // The default encoding: dense as numbers, ColBERT as base64 float16 (a sixth of float JSON).
   const body = { texts, modes, truncate: $("#truncate").checked };
-  const maxLength = parseInt($("#max-length").value, 10);
-  if (!Number.isNaN(maxLength)) body.max_length = maxLength;
+  const maxLength = numberOf($("#max-length"));
+  if (maxLength !== undefined) body.max_length = maxLength;
   button.disabled = true;
   $("#embed-results").hidden = true;  // the last run's results are not this run's
   const controller = new AbortController();

@@ -1,7 +1,7 @@
 // The Score panel: one query against many documents via POST /v1/score, ranked by the hybrid
 // score; moving a weight slider re-asks the API with the new weights.
 import { ApiError, callUnlessBusy } from "./client.js";
-import { $, el, lines, short, showError, showProgress } from "./dom.js";
+import { $, el, lines, numberOf, short, showError, showProgress } from "./dom.js";
 import { anyWeight } from "./vectors.js";
 
 /** Milliseconds the sliders must rest before the API is asked again (one request per drag). */
@@ -70,8 +70,8 @@ async function score() {
   showProgress(progress, "scoring…");
   try {
     const body = { query, documents, weights, truncate: $("#score-truncate").checked };
-    const maxLength = parseInt($("#score-max-length").value, 10);
-    if (!Number.isNaN(maxLength)) body.max_length = maxLength;
+    const maxLength = numberOf($("#score-max-length"));
+    if (maxLength !== undefined) body.max_length = maxLength;
     const onBusy = (s) => showProgress(progress, `the API is busy; retrying in ${s} s…`);
     const { data } = await callUnlessBusy("POST", "/v1/score", body, controller.signal, onBusy);
     if (mine !== sequence) return;
