@@ -128,6 +128,20 @@ def test_server_ignoring_range_restarts_from_zero(hub, manifest, tmp_path):
     assert not any("resumed" in line for line in lines)  # the log says what really happened
 
 
+def test_an_endpoint_restarting_from_zero_and_cutting_again_is_given_up(hub, mirror, manifest, tmp_path):
+    """Each attempt gets the same 500 kB again (Range ignored, body cut): bytes that reach no
+    further than before are no progress, so the budget of failures in a row runs out (the file
+    was fetched MAX_REQUESTS = 100 times, 100 times its size), and the mirror finishes it."""
+    hub.fault("cut", path=BIG, after=500_000, times=None)
+    hub.fault("ignore_range", path=BIG, times=None)
+    lines: list[str] = []
+    fetch(tmp_path / "m", manifest, hub, mirror, lines=lines)
+    assert_verified(tmp_path / "m", manifest)
+    assert hub.body_gets[BIG] == FAST.transient_attempts, lines
+    assert any(f"{BIG} from" in line and "giving up on this endpoint" in line for line in lines)
+    assert mirror.body_gets[BIG] == 1
+
+
 def test_corrupt_primary_falls_back_to_mirror(hub, mirror, manifest, tmp_path):
     hub.fault("corrupt", path=BIG, times=None)
     lines: list[str] = []

@@ -71,10 +71,16 @@ class _Run:
     def _try(self, endpoint: Endpoint, entry: FileEntry, final: Path) -> str | None:
         where = f"{entry.path} from {endpoint}"
         transient = bad = requests_made = 0
+        # Progress is a new high-water mark: an endpoint that restarts a file from byte 0 (a 200
+        # to a Range request, a 206 from the wrong byte) and cuts it again has gained nothing,
+        # and must not reset the count of failures in a row (it was fetched 100 times in full).
+        reached = 0
         meta: RemoteMeta | None = None
         with tqdm(total=entry.size, unit="B", unit_scale=True, unit_divisor=1024, desc=entry.path,
                   disable=None, leave=False) as bar:
             def on_bytes(n: int, offset: int) -> None:
+                nonlocal reached
+                reached = max(reached, offset)
                 if n:
                     bar.update(n)
                 else:
@@ -83,6 +89,7 @@ class _Run:
 
             while True:
                 requests_made += 1
+                before = reached
                 try:
                     if meta is None:
                         meta = endpoint.head(self.manifest.repo_id, self.manifest.revision,
@@ -104,7 +111,7 @@ class _Run:
                     if bad >= self.policy.bad_content_attempts:
                         return f"wrong content {bad} times ({exc})"
                 except TransientError as exc:
-                    transient = 1 if exc.progress else transient + 1
+                    transient = 1 if reached > before and not exc.slow else transient + 1
                     if transient >= self.policy.transient_attempts or \
                             requests_made >= self.policy.max_requests:
                         self.log(f"{where}: {exc}; giving up on this endpoint")

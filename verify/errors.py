@@ -29,12 +29,12 @@ class LocalDiskError(DownloadError):
 class TransientError(VerifyError):
     """One request failed in a way worth retrying: connection error, timeout, 5xx, 429, cut body."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None, progress: int = 0,
-                 connection: bool = False):
+    def __init__(self, message: str, *, retry_after: float | None = None, connection: bool = False,
+                 slow: bool = False):
         super().__init__(message)
         self.retry_after = retry_after
-        self.progress = progress
         self.connection = connection
+        self.slow = slow  # under the speed floor: a failure, whatever bytes it brought
 
 
 class EndpointError(VerifyError):

@@ -186,18 +186,17 @@ def _stream(endpoint: Endpoint, repo_id: str, revision: str, entry: FileEntry, p
                         if window_bytes < least:
                             raise TransientError(
                                 f"GET: {window_bytes} bytes in {window:g}s, under the floor of "
-                                f"{least} (kept to byte {offset} for a resume)", connection=False)
+                                f"{least} (kept to byte {offset} for a resume)", slow=True)
                         window_start, window_bytes = time.monotonic(), 0
         except _NETWORK_ERRORS as exc:
             raise TransientError(f"GET: connection cut at byte {offset} ({type(exc).__name__})",
-                                 progress=offset - start, connection=False) from None
+                                 connection=False) from None
         finally:
             os.close(fd)
             if os.path.exists(part.path):
                 part.write_sidecar(str(endpoint), meta.etag, offset, entry)
     if offset < entry.size:
-        raise TransientError(f"GET: body ended at byte {offset} of {entry.size}",
-                             progress=offset - start)
+        raise TransientError(f"GET: body ended at byte {offset} of {entry.size}")
     return start, offset, digest
 
 
