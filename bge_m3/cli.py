@@ -54,6 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:  # a malformed variable: its name and value, not a traceback
         print(f"bge-m3 {name}: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a path given that cannot be read or written (-o into /proc, a folder
+        # that is a file): the path and why, as the operator can act on them, not a traceback
+        print(f"bge-m3 {name}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C: a download's partial files stay for the next run
+        print(f"bge-m3 {name}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

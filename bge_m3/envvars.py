@@ -17,8 +17,17 @@ SECRET_VARS = ("REDIS_URL", "REDIS_PASSWORD", "HF_TOKEN", "BGE_M3_API_KEYS")
 Kubernetes secrets), so the value need not sit in any process's environment."""
 
 
-def truthy(value: str) -> bool:
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+"""How an on/off setting may be spelled (any case); anything else is refused, not read as off:
+``BGE_M3_AUTO_DOWNLOAD=ture`` silently turned downloads off."""
+
+
+def boolean(raw: str, var: str) -> bool:
+    word = raw.strip().lower()
+    if word in TRUE_WORDS or word in FALSE_WORDS:
+        return word in TRUE_WORDS
+    raise SettingsError(f"{var} must be one of 1, true, yes, on or 0, false, no, off, not {raw!r}")
 
 
 def csv(value: str) -> tuple[str, ...]:
@@ -36,7 +45,7 @@ def key_lines(text: str) -> str:
 def parse(kind: Any, raw: str, var: str) -> Any:
     kind = str(kind)
     if "bool" in kind:
-        return truthy(raw)
+        return boolean(raw, var)
     if "tuple" in kind:
         values = csv(raw)
         if not values:  # " , " must not read as unset: for BGE_M3_API_KEYS that is auth off

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import quote
 
-from bge_m3.envvars import ENV_VARS, SECRET_VARS, SettingsError, parse, read_secret_files, truthy
+from bge_m3.envvars import ENV_VARS, SECRET_VARS, SettingsError, boolean, parse, read_secret_files
 from bge_m3.redaction import url_has_password
 
 PACKAGED_MANIFEST = Path(__file__).resolve().parent.parent / "verify" / "bge-m3-manifest.json"
@@ -34,6 +34,9 @@ REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://", "unix://")
 MIN_MAX_LENGTH = 2
 """The least ``max_length`` (a setting, or a request's): CLS and EOS. Below it a tokenizer cannot
 truncate, and FlagEmbedding then embeds the whole text, uncut; no answer to it is meaningful."""
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+"""``BGE_M3_LOG_LEVEL``'s values (any case): the names both logging and Celery's CLI take."""
 
 CUDA_INDEX = re.compile(r"cuda:[0-9]+", re.ASCII)
 """``BGE_M3_DEVICE`` naming one GPU; ``cuda:`` or ``cuda:-1`` would fail only once a worker ran."""
@@ -113,7 +116,7 @@ class Settings:
         for secret in ("hf_token", "redis_password"):  # a secret file or .env ends in a newline
             if values.get(secret):
                 values[secret] = values[secret].strip() or None
-        if truthy(env.get("CPU_ONLY", "")):
+        if env.get("CPU_ONLY", "").strip() and boolean(env["CPU_ONLY"], "CPU_ONLY"):
             values["device"] = "cpu"
         values.update(overrides)
         for key in ("model_dir", "manifest", "log_dir", "data_dir"):
@@ -159,6 +162,9 @@ class Settings:
             raise SettingsError("BGE_M3_API_KEYS: a key holds a space, a control or a non-ASCII "
                                 "character (keys are not shown); separate keys with commas, or "
                                 "lines in a key file")
+        if self.log_level.upper() not in LOG_LEVELS:  # the worker's Celery CLI failed with a traceback
+            raise SettingsError(f"BGE_M3_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, "
+                                f"not {self.log_level!r}")
         if self.colbert_dtype not in {"float16", "float32"}:
             raise SettingsError("BGE_M3_COLBERT_DTYPE must be float16 or float32")
         if self.torch_threads < 0:

@@ -373,6 +373,24 @@ def _env(dest: Path, manifest_path: Path, *endpoints: str) -> dict[str, str]:
     return env
 
 
+def test_ctrl_c_stops_a_download_with_one_line_and_keeps_the_partial_file(hub, manifest, tiny_model,
+                                                                         tmp_path):
+    dest = tmp_path / "m"
+    hub.rate = 150_000
+    part = Partial(dest / BIG)
+    proc = subprocess.Popen([BGE_M3, "download"], env=_env(dest, tiny_model.manifest, hub.url),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: part.path.exists() and part.path.stat().st_size >= 200_000, 60,
+                 what="partial download")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert err.splitlines()[-1] == "bge-m3 download: interrupted" and "Traceback" not in err, err
+    assert part.path.stat().st_size >= 200_000 and part.sidecar.exists()
+
+
 def test_killed_download_resumes_in_the_next_process(hub, manifest, tiny_model, tmp_path):
     dest = tmp_path / "m"
     env = _env(dest, tiny_model.manifest, hub.url)
@@ -462,6 +480,39 @@ def test_manifest_from_hub_matches_the_files(hub, manifest, tiny_model, tmp_path
     small = [f.path for f in manifest.files if f.size < hub.lfs_threshold]
     assert small and all(hub.body_gets[p] == 1 for p in small)  # hashed: no sha256 in the API
     assert all(hub.body_gets[f.path] == 0 for f in manifest.files if f.path not in small)
+
+
+def _from_hub(manifest, env, out):
+    return subprocess.run([BGE_M3, "manifest", "--from-hub", f"{manifest.repo_id}@{manifest.revision}",
+                           "-o", str(out)], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_manifest_from_hub_never_pins_damaged_bytes(hub, manifest, tiny_model, tmp_path):
+    """A plain git file's bytes are checked against the git blob id the hub lists: bytes damaged
+    on the way are asked for again, and if they stay damaged nothing is written (they were
+    pinned as the model's, and every later download held to them). A 503 or a cut body is
+    asked again too, not a traceback."""
+    env = _env(tmp_path / "unused", tiny_model.manifest, hub.url)
+    env.pop("TRANSFORMERS_OFFLINE", None)
+    small = "config.json"
+    assert manifest.entry(small).size < hub.lfs_threshold
+    out = tmp_path / "hub.json"
+    hub.fault("corrupt", path=small, times=None)
+    run = _from_hub(manifest, env, out)
+    assert run.returncode == 1 and not out.exists(), run.stderr
+    assert f"{small}: git blob sha1 mismatch: the hub lists " in run.stderr, run.stderr
+    assert "(3 attempts)" in run.stderr and "Traceback" not in run.stderr
+    assert hub.body_gets[small] == 3
+
+    for faults in ([("status", {"code": 503}), ("corrupt", {})], [("cut", {"after": 100})]):
+        hub.clear()
+        for kind, params in faults:  # one fault a request, as the fake takes them
+            hub.fault(kind, path=small, **params)
+        run = _from_hub(manifest, env, out)
+        assert run.returncode == 0, run.stderr
+        assert load_manifest(out).entry(small).sha256 == manifest.entry(small).sha256
+        statuses = [r["status"] for r in hub.requests_for(small, "GET")]
+        assert statuses == [503, 200, 200] if len(faults) == 2 else [200, 200], (faults, statuses)
 
 
 def _log_api_auth(server: FakeHub) -> list[str | None]:

@@ -120,6 +120,10 @@ def test_malformed_settings_name_their_variable():
     ("BGE_M3_DEVICE", "cuda:x", "must be auto, cuda, cuda:N or cpu"),
     ("BGE_M3_ENDPOINTS", " , ", "is set but lists nothing"),
     ("BGE_M3_MAX_LENGTH", "1", "must be between 2 and 8192"),
+    ("BGE_M3_AUTO_DOWNLOAD", "ture", "must be one of 1, true, yes, on or 0, false, no, off, not 'ture'"),
+    ("BGE_M3_LOG_JSON", "2", "must be one of 1, true, yes, on or 0, false, no, off"),
+    ("CPU_ONLY", "maybe", "must be one of 1, true, yes, on or 0, false, no, off"),  # read as off
+    ("BGE_M3_LOG_LEVEL", "LOUD", "must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, not 'LOUD'"),
 ])
 def test_a_setting_out_of_its_range_is_refused_naming_it(var, raw, message):
     with pytest.raises(SettingsError, match=f"^{var} {message}"):
@@ -132,6 +136,12 @@ def test_the_edges_of_each_range_are_taken():
              "BGE_M3_EMBEDDED_REDIS_PORT": "1", "BGE_M3_DEVICE": "cuda:12"}
     s = Settings.from_env(edges)
     assert (s.sync_timeout, s.max_texts, s.max_queued, s.port, s.device) == (0.5, 1, 1, 65535, "cuda:12")
+    # On/off words in any case, and log levels in any case.
+    for word, on in (("1", True), (" TRUE ", True), ("Yes", True), ("on", True), ("0", False),
+                     ("False", False), ("NO", False), ("off", False)):
+        s = Settings.from_env({"BGE_M3_AUTO_DOWNLOAD": word, "BGE_M3_LOG_JSON": word, "CPU_ONLY": word})
+        assert (s.auto_download, s.log_json, s.device == "cpu") == (on, on, on), word
+    assert Settings.from_env({"BGE_M3_LOG_LEVEL": "debug"}).log_level == "debug"
 
 
 def test_hf_token_is_trimmed_and_a_broken_one_is_refused_unshown():
@@ -151,6 +161,23 @@ def test_a_malformed_setting_stops_a_command_with_one_line():
     assert proc.stderr.strip() == "bge-m3 api: BGE_M3_MAX_TEXTS must be an integer, not 'abc'"
     proc = subprocess.run([BGE_M3, "api", "--workers", "0"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--workers and --threads must be at least 1" in proc.stderr
+    # The worker's own options are checked before Celery sees them (it failed with tracebacks).
+    for argv, message in ((["--concurrency", "0"], "argument --concurrency: must be at least 1, not 0"),
+                          (["--loglevel", "LOUD"], "argument --loglevel: invalid choice: 'LOUD'")):
+        proc = subprocess.run([BGE_M3, "worker", *argv], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_path_that_cannot_be_written_is_one_line_not_a_traceback(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    proc = subprocess.run([BGE_M3, "tiny-model", str(blocker)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip() == f"bge-m3 tiny-model: [Errno 17] File exists: '{blocker}'"
+    proc = subprocess.run([BGE_M3, "manifest", str(tmp_path), "-o", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and proc.stderr.startswith("bge-m3 manifest: [Errno 21] Is a directory")
+    assert "Traceback" not in proc.stderr
 
 
 def test_redact_url():

@@ -134,8 +134,8 @@ def manifest_main(argv: list[str]) -> int:
     parser.add_argument("--include", action="append", default=[], metavar="GLOB",
                         help="with --from-hub: only files matching (repeatable)")
     args = parser.parse_args(argv)
-    if args.dir is None and not args.from_hub:
-        parser.error("DIR or --from-hub is required")
+    if (args.dir is None) == (not args.from_hub):
+        parser.error("give DIR or --from-hub, not both" if args.dir else "DIR or --from-hub is required")
     try:
         if args.from_hub:
             from verify.endpoint import same_origin

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import time
 
 import requests
 
 from bge_m3.redaction import scrub
-from verify.endpoint import Endpoint
-from verify.errors import ManifestError, VerifyError
+from verify.endpoint import Endpoint, status_error
+from verify.errors import BadContentError, EndpointError, ManifestError, TransientError, VerifyError
 from verify.manifest import FileEntry, Manifest, check_repo_id, parse_manifest
-from verify.transfer import READ_CHUNK
+from verify.retry import RetryPolicy
+from verify.transfer import NETWORK_ERRORS, READ_CHUNK
 
 
 def split_ref(ref: str) -> tuple[str, str]:
@@ -26,19 +28,53 @@ def split_ref(ref: str) -> tuple[str, str]:
     return check_repo_id(repo), rev or "main"
 
 
-def _hash_remote(endpoint: Endpoint, repo_id: str, revision: str, path: str) -> tuple[int, str]:
-    digest, size = hashlib.sha256(), 0
+HASH_ATTEMPTS = 3
+"""Tries to fetch one plain git file whole and matching its git blob id before giving up: a
+503, a cut body or damaged bytes are worth asking again; the same answer three times is not."""
+
+
+def _hash_once(endpoint: Endpoint, repo_id: str, revision: str, path: str,
+               size: int | None, blob_id: str | None) -> tuple[int, str]:
+    """(size, sha256) of the served bytes, checked against the git blob id the hub lists for
+    the file (sha1 of ``blob <size>\\0`` and the bytes): a manifest is what every later download
+    is held to, so bytes damaged on the way must not be pinned as the model's."""
+    digest, got = hashlib.sha256(), 0
+    blob = hashlib.sha1(f"blob {size}\0".encode()) if blob_id and size is not None else None
     with endpoint.get(repo_id, revision, path, 0) as resp:
         if resp.status_code != 200:
-            raise VerifyError(f"GET {path}: HTTP {resp.status_code}")
-        while chunk := resp.raw.read1(READ_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
+            raise status_error(resp, "GET")
+        try:
+            while chunk := resp.raw.read1(READ_CHUNK):
+                digest.update(chunk)
+                if blob is not None:
+                    blob.update(chunk)
+                got += len(chunk)
+        except NETWORK_ERRORS as exc:
+            raise TransientError(f"GET: connection cut at byte {got} ({type(exc).__name__})") from None
+    if size is not None and got != size:
+        raise TransientError(f"GET: the hub lists {size} bytes, {got} were served")
+    if blob is not None and blob.hexdigest() != blob_id.lower():
+        raise BadContentError(f"git blob sha1 mismatch: the hub lists {blob_id.lower()}, the "
+                              f"bytes served hash to {blob.hexdigest()}")
+    return got, digest.hexdigest()
+
+
+def _hash_remote(endpoint: Endpoint, repo_id: str, revision: str, path: str,
+                 size: int | None, blob_id: str | None, policy: RetryPolicy) -> tuple[int, str]:
+    for attempt in range(1, HASH_ATTEMPTS + 1):
+        try:
+            return _hash_once(endpoint, repo_id, revision, path, size, blob_id)
+        except (TransientError, BadContentError) as exc:
+            if attempt == HASH_ATTEMPTS:
+                raise VerifyError(f"{path}: {exc} ({attempt} attempts)") from None
+            time.sleep(policy.delay(attempt, getattr(exc, "retry_after", None)))
+        except EndpointError as exc:  # 404, 401/403, a bad redirect: asking again will not help
+            raise VerifyError(f"{path}: {exc}") from None
+    raise AssertionError("unreachable")
 
 
 def manifest_from_hub(repo_id: str, revision: str, endpoint: str, token: str | None = None,
-                      include: tuple[str, ...] = ()) -> Manifest:
+                      include: tuple[str, ...] = (), policy: RetryPolicy = RetryPolicy()) -> Manifest:
     """The manifest of ``repo_id`` at ``revision`` (pinned to the commit the hub resolves it to)."""
     from huggingface_hub import HfApi
 
@@ -60,9 +96,8 @@ def manifest_from_hub(repo_id: str, revision: str, endpoint: str, token: str | N
             if sibling.lfs is not None:
                 entries.append(FileEntry(name, int(sibling.lfs.size), sibling.lfs.sha256.lower()))
                 continue
-            size, sha = _hash_remote(remote, repo_id, commit, name)
-            if sibling.size is not None and sibling.size != size:
-                raise VerifyError(f"{name}: hub lists {sibling.size} bytes, served {size}")
+            size, sha = _hash_remote(remote, repo_id, commit, name, sibling.size,
+                                     sibling.blob_id, policy)
             entries.append(FileEntry(name, size, sha))
     finally:
         session.close()

@@ -31,7 +31,7 @@ from verify.retry import LOW_SPEED_BYTES, LOW_SPEED_WINDOW
 READ_CHUNK = 1024 * 1024
 """Most bytes taken from the socket per read: big enough to amortise, small enough to resume finely."""
 
-_NETWORK_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError,
+NETWORK_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError,
                    http.client.HTTPException, ConnectionError, TimeoutError)
 """What a cut connection raises mid-body; disk errors (other OSErrors) are not retried."""
 
@@ -188,7 +188,7 @@ def _stream(endpoint: Endpoint, repo_id: str, revision: str, entry: FileEntry, p
                                 f"GET: {window_bytes} bytes in {window:g}s, under the floor of "
                                 f"{least} (kept to byte {offset} for a resume)", slow=True)
                         window_start, window_bytes = time.monotonic(), 0
-        except _NETWORK_ERRORS as exc:
+        except NETWORK_ERRORS as exc:
             raise TransientError(f"GET: connection cut at byte {offset} ({type(exc).__name__})",
                                  connection=False) from None
         finally:

@@ -6,6 +6,18 @@ import socket
 import sys
 
 from bge_m3.queue import QUEUE_NAME
+from bge_m3.settings import LOG_LEVELS
+
+
+def _positive(text: str) -> int:
+    """At least 1, as ``BGE_M3_WORKER_THREADS`` (Celery failed on 0 or less with a traceback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -15,9 +27,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "verification fails."))
     parser.add_argument("--hostname", default=f"bge-m3@{socket.gethostname()}",
                         help="Celery node name, also the readiness key (default: bge-m3@HOST)")
-    parser.add_argument("--concurrency", type=int, default=None,
+    parser.add_argument("--concurrency", type=_positive, default=None,
                         help="task threads = jobs held at once (default: BGE_M3_WORKER_THREADS)")
-    parser.add_argument("--loglevel", default=None, help="log level (default: BGE_M3_LOG_LEVEL)")
+    parser.add_argument("--loglevel", type=str.upper, choices=LOG_LEVELS, default=None,
+                        help="log level, any case (default: BGE_M3_LOG_LEVEL)")
     return parser.parse_args(argv)
 
 
