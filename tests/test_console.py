@@ -42,6 +42,30 @@ def test_dense_heatmap_is_cosine_of_the_apis_vectors(served, open_page, tmp_path
     page.screenshot(path=str(tmp_path / "dense.png"), full_page=True)
 
 
+ELLIPSIS_SIDE = """th => {
+  const text = [...th.querySelectorAll('*'), th].map(n => [...n.childNodes]).flat()
+    .find(n => n.nodeType === 3 && n.data.endsWith('\u2026'));
+  const rect = (i) => { const r = document.createRange(); r.setStart(text, i); r.setEnd(text, i + 1);
+                        return r.getBoundingClientRect().left; };
+  return { first: rect(0), ellipsis: rect(text.data.length - 1) };
+}"""
+"""Where a cut row label's first character and its "…" are drawn (x of their left edges)."""
+
+
+def test_a_cut_label_ends_where_its_own_text_ends(served, open_page):
+    """A right-to-left text's label is cut at its end, its left side; the "…" used to sit at the
+    right, beside the text's first word. A left-to-right one ends at the right as before."""
+    arabic = "الطقس اليوم مشمس وجميل جدا في المدينة"
+    english = "the weather today is sunny and very nice in the city"
+    page = open_page(served.url)
+    run_embed(page, [arabic, english], "dense")
+    arabic_label, english_label = page.locator("#heatmap tbody th").all()[:2]
+    rtl, ltr = arabic_label.evaluate(ELLIPSIS_SIDE), english_label.evaluate(ELLIPSIS_SIDE)
+    assert rtl["ellipsis"] < rtl["first"], rtl
+    assert ltr["ellipsis"] > ltr["first"], ltr
+    assert arabic_label.text_content().startswith("1. ") and english_label.text_content().startswith("2. ")
+
+
 def test_all_modes_show_sparse_chips_colbert_counts_and_four_heatmaps(served, open_page, tmp_path):
     page = open_page(served.url)
     job_id = run_embed(page, THREE_TEXTS, "all")

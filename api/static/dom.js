@@ -46,6 +46,12 @@ export function numberOf(input) {
   return Number.isFinite(n) ? n : undefined;
 }
 
+/** ``text`` cut to ``n`` characters in its own direction (``<bdi>``): an Arabic or Hebrew text
+ * ends, and is cut, at its left, where an LTR label put the "…" beside its first word. */
+export function label(text, n) {
+  return el("bdi", { text: short(text, n) });
+}
+
 export function lines(text) {
   return text.split("\n").map((s) => s.replace(/\r$/, "")).filter((s) => s.trim() !== "");
 }

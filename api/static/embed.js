@@ -4,7 +4,7 @@ import { ApiError, runJob } from "./client.js";
 import {
   anyWeight, cosine, epochMs, hybrid, lexical, matrix, maxsim, perText, sparseEntries, vector,
 } from "./vectors.js";
-import { $, arrowKeys, el, lines, ms, numberOf, short, showError, showProgress } from "./dom.js";
+import { $, arrowKeys, el, label, lines, ms, numberOf, showError, showProgress } from "./dom.js";
 import { currentWeights } from "./score.js";
 
 /** How many top-weighted sparse tokens each text shows as chips. */
@@ -110,7 +110,7 @@ function renderHeatmap(kind) {
   const head = el("tr", {}, el("th", { class: "corner", text: "" }),
     ...state.texts.slice(0, n).map((t, j) => el("th", { scope: "col", title: t, text: `${j + 1}` })));
   const rows = values.map((row, i) => el("tr", {},
-    el("th", { scope: "row", title: state.texts[i], text: `${i + 1}. ${short(state.texts[i], 24)}` }),
+    el("th", { scope: "row", title: state.texts[i] }, `${i + 1}. `, label(state.texts[i], 24)),
     ...row.map((v, j) => {
       const t = span ? (v - lo) / span : 0.5; // one value throughout: a middle shade
       const cell = el("td", {
@@ -151,7 +151,7 @@ function renderChips(sparse) {
     }, el("span", { class: "tok", text: e.token != null ? e.token : `#${e.id}` }),
     el("b", { text: e.weight.toFixed(3) })));
     return el("div", { class: "chip-row", "data-text": String(i) },
-      el("span", { class: "chip-label", text: `${i + 1}. ${short(state.texts[i], 30)}` }),
+      el("span", { class: "chip-label" }, `${i + 1}. `, label(state.texts[i], 30)),
       ...(chips.length ? chips : [el("span", { class: "caption", text: "no weighted tokens" })]));
   });
   $("#sparse-chips").replaceChildren(...rows);
@@ -172,7 +172,7 @@ function renderColbert(colbert) {
     // FlagEmbedding keeps one vector per token after [CLS], so tokens = vectors + 1.
     const tokens = typeof perTextTokens === "number" ? perTextTokens : vecs.length + 1;
     return el("tr", { "data-text": String(i) }, el("td", { text: String(i + 1) }),
-      el("td", { title: state.texts[i], text: short(state.texts[i], 40) }),
+      el("td", { title: state.texts[i] }, label(state.texts[i], 40)),
       el("td", { class: "num tokens", text: String(tokens) }),
       el("td", { class: "num vectors", text: String(vecs.length) }));
   });

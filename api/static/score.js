@@ -1,7 +1,7 @@
 // The Score panel: one query against many documents via POST /v1/score, ranked by the hybrid
 // score; moving a weight slider re-asks the API with the new weights.
 import { ApiError, callUnlessBusy } from "./client.js";
-import { $, el, lines, numberOf, short, showError, showProgress } from "./dom.js";
+import { $, el, label, lines, numberOf, showError, showProgress } from "./dom.js";
 import { anyWeight } from "./vectors.js";
 
 /** Milliseconds the sliders must rest before the API is asked again (one request per drag). */
@@ -38,7 +38,7 @@ function render(documents, weights, data) {
   const ranked = rows(data, documents.length).sort((a, b) => b.hybrid - a.hybrid);
   const body = ranked.map((r, rank) => el("tr", { "data-doc": String(r.index) },
     el("td", { class: "num", text: String(rank + 1) }),
-    el("td", { class: "doc", title: documents[r.index], text: short(documents[r.index] || "", 60) }),
+    el("td", { class: "doc", title: documents[r.index] }, label(documents[r.index] || "", 60)),
     el("td", { class: "num hybrid", text: fmt(r.hybrid) }),
     el("td", { class: "num", text: fmt(r.dense) }),
     el("td", { class: "num", text: fmt(r.sparse) }),
