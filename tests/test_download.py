@@ -450,6 +450,7 @@ def test_cli_reports_failure_with_exit_code(hub, manifest, tiny_model, tmp_path)
     assert run.returncode == EXIT_DOWNLOAD
     assert f"could not fetch {len(manifest.files)} file(s)" in run.stderr
     assert f"{wrong} -> HEAD: HTTP 404" in run.stderr
+    assert "no endpoint left to try" in run.stderr and "trying the next endpoint" not in run.stderr
     assert [p.name for p in dest.iterdir() if not p.name.startswith(".")] == []
 
 

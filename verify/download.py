@@ -58,17 +58,17 @@ class _Run:
         if not _inside(self.folder, final.parent):  # a link raced in while the folders were made
             return outside
         notes = []
-        for endpoint in self.endpoints:
+        for i, endpoint in enumerate(self.endpoints):
             if endpoint.base in self.unreachable:
                 notes.append(f"{endpoint} -> skipped (unreachable earlier)")
                 continue
-            note = self._try(endpoint, entry, final)
+            note = self._try(endpoint, entry, final, last=i == len(self.endpoints) - 1)
             if note is None:
                 return None
             notes.append(f"{endpoint} -> {note}")
         return "; ".join(notes) or "no endpoints configured (BGE_M3_ENDPOINTS)"
 
-    def _try(self, endpoint: Endpoint, entry: FileEntry, final: Path) -> str | None:
+    def _try(self, endpoint: Endpoint, entry: FileEntry, final: Path, last: bool) -> str | None:
         where = f"{entry.path} from {endpoint}"
         transient = bad = requests_made = 0
         # Progress is a new high-water mark: an endpoint that restarts a file from byte 0 (a 200
@@ -103,7 +103,8 @@ class _Run:
                     self.log(f"{where}: {outcome}, sha256 OK")
                     return None
                 except EndpointError as exc:
-                    self.log(f"{where}: {exc}; trying the next endpoint")
+                    self.log(f"{where}: {exc}; " + ("no endpoint left to try" if last else
+                                                    "trying the next endpoint"))
                     return str(exc)
                 except BadContentError as exc:
                     bad += 1
