@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 from pathlib import Path
 
 
@@ -16,8 +18,11 @@ def tiny_model_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from bge_m3.tinymodel import build
 
-    manifest = build(args.dir, full=args.full, seed=args.seed)
-    print(f"model written to {args.dir}")
+    # Absolute and normalised: DIR.manifest.json of "." or "m/" would land inside the folder.
+    folder = Path(os.path.abspath(args.dir.expanduser()))
+    manifest = build(folder, full=args.full, seed=args.seed)
+    print(f"model written to {folder}")
     print(f"manifest written to {manifest}")
-    print(f"use: BGE_M3_MODEL_DIR={args.dir} BGE_M3_MANIFEST={manifest} BGE_M3_AUTO_DOWNLOAD=0 bge-m3 up")
+    print(f"use: BGE_M3_MODEL_DIR={shlex.quote(str(folder))} BGE_M3_MANIFEST={shlex.quote(str(manifest))} "
+          "BGE_M3_AUTO_DOWNLOAD=0 bge-m3 up")
     return 0

@@ -168,6 +168,19 @@ def test_a_malformed_setting_stops_a_command_with_one_line():
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
+def test_tiny_model_into_the_current_folder_puts_its_manifest_beside_it(tmp_path):
+    """``tiny-model .`` wrote ``./.manifest.json`` inside the model folder; the printed command
+    is quoted for a shell (a path with a space)."""
+    folder = tmp_path / "my model"
+    folder.mkdir()
+    proc = subprocess.run([BGE_M3, "tiny-model", "."], cwd=folder, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    manifest = tmp_path / "my model.manifest.json"
+    assert manifest.is_file() and not list(folder.glob("*manifest*"))
+    assert f"BGE_M3_MODEL_DIR='{folder}' BGE_M3_MANIFEST='{manifest}' " in proc.stdout, proc.stdout
+
+
 def test_a_path_that_cannot_be_written_is_one_line_not_a_traceback(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
