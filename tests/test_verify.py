@@ -159,7 +159,10 @@ def test_missing_file_has_its_own_exit_code(model, tiny_model, capsys):
     assert code == EXIT_MISSING
     assert "MISSING  config.json" in out
     code, _, err = run_verify(model.parent / "no-such-folder", tiny_model.manifest, capsys)
-    assert code == EXIT_MISSING and "(the folder does not exist)" in err
+    assert code == EXIT_MISSING and "(the folder does not exist); `bge-m3 download` fetches" in err
+    (model.parent / "a-file").write_text("")
+    code, _, err = run_verify(model.parent / "a-file", tiny_model.manifest, capsys)
+    assert code == EXIT_MISSING and "(it is a file, not a folder)" in err
 
 
 def test_symlink_outside_the_folder_is_refused(model, tiny_model, tmp_path, capsys):
