@@ -64,6 +64,7 @@ def test_bad_folders_refuse_and_the_job_waits_for_a_healthy_worker(tiny_model, b
         assert bad.proc.wait(60) == REFUSED, bad.output()[-2000:]
         log = bad.output()
         assert reason in log and name in log and "Refusing to start" in log
+        assert f"({name}); `bge-m3 download` fetches what is missing" in log  # auto-download off here
         assert not bad.ready()
         assert queue.store.get(job_id).status == "queued"
         assert queue.redis.llen(QUEUE_NAME) == 1  # the message was never taken

@@ -130,8 +130,11 @@ def check(settings: Settings) -> Verified:
         for failure in report.failures:
             log.error("Verification failed: %s", failure.describe())
         names = ", ".join(f.path for f in report.failures)
+        fix = ("the download above failed; see its lines" if settings.auto_download else
+               "`bge-m3 download` fetches what is missing and replaces what is wrong, or set "
+               "BGE_M3_AUTO_DOWNLOAD=1")
         raise GateRefused(f"model folder {settings.model_dir} does not match manifest "
-                          f"{manifest.repo_id}@{manifest.revision[:7]} ({names})")
+                          f"{manifest.repo_id}@{manifest.revision[:7]} ({names}); {fix}")
     log.info("Verified %d files of %s@%s in %s (manifest %s)", len(report.files), manifest.repo_id,
              manifest.revision[:7], settings.model_dir, report.manifest_digest[:12])
     return Verified(manifest, report, handles)
