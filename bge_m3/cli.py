@@ -6,6 +6,8 @@ Each subcommand lives in the package that owns it and takes its own argv, so
 from __future__ import annotations
 
 import importlib
+import os
+import signal
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -54,12 +56,18 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:  # a malformed variable: its name and value, not a traceback
         print(f"bge-m3 {name}: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # a path given that cannot be read or written (-o into /proc, a folder
-        # that is a file): the path and why, as the operator can act on them, not a traceback
+    except OSError as exc:
+        if exc.filename is None:  # not about a path (a network or library error): keep the traceback
+            raise
+        # A path that cannot be read or written (-o into /proc, a folder that is a file): the
+        # path and why, which the operator can act on, not a traceback.
         print(f"bge-m3 {name}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C: a download's partial files stay for the next run
         print(f"bge-m3 {name}: interrupted", file=sys.stderr)
+        # End by SIGINT, as Python does for an uncaught Ctrl-C, so a shell loop stops too.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
         return 130
 
 

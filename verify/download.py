@@ -107,7 +107,9 @@ class _Run:
                                                     "trying the next endpoint"))
                     return str(exc)
                 except BadContentError as exc:
-                    bad += 1
+                    # The bytes were deleted: the next attempt starts from 0, and reaching as far
+                    # again is progress (bad content has its own budget of attempts).
+                    bad, transient, reached = bad + 1, 0, 0
                     self.log(f"{where}: {exc} (attempt {bad}/{self.policy.bad_content_attempts})")
                     if bad >= self.policy.bad_content_attempts:
                         return f"wrong content {bad} times ({exc})"

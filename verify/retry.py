@@ -5,7 +5,8 @@ import random
 from dataclasses import dataclass
 
 TRANSIENT_ATTEMPTS = 5
-"""Failed requests in a row (no bytes gained) on one endpoint before moving to the next."""
+"""Failed requests in a row on one endpoint before moving to the next; a request that takes the
+file further than any before it breaks the row (``verify.download``)."""
 
 BAD_CONTENT_ATTEMPTS = 3
 """Complete downloads with the wrong SHA-256 from one endpoint before moving to the next."""
