@@ -31,6 +31,7 @@ write per row would be a syscall per row."""
 _SEPARATORS = (",", ":")
 
 _LEAVES = frozenset((str, int, float, bool, type(None)))
+"""Types that hold no ``FloatArray``: the walks below step over them without a call."""
 
 
 class Numbers(list):

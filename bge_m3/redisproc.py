@@ -77,6 +77,17 @@ def eviction_warning(url: str) -> str:
             "evict queued jobs and results: set it to noeviction")
 
 
+def port_taken(port: int, holder: str, reason: str) -> str:
+    """What ``up`` says of a local Redis port it can neither use nor start a Redis on."""
+    if reason.startswith("AuthenticationError"):  # often another `up`'s private Redis
+        return (f"127.0.0.1:{port} is a Redis that wants a password, held by {holder} ({reason}); "
+                "to share it set REDIS_URL to it and REDIS_PASSWORD_FILE to its password (another "
+                "`bge-m3 up` keeps it in its data folder's redis/password), or set "
+                "BGE_M3_EMBEDDED_REDIS_PORT to start one here")
+    return (f"127.0.0.1:{port} is taken by {holder}, which does not answer Redis without settings "
+            f"({reason}); set REDIS_URL (with its password) or BGE_M3_EMBEDDED_REDIS_PORT")
+
+
 def local_url(port: int) -> str:
     return f"redis://127.0.0.1:{port}/0"
 

@@ -18,7 +18,7 @@ from bge_m3.accelerator import EnvironmentProblem, detect
 from bge_m3.envvars import env_is_set
 from bge_m3.folderlock import FolderTaken, claim
 from bge_m3.redaction import redact_url
-from bge_m3.redisproc import EmbeddedRedis, RedisProblem, eviction_warning, local_url, ping
+from bge_m3.redisproc import EmbeddedRedis, RedisProblem, eviction_warning, local_url, ping, port_taken
 from bge_m3.settings import Settings
 from bge_m3.startup import StartProblem, child_command, exit_status, probe_host, wait_until_ready
 from bge_m3.supervisor import API_GRACE_MARGIN, REDIS_GRACE, Supervisor
@@ -127,15 +127,7 @@ class Up:
             return (f"using the Redis already answering on 127.0.0.1:{port} (not started here: "
                     f"it keeps running after this stops){eviction_warning(self.redis_url)}")
         if not ports.is_free("127.0.0.1", port, "BGE_M3_EMBEDDED_REDIS_PORT"):
-            holder = ports.owner(port) or "another process"
-            if reason.startswith("AuthenticationError"):  # often another `up`'s private Redis
-                raise Failed(f"127.0.0.1:{port} is a Redis that wants a password, held by {holder} "
-                             f"({reason}); to share it set REDIS_URL to it and REDIS_PASSWORD_FILE "
-                             "to its password (another `bge-m3 up` keeps it in its data folder's "
-                             "redis/password), or set BGE_M3_EMBEDDED_REDIS_PORT to start one here")
-            raise Failed(f"127.0.0.1:{port} is taken by {holder}, which does not answer Redis "
-                         f"without settings ({reason}); set REDIS_URL (with its password) or "
-                         "BGE_M3_EMBEDDED_REDIS_PORT")
+            raise Failed(port_taken(port, ports.owner(port) or "another process", reason))
         self.locks.append(claim(s.data_dir, "data folder", "BGE_M3_DATA_DIR"))
         self.embedded = EmbeddedRedis(port, s.data_dir, s.log_dir / "redis.log")
         self.embedded.start(self._spawn_redis)

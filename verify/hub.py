@@ -33,30 +33,36 @@ HASH_ATTEMPTS = 3
 503, a cut body or damaged bytes are worth asking again; the same answer three times is not."""
 
 
+PLAIN_FILE_MAX = 64 * 1024 * 1024
+"""Most bytes a plain git file (not LFS) may have: the hub stores bigger ones in LFS (10 MB), so
+more is no hub's answer, and this many are held in memory to check the blob id."""
+
+
 def _hash_once(endpoint: Endpoint, repo_id: str, revision: str, path: str,
                size: int | None, blob_id: str | None) -> tuple[int, str]:
     """(size, sha256) of the served bytes, checked against the git blob id the hub lists for
     the file (sha1 of ``blob <size>\\0`` and the bytes): a manifest is what every later download
     is held to, so bytes damaged on the way must not be pinned as the model's."""
-    digest, got = hashlib.sha256(), 0
-    blob = hashlib.sha1(f"blob {size}\0".encode()) if blob_id and size is not None else None
+    body = bytearray()
     with endpoint.get(repo_id, revision, path, 0) as resp:
         if resp.status_code != 200:
             raise status_error(resp, "GET")
         try:
             while chunk := resp.raw.read1(READ_CHUNK):
-                digest.update(chunk)
-                if blob is not None:
-                    blob.update(chunk)
-                got += len(chunk)
+                body += chunk
+                if len(body) > PLAIN_FILE_MAX:
+                    raise VerifyError(f"{path}: over {PLAIN_FILE_MAX} bytes for a file the hub "
+                                      "lists as plain git, not LFS")
         except NETWORK_ERRORS as exc:
-            raise TransientError(f"GET: connection cut at byte {got} ({type(exc).__name__})") from None
-    if size is not None and got != size:
-        raise TransientError(f"GET: the hub lists {size} bytes, {got} were served")
-    if blob is not None and blob.hexdigest() != blob_id.lower():
-        raise BadContentError(f"git blob sha1 mismatch: the hub lists {blob_id.lower()}, the "
-                              f"bytes served hash to {blob.hexdigest()}")
-    return got, digest.hexdigest()
+            raise TransientError(f"GET: connection cut at byte {len(body)} ({type(exc).__name__})") from None
+    if size is not None and len(body) != size:
+        raise TransientError(f"GET: the hub lists {size} bytes, {len(body)} were served")
+    if blob_id is not None:
+        actual = hashlib.sha1(f"blob {len(body)}\0".encode() + body).hexdigest()
+        if actual != blob_id.lower():
+            raise BadContentError(f"git blob sha1 mismatch: the hub lists {blob_id.lower()}, "
+                                  f"the bytes served hash to {actual}")
+    return len(body), hashlib.sha256(body).hexdigest()
 
 
 def _hash_remote(endpoint: Endpoint, repo_id: str, revision: str, path: str,
