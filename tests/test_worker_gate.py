@@ -242,7 +242,7 @@ def test_a_failed_download_refuses_naming_the_folder_as_it_is_now(tiny_model, tm
     assert any(line.startswith("download failed: could not fetch 1 file(s)") for line in said)
     assert [line for line in said if line.startswith("Verification failed")] == \
         [f"Verification failed: MISSING  {weights}"]
-    assert str(refused.value).endswith(f"({weights})")
+    assert str(refused.value).endswith(f"({weights}); the download above failed; see its lines")
     assert (folder / "config.json").is_file() and not (folder / weights).exists()
 
 
@@ -268,7 +268,8 @@ def test_an_unreadable_file_refuses_with_its_line(tiny_model, tmp_path, caplog, 
     settings = Settings.from_env({}, model_dir=folder, manifest=tiny_model.manifest,
                                  auto_download=False)
     with caplog.at_level("ERROR", logger="bge_m3.worker"), \
-            pytest.raises(gate.GateRefused, match=r"\(sparse_linear\.pt\)$"):
+            pytest.raises(gate.GateRefused, match=r"\(sparse_linear\.pt\); make each file its line "
+                                                  r"names readable by this user$"):
         gate.check(settings)
     assert [r.getMessage() for r in caplog.records] == [
         "Verification failed: UNREADABLE sparse_linear.pt: cannot be read: "

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from bge_m3.settings import PACKAGED_MANIFEST, Settings
 from verify.errors import VerifyError
 from verify.manifest import Manifest, load_manifest
-from verify.verifier import Report, verify_folder
+from verify.verifier import UNREADABLE, Report, verify_folder
 
 REQUIRED_FILES = ("config.json", "colbert_linear.pt", "sparse_linear.pt")
 """Files the manifest itself must pin; without the heads FlagEmbedding would use random ones."""
@@ -130,9 +130,13 @@ def check(settings: Settings) -> Verified:
         for failure in report.failures:
             log.error("Verification failed: %s", failure.describe())
         names = ", ".join(f.path for f in report.failures)
-        fix = ("the download above failed; see its lines" if settings.auto_download else
-               "`bge-m3 download` fetches what is missing and replaces what is wrong, or set "
-               "BGE_M3_AUTO_DOWNLOAD=1")
+        if any(f.status == UNREADABLE for f in report.failures):  # no download replaces those
+            fix = "make each file its line names readable by this user"
+        elif settings.auto_download:
+            fix = "the download above failed; see its lines"
+        else:
+            fix = ("`bge-m3 download` fetches what is missing and replaces what is wrong, or set "
+                   "BGE_M3_AUTO_DOWNLOAD=1")
         raise GateRefused(f"model folder {settings.model_dir} does not match manifest "
                           f"{manifest.repo_id}@{manifest.revision[:7]} ({names}); {fix}")
     log.info("Verified %d files of %s@%s in %s (manifest %s)", len(report.files), manifest.repo_id,
