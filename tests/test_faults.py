@@ -359,6 +359,40 @@ def test_6_redis_kill_9_with_aof_keeps_queued_and_finished_jobs(base_settings, w
         redis.stop()
 
 
+def test_13_redis_restarted_under_a_running_job_keeps_the_worker_and_the_job(
+        base_settings, worker_factory, tmp_path, reference):
+    """Redis stopped (SIGTERM, as a restart does) while a job runs, then started again: the worker
+    stays up and serving, and the job completes. With a job unacked, kombu's second close of the
+    lost connection raised an AttributeError, which Celery took as unrecoverable: the worker
+    stopped (exit 0) and the job sat "running" for the visibility timeout (``worker.brokerfix``)."""
+    redis = RedisServer(tmp_path / "aof-redis", appendonly=True)
+    try:
+        settings = base_settings.replace(redis_url=redis.url(0), test_faults=True, worker_threads=2,
+                                         time_limit=60, visibility_timeout=120)
+        queue = Queue(settings)
+        worker = worker_factory(settings)
+        texts = [SLEEP.format(6), *TEXTS]
+        job_id = queue.submit(texts)
+        running_on(queue, job_id)
+        redis.wait_written()
+        queue.close()
+        redis.kill(signal.SIGTERM)  # Redis saves its AOF and exits; the worker's connections drop
+        wait_for(lambda: "Connection to broker lost" in worker.output(), 30, what="the lost broker")
+        time.sleep(2)
+        redis.start()
+        queue = Queue(settings)
+        job = queue.wait(job_id, 90)
+        assert job is not None and job.status == "succeeded", (job, worker.output()[-3000:])
+        assert worker.proc.poll() is None, worker.output()[-3000:]
+        assert "Unrecoverable error" not in worker.output()
+        check_result(queue, reference, job_id, texts)
+        after = queue.submit(["after the restart", *TEXTS])  # and it goes on serving
+        assert queue.wait(after, 60).status == "succeeded"
+        queue.close()
+    finally:
+        redis.stop()
+
+
 def test_7_redis_down_at_submit_is_503_and_leaves_no_orphan(base_settings, tmp_path):
     redis = RedisServer(tmp_path / "aof-redis", appendonly=True)
     api = start_api(base_settings.replace(redis_url=redis.url(0)), tmp_path)

@@ -297,6 +297,34 @@ def test_a_lease_left_by_an_ended_delivery_of_this_process_is_taken_over(unboote
     assert rt.redis.get(third.key) == third.holder
 
 
+def test_a_lease_that_could_not_be_dropped_is_dropped_once_redis_answers(unbooted, monkeypatch):
+    """Another worker sees a live holder and would wait a lease out (the time limit and a minute):
+    a delivery that ended while Redis failed leaves its lease to the heartbeat, which drops it
+    once Redis answers, and only while that delivery still holds it."""
+    import redis
+
+    from bge_m3.jobs import JobStore
+    from worker import lease
+
+    rt = unbooted
+    jobs = [rt.store.create({"texts": ["a"], "modes": ["dense"]}) for _ in range(2)]
+    held = [lease.Lease.new(rt, job.id) for job in jobs]
+    for job, one in zip(jobs, held):
+        assert lease.claim(rt, job.id, one).state == "running"
+    down = JobStore(redis.Redis(host="127.0.0.1", port=9, socket_connect_timeout=1), 60)
+    real = rt.store
+    monkeypatch.setattr(rt, "store", down)  # Redis is down while the deliveries end
+    for one in held:
+        one.drop(rt)
+    assert rt.releases.pending() == 2
+    rt.releases.retry(down)  # still down: kept for the next beat
+    assert rt.releases.pending() == 2 and all(rt.redis.get(one.key) == one.holder for one in held)
+    rt.redis.set(held[1].key, "someone-else|x|y")  # lapsed and taken by another delivery since
+    rt.releases.retry(real)
+    assert rt.releases.pending() == 0
+    assert rt.redis.get(held[0].key) is None and rt.redis.get(held[1].key) == "someone-else|x|y"
+
+
 def test_drain_from_a_signal_handler_never_waits_on_an_announce_in_flight(unbooted, monkeypatch):
     """Celery calls ``drain`` from its SIGTERM handler, on the main thread, which may be inside an
     announce (``set_consuming`` during a Redis outage, seconds of retries) holding its lock: a

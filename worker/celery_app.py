@@ -61,8 +61,9 @@ def create_app(settings: Settings | None = None):
     app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True,
              max_retries=settings.max_retries, ignore_result=True)(tasks.embed)
 
-    from worker import signals, steps
+    from worker import brokerfix, signals, steps
 
+    brokerfix.install()
     signals.connect(app)
     app.steps["consumer"].add(steps.Consuming)
     return app

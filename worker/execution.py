@@ -69,8 +69,7 @@ def _deliver(rt: Runtime, job_id: str, held: lease.Lease) -> str:
         # by the next delivery's claim. Deliveries are counted, so this cannot loop for ever.
         log.error("Job %s: Redis failed while it ran (%s); handing it back", job_id,
                   type(exc).__name__)
-        with contextlib.suppress(Exception):  # else the next delivery waits out the lease
-            held.release(rt)
+        held.drop(rt)  # else the next delivery waits out the lease
         raise Unrecorded(f"job {job_id}: Redis failed ({type(exc).__name__})") from exc
     except Exception as exc:  # noqa: BLE001 - every outcome of an owned job ends in its record
         log.exception("Job %s: internal error", job_id)
@@ -80,8 +79,7 @@ def _deliver(rt: Runtime, job_id: str, held: lease.Lease) -> str:
                           "worker's log has the details under this job's id",
                           pipe=rt.count(failed_jobs=1))
         except Exception:  # noqa: BLE001 - Redis itself is gone: let another delivery finish it
-            with contextlib.suppress(Exception):  # else the next delivery waits out the lease
-                held.release(rt)
+            held.drop(rt)  # else the next delivery waits out the lease
             raise Unrecorded(f"job {job_id} could not be recorded") from exc
         return "failed"
 

@@ -15,7 +15,6 @@ token makes each delivery's lease its own, so a delivery only ever releases the 
 """
 from __future__ import annotations
 
-import contextlib
 import secrets
 import time
 from dataclasses import dataclass
@@ -80,6 +79,14 @@ class Lease:
         """Drop the lease if this delivery still holds it."""
         rt.store.release_lease(self.key, self.holder)
 
+    def drop(self, rt: Runtime) -> None:
+        """``release`` now, or, when Redis fails, from the heartbeat once it answers: another
+        worker's delivery of the job sees a live holder and would wait the lease out."""
+        try:
+            self.release(rt)
+        except Exception:  # noqa: BLE001 - Redis down (or worse): the heartbeat tries again
+            rt.releases.defer(self.key, self.holder)
+
 
 def holder_gone(rt: Runtime, holder: str, taken_at: float) -> bool:
     """Whether the process that took a lease (at ``taken_at``, Unix time) no longer announces
@@ -141,8 +148,7 @@ def claim(rt: Runtime, job_id: str, lease: Lease) -> Claim:
         except redis.RedisError as exc:
             failing_since = failing_since or time.monotonic()
             if time.monotonic() - failing_since > ttl or rt.draining:
-                with contextlib.suppress(redis.RedisError):  # if a lost reply left it ours
-                    lease.release(rt)
+                lease.drop(rt)  # if a lost reply left it ours
                 raise Unclaimed(f"job {job_id} could not be claimed: {type(exc).__name__}") from exc
             log.warning("Job %s: Redis failed while claiming (%s); trying again", job_id, type(exc).__name__)
             time.sleep(1.0)
