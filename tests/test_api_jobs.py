@@ -144,7 +144,7 @@ def test_a_colbert_result_over_the_budget_is_413_before_any_pass(client, live_wo
     error = r.get_json()["error"]
     assert error["code"] == "result_too_large"
     assert "colbert for 265,720 tokens" in error["message"] and "262,144" in error["message"]
-    assert "about 22.7 MB of result; split the job, or leave colbert out" in error["message"]  # 32-d
+    assert "about 17.0 MB of result; split the job, or leave colbert out" in error["message"]  # 32-d
     job = client.get(f"/v1/jobs/{error['job_id']}").get_json()
     assert job["status"] == "failed" and job["error"]["code"] == "result_too_large", job
     assert not job["timings"].get("forward_ms"), job["timings"]  # refused before any pass

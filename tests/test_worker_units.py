@@ -219,13 +219,13 @@ def test_the_colbert_budget_counts_one_vector_per_token_but_cls():
 
     rows = [[0, 5, 6, 2], [0, 2]]  # 3 + 1 vectors
     check_result_size(rows, frozenset({"colbert"}), 4, 1024, 2)
-    with pytest.raises(ResultTooLarge, match=r"colbert for 4 tokens is more than .*\(3\), about 10.9 kB "
+    with pytest.raises(ResultTooLarge, match=r"colbert for 4 tokens is more than .*\(3\), about 8.2 kB "
                                              r"of result; split the job, or leave colbert out"):
         check_result_size(rows, frozenset({"colbert", "dense"}), 3, 1024, 2)
-    # The size in a unit that shows it (the tiny model's was "0.0 GB"): 750,000 x 1024 x 2 x 4/3.
-    with pytest.raises(ResultTooLarge, match=r"about 2.0 GB of result"):
+    # The size in a unit that shows it (the tiny model's was "0.0 GB"): 750,000 x 1024 x 2 bytes.
+    with pytest.raises(ResultTooLarge, match=r"about 1.5 GB of result"):
         check_result_size([[0] * 750_001], frozenset({"colbert"}), 3, 1024, 2)
-    with pytest.raises(ResultTooLarge, match=r"about 2.0 MB of result"):
+    with pytest.raises(ResultTooLarge, match=r"about 1.5 MB of result"):
         check_result_size([[0] * 751], frozenset({"colbert"}), 3, 1024, 2)
     check_result_size(rows, frozenset({"dense", "sparse"}), 1, 1024, 2)  # no ColBERT, no budget
 

@@ -27,7 +27,7 @@ def check_result_size(rows: Sequence[Sequence[int]], modes: frozenset[str], limi
         return
     vectors = sum(max(0, len(r) - 1) for r in rows)
     if vectors > limit:
-        size = vectors * dimension * itemsize * 4 / 3  # base64 in the result
+        size = vectors * dimension * itemsize  # as stored; base64 in a response is 4/3 of it
         raise ResultTooLarge(f"colbert for {vectors:,} tokens is more than BGE_M3_MAX_COLBERT_TOKENS "
                              f"({limit:,}), about {_size(size)} of result; {RESULT_ADVICE}")
 
