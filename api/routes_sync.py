@@ -25,7 +25,7 @@ from api.streaming import respond
 from api.tracing import name_job, traced
 from api.validation import embed_request, embeddings_request, score_request
 from api.waits import BUSY_RETRY_AFTER
-from bge_m3.records import RESULT_ADVICE, Job
+from bge_m3.records import Job
 
 bp = Blueprint("sync", __name__)
 
@@ -136,12 +136,7 @@ def score():
 
     state = backend()
     weights, params = score_request(json_body(), state.settings)
-    try:
-        job, result = run(params, field=lambda i: "query" if i == 0 else f"documents[{i - 1}]")
-    except ApiError as exc:
-        if exc.code == "result_too_large":  # the worker's advice names modes, which this route fixes
-            exc.message = exc.message.replace(RESULT_ADVICE, "score fewer or shorter documents per request")
-        raise
+    job, result = run(params, field=lambda i: "query" if i == 0 else f"documents[{i - 1}]")
     return {"model": result.get("model"), "weights": weights,
             "scores": scores(result.get("items", []), weights),
             "usage": {"tokens": total_tokens(job, result)}}

@@ -174,4 +174,5 @@ def score_request(body: dict[str, Any], settings: Settings) -> tuple[list[float]
     if any(w < 0 for w in weights) or not math.isfinite(total) or total <= 0:
         raise bad("weights must be non-negative with a positive, finite sum")
     max_length, truncate = limits(body, settings)
-    return weights, params([query, *documents], list(MODES), max_length, truncate, "float")
+    return weights, {**params([query, *documents], list(MODES), max_length, truncate, "float"),
+                     "route": "score"}

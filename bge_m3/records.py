@@ -57,8 +57,11 @@ def done_key(job_id: str) -> str:
 
 
 RESULT_ADVICE = "split the job, or leave colbert out of its modes"
-"""What a ``result_too_large`` failure advises (the worker writes it); a route whose caller cannot
-choose the modes (``/v1/score``) says otherwise."""
+"""What a ``result_too_large`` failure advises (the worker writes it in the job's record)."""
+
+SCORE_ADVICE = "score fewer or shorter documents per request"
+"""The same for a ``/v1/score`` job (params ``"route": "score"``), whose caller cannot choose the
+modes: the sync answer and the record read through ``/v1/jobs/<id>`` say the same."""
 
 
 class QueueFull(Exception):

@@ -153,6 +153,8 @@ def test_a_colbert_result_over_the_budget_is_413_before_any_pass(client, live_wo
     assert r.status_code == 413 and r.get_json()["error"]["code"] == "result_too_large", r.get_json()
     assert r.get_json()["error"]["message"].endswith("of result; score fewer or shorter documents "
                                                      "per request"), r.get_json()
+    record = client.get(f"/v1/jobs/{r.get_json()['error']['job_id']}").get_json()["error"]
+    assert record["message"] == r.get_json()["error"]["message"], record  # the record says the same
 
 
 def test_too_long_names_the_field_the_text_came_in(client, live_worker):

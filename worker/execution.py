@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from bge_m3.records import REQUEST_ID, Claim
+from bge_m3.records import REQUEST_ID, RESULT_ADVICE, SCORE_ADVICE, Claim
 from bge_m3.payload import ItemsResult
 from bge_m3.staging import Staging
 from worker import faults, lease
@@ -95,7 +95,8 @@ def _run(rt: Runtime, job_id: str, claimed: Claim, arrival: Arrival) -> str:
         tokenizing = time.perf_counter()
         rows = rt.encoder.tokenize(texts, max_length, truncate)
         check_result_size(rows, modes, settings.max_colbert_tokens, rt.encoder.dimension,
-                          rt.encoder.colbert_itemsize)
+                          rt.encoder.colbert_itemsize, SCORE_ADVICE
+                          if claimed.params.get("route") == "score" else RESULT_ADVICE)
     except (InvalidJob, TooLong, ResultTooLarge) as exc:
         code = {TooLong: "too_long", ResultTooLarge: "result_too_large"}.get(type(exc), "invalid_request")
         rt.store.fail(job_id, code, str(exc), stats=_stats(created, started, started, 0, JobTrace()),

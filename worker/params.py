@@ -20,7 +20,7 @@ class ResultTooLarge(ValueError):
 
 
 def check_result_size(rows: Sequence[Sequence[int]], modes: frozenset[str], limit: int,
-                      dimension: int, itemsize: int) -> None:
+                      dimension: int, itemsize: int, advice: str = RESULT_ADVICE) -> None:
     """Raise ``ResultTooLarge`` before any pass when the ColBERT output is over ``limit``
     vectors (one per token but the first, as FlagEmbedding drops CLS)."""
     if "colbert" not in modes:
@@ -29,7 +29,7 @@ def check_result_size(rows: Sequence[Sequence[int]], modes: frozenset[str], limi
     if vectors > limit:
         size = vectors * dimension * itemsize  # as stored; base64 in a response is 4/3 of it
         raise ResultTooLarge(f"colbert for {vectors:,} tokens is more than BGE_M3_MAX_COLBERT_TOKENS "
-                             f"({limit:,}), about {_size(size)} of result; {RESULT_ADVICE}")
+                             f"({limit:,}), about {_size(size)} of result; {advice}")
 
 
 def _size(nbytes: float) -> str:
