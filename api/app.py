@@ -35,7 +35,9 @@ def create_app(settings: Settings | None = None, wait_slots: int | None = None,
     bound (``bge-m3 api`` sets it from its thread count). ``metrics_dir``: the folder where the
     processes of one ``bge-m3 api --workers N`` share their metrics (``api.metrics``)."""
     settings = settings or Settings.from_env()
-    app = Flask(__name__)
+    # No /static route: the console blueprint serves the page's files under /console/ with its
+    # security headers (CSP, frame-ancestors), which Flask's own static route would not send.
+    app = Flask(__name__, static_folder=None)
     app.config["SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # keep the seed's field order in /embed

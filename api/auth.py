@@ -12,8 +12,8 @@ from flask import Flask, g, request
 from api.errors import ApiError
 from bge_m3.records import owner_of
 
-OPEN_ENDPOINTS = frozenset({"ops.healthz", "ops.readyz", "ops.metrics", "static"})
-"""Endpoints that answer without a key: probes, the scrape target, static files."""
+OPEN_ENDPOINTS = frozenset({"ops.healthz", "ops.readyz", "ops.metrics"})
+"""Endpoints that answer without a key: probes, the scrape target."""
 
 OPEN_BLUEPRINTS = frozenset({"console"})
 """The web page itself holds no data and must load so a user can type a key into it."""
@@ -40,7 +40,10 @@ def install(app: Flask, keys: tuple[str, ...]) -> None:
     @app.before_request
     def _authenticate() -> None:
         g.owner = ""
-        if not keys or request.method == "OPTIONS":
+        # A CORS preflight carries no Authorization (browsers never send it there); any other
+        # OPTIONS needs a key, as a GET does: its Allow header would list the routes.
+        preflight = request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+        if not keys or preflight:
             return
         endpoint = request.endpoint or ""
         if endpoint in OPEN_ENDPOINTS or request.blueprint in OPEN_BLUEPRINTS:

@@ -22,7 +22,7 @@ KEYS = ("key-alpha-0123456789", "key-bravo-9876543210")
 OPEN_ENDPOINTS = {"ops.healthz", "ops.readyz", "ops.metrics"}
 """The only data routes that answer without a key (the issue's list)."""
 
-PAGE_ENDPOINTS = {"static", "console.index", "console.asset"}
+PAGE_ENDPOINTS = {"console.index", "console.asset"}
 """The web page's own files: open by design (README, API section), they hold no data and the
 page must load so a user can type a key into it. Checked below to read nothing from Redis."""
 
@@ -60,6 +60,17 @@ def test_no_route_but_the_probes_answers_without_a_key(base_settings, redis_serv
     # And with a right key the data routes answer.
     r = client.get("/v1/models", headers={"Authorization": f"Bearer {KEYS[1]}"})
     assert r.status_code == 200
+    # No second copy of the page without its headers (Flask's /static served one, frameable).
+    assert client.get("/static/index.html").status_code == 401  # no such route: a key first
+    assert client.get("/static/index.html", headers={"Authorization": f"Bearer {KEYS[0]}"}).status_code == 404
+    # OPTIONS lists a route's methods (Allow): a key first, as for GET; only a CORS preflight,
+    # which browsers send without Authorization, is let through, and only with CORS on.
+    assert client.options("/v1/jobs/" + "0" * 32).status_code == 401
+    assert client.options("/v1/jobs", headers={"Authorization": f"Bearer {KEYS[0]}"}).status_code == 200
+    cors = create_app(settings.replace(cors_origins=("https://app.example",))).test_client()
+    pre = cors.options("/v1/jobs", headers={"Origin": "https://app.example",
+                                            "Access-Control-Request-Method": "POST"})
+    assert pre.status_code == 200 and pre.headers["Access-Control-Allow-Origin"] == "https://app.example"
 
 
 def test_one_key_cannot_read_cancel_or_list_another_keys_jobs(base_settings, redis_server,
