@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None, wait_slots: int | None = None,
     auth.install(app, settings.api_keys)
     errors.register(app)
     _install_cors(app, settings.cors_origins)
+    _install_headers(app)
 
     from api import routes_jobs, routes_ops, routes_sync
 
@@ -71,12 +72,23 @@ def _install_cors(app: Flask, origins: tuple[str, ...]) -> None:
     @app.after_request
     def _cors(response: Response) -> Response:
         origin = request.headers.get("Origin")
+        response.vary.add("Origin")  # on every answer: a cache must not give one origin's to another
         if origin and ("*" in origins or origin in origins):
             response.headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else origin
-            response.headers["Vary"] = "Origin"
             response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
             response.headers["Access-Control-Expose-Headers"] = ("Location, Retry-After, "
                                                                  "X-Request-ID, X-Job-Id")
             response.headers["Access-Control-Max-Age"] = CORS_MAX_AGE
+        return response
+
+
+def _install_headers(app: Flask) -> None:
+    """Every answer: its type is not to be sniffed, and one carrying a job's texts or vectors is
+    kept by no cache (the page's own files set their own, ``api.console``)."""
+
+    @app.after_request
+    def _headers(response: Response) -> Response:
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Cache-Control", "no-store")
         return response

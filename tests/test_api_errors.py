@@ -228,6 +228,12 @@ def test_cors_off_by_default_and_on_when_configured(client, base_settings):
     assert r.headers["Access-Control-Allow-Origin"] == "https://example.com"
     r = cors.get("/healthz", headers={"Origin": "https://evil.example"})
     assert "Access-Control-Allow-Origin" not in r.headers
+    assert r.headers["Vary"] == "Origin"  # also when refused: a shared cache keys on it
+    # Every answer: not to be sniffed, and kept by no cache (a job's answer holds its texts'
+    # vectors); the page's own files keep their own caching.
+    for r in (client.get("/healthz"), client.get("/v1/jobs/" + "0" * 32), client.post("/embed", json=[])):
+        assert r.headers["X-Content-Type-Options"] == "nosniff" and r.headers["Cache-Control"] == "no-store"
+    assert client.get("/").headers["Cache-Control"] == "no-cache"
     pre = cors.options("/v1/jobs", headers={"Origin": "https://example.com",
                                             "Access-Control-Request-Method": "POST"})
     assert pre.status_code == 200 and "POST" in pre.headers["Access-Control-Allow-Methods"]
