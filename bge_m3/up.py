@@ -18,7 +18,8 @@ from bge_m3.accelerator import EnvironmentProblem, detect
 from bge_m3.envvars import env_is_set
 from bge_m3.folderlock import FolderTaken, claim
 from bge_m3.redaction import redact_url
-from bge_m3.redisproc import EmbeddedRedis, RedisProblem, eviction_warning, local_url, ping, port_taken
+from bge_m3.redisproc import (EmbeddedRedis, RedisProblem, eviction_warning, local_url, ping, port_taken,
+                              write_private)
 from bge_m3.settings import Settings
 from bge_m3.startup import StartProblem, child_command, exit_status, probe_host, wait_until_ready
 from bge_m3.supervisor import API_GRACE_MARGIN, REDIS_GRACE, Supervisor
@@ -148,6 +149,12 @@ class Up:
                                  secret_files=(*files, ("REDIS_PASSWORD", str(self.embedded.password_file))))
         elif self.redis_url != s.redis_dsn:  # a local Redis found answering: no password
             children = s.replace(redis_url=self.redis_url, redis_password=None)
+        if s.api_keys and "BGE_M3_API_KEYS" not in dict(children.secret_files):
+            # Given as a value: the children get a file of this user's (in the log folder this
+            # run holds the lock of), not the keys in their environment.
+            keys = s.log_dir / "api-keys"
+            write_private(keys, "\n".join(s.api_keys) + "\n")
+            children = children.replace(secret_files=(*children.secret_files, ("BGE_M3_API_KEYS", str(keys))))
         self.supervisor.env = {**children.child_env(os.environ), "PYTHONUNBUFFERED": "1"}
         host = socket.gethostname()
         hostnames = [f"bge-m3-{os.getpid()}-{i}@{host}" for i in range(1, self.workers + 1)]

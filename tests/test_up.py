@@ -134,9 +134,9 @@ def alive(pid: int) -> bool:
     return stat is not None and stat[0] != "Z"
 
 
-def post_json(url: str, body: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+def post_json(url: str, body: dict, key: str | None = None) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
     with urllib.request.urlopen(request, timeout=60) as response:
         return response.status, json.loads(response.read())
 
@@ -150,7 +150,8 @@ def test_up_serves_the_seed_request_and_sigint_stops_every_process(up_env, runs,
     port, redis_port = int(up_env["BGE_M3_PORT"]), int(up_env["BGE_M3_EMBEDDED_REDIS_PORT"])
     # REDIS_PASSWORD belongs with REDIS_URL: the private Redis started here has a password of its
     # own, which the children get as a file; one set for another Redis must not reach them.
-    run = runs({**up_env, "REDIS_PASSWORD": "for-another-redis"}, "--workers", "2")
+    key = "up-key-0123456789"  # given as a value: the children get it as a file, not a value
+    run = runs({**up_env, "REDIS_PASSWORD": "for-another-redis", "BGE_M3_API_KEYS": key}, "--workers", "2")
     run.wait_line(r"^web page: ", START_TIMEOUT)
     out = run.output
     assert re.search(r"^\[1/5\] environment (GPU mode: cuda:0|CPU mode: no CUDA device found)",
@@ -169,7 +170,7 @@ def test_up_serves_the_seed_request_and_sigint_stops_every_process(up_env, runs,
     assert {int(pid) for pid in listed.values()} <= tree
     assert len(tree) > len(listed), "gunicorn's worker process should be in the tree too"
 
-    status, body = post_json(f"http://127.0.0.1:{port}/embed", SEED_BODY)
+    status, body = post_json(f"http://127.0.0.1:{port}/embed", SEED_BODY, key)
     assert status == 200 and len(body["embeddings"]) == 2
     assert all(len(vector) == 32 for vector in body["embeddings"])
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as page:
@@ -181,9 +182,14 @@ def test_up_serves_the_seed_request_and_sigint_stops_every_process(up_env, runs,
         redis_client(f"redis://127.0.0.1:{redis_port}/0").ping()
     password = password_file.read_text().strip()
     assert stat.S_IMODE(password_file.stat().st_mode) == 0o600 and len(password) == 64
-    for pid in listed.values():
+    keys_file = tmp_path / "logs" / "api-keys"
+    assert keys_file.read_text() == key + "\n" and stat.S_IMODE(keys_file.stat().st_mode) == 0o600
+    for name, pid in listed.items():
         environ = Path(f"/proc/{pid}/environ").read_bytes()
         assert password.encode() not in environ and b"for-another-redis" not in environ, pid
+        assert key.encode() not in environ, name
+        if name != "redis":  # redis-server writes its title over its environment: it reads empty
+            assert f"BGE_M3_API_KEYS_FILE={keys_file}".encode() in environ, name
     assert f"REDIS_PASSWORD_FILE={password_file}".encode() in Path(f"/proc/{listed['api']}/environ").read_bytes()
     assert password not in out
     redis = redis_client(f"redis://:{password}@127.0.0.1:{redis_port}/0")
