@@ -9,7 +9,7 @@ from pathlib import Path
 from bge_m3.settings import Settings
 from verify.errors import DownloadError, LocalDiskError, ManifestError, VerifyError
 from verify.manifest import build_manifest, dump_manifest, load_manifest
-from verify.verifier import MISSING, UNREADABLE, Report, verify_folder
+from verify.verifier import MISSING, REPAIR_HINT, UNREADABLE, Report, verify_folder
 
 EXIT_OK = 0
 """Every manifest file is present, regular, inside the folder, and has the pinned size and SHA-256."""
@@ -79,7 +79,7 @@ def verify_main(argv: list[str]) -> int:
         absent = ("" if settings.model_dir.is_dir() else " (it is a file, not a folder)"
                   if settings.model_dir.exists() else " (the folder does not exist)")
         fix = ("" if any(r.status == UNREADABLE for r in report.failures)  # its line says what to fix
-               else "; `bge-m3 download` fetches what is missing and replaces what is wrong")
+               else f"; {REPAIR_HINT}")
         print(f"FAILED: {len(report.failures)} of {len(report.files)} files of {where}{absent}{fix}",
               file=sys.stderr)
     return code

@@ -15,6 +15,10 @@ OK, MISSING, SIZE, HASH, UNSAFE = "OK", "MISSING", "SIZE", "HASH", "UNSAFE"
 UNREADABLE = "UNREADABLE"
 """The file is there but cannot be opened or read (permissions, an I/O error): not verified."""
 
+REPAIR_HINT = "`bge-m3 download` fetches what is missing and replaces what is wrong"
+"""What a failed verification advises (``verify`` and the worker's gate), unless a file is
+``UNREADABLE``: no download replaces one."""
+
 
 @dataclass(frozen=True)
 class FileResult:

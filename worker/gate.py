@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from bge_m3.settings import PACKAGED_MANIFEST, Settings
 from verify.errors import VerifyError
 from verify.manifest import Manifest, load_manifest
-from verify.verifier import UNREADABLE, Report, verify_folder
+from verify.verifier import REPAIR_HINT, UNREADABLE, Report, verify_folder
 
 REQUIRED_FILES = ("config.json", "colbert_linear.pt", "sparse_linear.pt")
 """Files the manifest itself must pin; without the heads FlagEmbedding would use random ones."""
@@ -135,8 +135,7 @@ def check(settings: Settings) -> Verified:
         elif settings.auto_download:
             fix = "the download above failed; see its lines"
         else:
-            fix = ("`bge-m3 download` fetches what is missing and replaces what is wrong, or set "
-                   "BGE_M3_AUTO_DOWNLOAD=1")
+            fix = f"{REPAIR_HINT}, or set BGE_M3_AUTO_DOWNLOAD=1"
         raise GateRefused(f"model folder {settings.model_dir} does not match manifest "
                           f"{manifest.repo_id}@{manifest.revision[:7]} ({names}); {fix}")
     log.info("Verified %d files of %s@%s in %s (manifest %s)", len(report.files), manifest.repo_id,
