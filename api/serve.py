@@ -42,6 +42,22 @@ GRACE_SECONDS = 30
 on SIGTERM is ``Settings.request_grace``."""
 
 
+def json_logger_class() -> type:
+    """gunicorn's logger, its error and access lines as JSON objects (``BGE_M3_LOG_JSON``)."""
+    from gunicorn import glogging
+
+    from bge_m3.logformat import JsonFormatter
+
+    class JsonLogger(glogging.Logger):
+        def setup(self, cfg: Any) -> None:
+            super().setup(cfg)  # runs again on a config reload, with fresh handlers
+            for log in (self.error_log, self.access_log):
+                for handler in log.handlers:
+                    handler.setFormatter(JsonFormatter())
+
+    return JsonLogger
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bge-m3 api", description="Run the HTTP API under gunicorn.")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
@@ -79,6 +95,8 @@ def options(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         # APIs on one machine (tests, `bge-m3 up` beside a dev server) would fight over it.
         "control_socket_disable": True,
     }
+    if settings.log_json:
+        opts["logger_class"] = json_logger_class()
     if args.access_log:
         # gunicorn's default format (Referer and User-Agent are its only request headers) plus
         # the answer's request and job ids (api.tracing): the Authorization header never is.
@@ -107,6 +125,19 @@ def shared_metrics_dir(workers: int) -> str | None:
     return folder
 
 
+def setup_logging(settings: Settings) -> None:
+    """The API's own lines (``bge_m3.api``), as text or, with ``BGE_M3_LOG_JSON``, as JSON."""
+    handler = logging.StreamHandler()
+    if settings.log_json:
+        from bge_m3.logformat import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+        logging.captureWarnings(True)
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(list(argv or []))
     metrics_dir = shared_metrics_dir(args.workers)  # before any metric is created
@@ -120,8 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     # concurrent scores share the cores and leave the request threads theirs; set before numpy.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     settings = Settings.from_env()
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    setup_logging(settings)
 
     class Application(BaseApplication):
         def load_config(self) -> None:

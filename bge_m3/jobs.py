@@ -90,9 +90,11 @@ class JobStore(JobReader):
             return Claim(out[0], int(out[1]))
         return Claim("running", int(out[1]), json.loads(out[2]) if out[2] else None, float(out[3]))
 
-    def release_lease(self, lease: str, holder: str) -> bool:
-        """Delete ``lease`` (a ``claim``'s) if ``holder`` still holds it; True when deleted."""
-        return bool(self._release(keys=[lease], args=[holder]))
+    def release_lease(self, lease: str, holder: str, requeue: str = "") -> bool:
+        """Delete ``lease`` (a ``claim``'s) if ``holder`` still holds it; True when deleted. With
+        ``requeue`` (the job's id), that job, if still running, reads queued again (handed back)."""
+        keys = [lease, job_key(requeue)] if requeue else [lease]
+        return bool(self._release(keys=keys, args=[holder]))
 
     def succeed(self, job_id: str, result: Any, stats: dict[str, Any] | None = None) -> str:
         """Store the JSON-able ``result`` and mark the job succeeded."""

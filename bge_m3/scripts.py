@@ -133,7 +133,15 @@ return redis.call('HSETNX', KEYS[1], ARGV[1], '1')
 """KEYS: job hash. ARGV: the flag field. 1 for the first caller to see the job finished, else 0."""
 
 RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+if KEYS[2] and redis.call('HGET', KEYS[2], 'status') == 'running' then
+  redis.call('HSET', KEYS[2], 'status', 'queued')
+  redis.call('HDEL', KEYS[2], 'started_at', 'worker')
+end
+return 1
 """
-"""KEYS: lease key. ARGV: holder. Deletes the lease only while ``holder`` still holds it."""
+"""KEYS: lease key[, job hash]. ARGV: holder. Deletes the lease only while ``holder`` still holds
+it. Given the job hash (a delivery handing its job back), a job still ``running`` reads
+``queued`` again: while the lease was the holder's no other delivery claimed the job, so its
+message is back on the queue and nothing runs it. Returns 1 when the lease was deleted."""

@@ -296,6 +296,27 @@ def test_a_lease_is_released_only_by_its_holder(redis_db):
     assert jobs.release_lease("lease:y", "w1") and not redis_db.exists("lease:y")
 
 
+def test_a_handed_back_job_reads_queued_only_while_its_holder_holds_the_lease(redis_db):
+    """A delivery that hands its job back releases its lease with the job's id: the job reads
+    queued again (not running, which nothing does), unless another delivery took the lease or
+    the job ended meanwhile."""
+    jobs = store(redis_db)
+    job, ended = (jobs.create({"texts": ["a"]}) for _ in range(2))
+    for one, holder in ((job, "w1"), (ended, "w2")):
+        assert jobs.claim(one.id, 3, worker="w", lease=f"lease:{one.id}", lease_ttl=30,
+                          holder=holder).state == "running"
+    assert not jobs.release_lease(f"lease:{job.id}", "w9", requeue=job.id)  # not its holder
+    assert jobs.get(job.id).status == "running"
+    assert jobs.release_lease(f"lease:{job.id}", "w1", requeue=job.id)
+    back = jobs.get(job.id)
+    assert (back.status, back.started_at, back.attempts) == ("queued", None, 1)
+    assert jobs.claim(job.id, 3, worker="w", lease=f"lease:{job.id}", lease_ttl=30,
+                      holder="w3").attempt == 2  # the next delivery claims it as usual
+    jobs.fail(ended.id, "x", "y")
+    assert jobs.release_lease(f"lease:{ended.id}", "w2", requeue=ended.id)
+    assert jobs.get(ended.id).status == "failed"  # an ended job stays ended
+
+
 def test_a_staged_result_missing_a_chunk_is_never_published(redis_db):
     """A push of the streamed result can fail (Redis out of memory) while the finish that
     follows in the same pipeline still runs: it must not rename the partial list into place."""

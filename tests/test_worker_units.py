@@ -298,9 +298,10 @@ def test_a_lease_left_by_an_ended_delivery_of_this_process_is_taken_over(unboote
 
 
 def test_a_lease_that_could_not_be_dropped_is_dropped_once_redis_answers(unbooted, monkeypatch):
-    """Another worker sees a live holder and would wait a lease out (the time limit and a minute):
-    a delivery that ended while Redis failed leaves its lease to the heartbeat, which drops it
-    once Redis answers, and only while that delivery still holds it."""
+    """Another worker sees a live holder and would wait a lease out (the time limit and a minute),
+    and a client would read running: a delivery that ended while Redis failed leaves its lease to
+    the heartbeat, which drops it and requeues the job once Redis answers, and only while that
+    delivery still holds it."""
     import redis
 
     from bge_m3.jobs import JobStore
@@ -319,10 +320,14 @@ def test_a_lease_that_could_not_be_dropped_is_dropped_once_redis_answers(unboote
     assert rt.releases.pending() == 2
     rt.releases.retry(down)  # still down: kept for the next beat
     assert rt.releases.pending() == 2 and all(rt.redis.get(one.key) == one.holder for one in held)
+    assert [real.get(job.id).status for job in jobs] == ["running", "running"]
     rt.redis.set(held[1].key, "someone-else|x|y")  # lapsed and taken by another delivery since
     rt.releases.retry(real)
     assert rt.releases.pending() == 0
     assert rt.redis.get(held[0].key) is None and rt.redis.get(held[1].key) == "someone-else|x|y"
+    # The handed-back job reads queued again; the one another delivery took stays running.
+    back, taken = (real.get(job.id) for job in jobs)
+    assert (back.status, back.started_at, taken.status) == ("queued", None, "running")
 
 
 def test_drain_from_a_signal_handler_never_waits_on_an_announce_in_flight(unbooted, monkeypatch):

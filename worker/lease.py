@@ -71,21 +71,23 @@ class Lease:
         """This delivery's own part of the holder (``Runtime.delivery_live`` tells a live one)."""
         return self.holder.rsplit("|", 1)[-1]
 
+    @property
+    def job_id(self) -> str:
+        return self.key[len(LEASE_PREFIX):]
+
     @classmethod
     def new(cls, rt: Runtime, job_id: str) -> "Lease":
         return cls(f"{LEASE_PREFIX}{job_id}", f"{rt.hostname}|{rt.instance}|{secrets.token_hex(8)}")
 
-    def release(self, rt: Runtime) -> None:
-        """Drop the lease if this delivery still holds it."""
-        rt.store.release_lease(self.key, self.holder)
-
     def drop(self, rt: Runtime) -> None:
-        """``release`` now, or, when Redis fails, from the heartbeat once it answers: another
-        worker's delivery of the job sees a live holder and would wait the lease out."""
+        """Hand the job back: drop the lease if this delivery still holds it, and have a job it
+        left running read queued again (its message is back on the queue). Now, or, when Redis
+        fails, from the heartbeat once it answers: another worker's delivery of the job sees a
+        live holder and would wait the lease out, and a client would read running meanwhile."""
         try:
-            self.release(rt)
+            rt.store.release_lease(self.key, self.holder, requeue=self.job_id)
         except Exception:  # noqa: BLE001 - Redis down (or worse): the heartbeat tries again
-            rt.releases.defer(self.key, self.holder)
+            rt.releases.defer(self.key, self.holder, self.job_id)
 
 
 def holder_gone(rt: Runtime, holder: str, taken_at: float) -> bool:

@@ -2,14 +2,22 @@
 
 Celery is told not to hijack the root logger (``worker_hijack_root_logger=False``),
 so the worker configures it here, once, before the start-up gate runs.
+
+With JSON lines, what Celery writes past logging is made JSON too, or left out: a log shipper
+that parses each line would choke on (or drop) the rest. Its start-up banner is left out (the
+worker logs its model, device and queue itself); the warnings it raises (running as root) go
+through logging; and its shutdown lines, written from a signal handler with a bare ``os.write``
+(a logging lock taken there could deadlock), become JSON written the same way.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 
+from bge_m3.logformat import JsonFormatter
 from bge_m3.settings import Settings
 
 LOGGER_NAME = "bge_m3.worker"
@@ -19,24 +27,31 @@ QUIET_LOGGERS = ("transformers", "urllib3", "filelock", "huggingface_hub")
 """Libraries whose INFO chatter would bury the gate and batch lines."""
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        data = {"ts": round(record.created, 3), "level": record.levelname,
-                "logger": record.name, "message": record.getMessage()}
-        extra = getattr(record, "fields", None)
-        if isinstance(extra, dict):
-            data.update(extra)
-        if record.exc_info:
-            data["exc"] = self.formatException(record.exc_info)
-        return json.dumps(data, ensure_ascii=False)
-
-
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(message)s")
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
+
+
+def json_say(msg: str, f: object = None) -> None:
+    """Celery's ``safe_say`` for JSON lines: one object on stderr, by a bare ``os.write`` (it is
+    called from signal handlers). ``f`` (Celery's choice of stream) is ignored: every log line
+    goes to stderr."""
+    line = json.dumps({"ts": round(time.time(), 3), "level": "INFO", "logger": "celery.worker",
+                       "message": msg.strip()}, ensure_ascii=False) + "\n"
+    try:
+        os.write(sys.__stderr__.fileno(), line.encode())
+    except (OSError, AttributeError, ValueError):  # stderr closed: losing the line is fine
+        pass
+
+
+def _celery_as_json() -> None:
+    from celery.apps import worker as celery_worker
+
+    logging.captureWarnings(True)
+    celery_worker.safe_say = json_say
 
 
 def setup_logging(settings: Settings, level: str | None = None) -> logging.Logger:
@@ -48,6 +63,8 @@ def setup_logging(settings: Settings, level: str | None = None) -> logging.Logge
         handler.setFormatter(JsonFormatter() if settings.log_json else TextFormatter())
         handler._bge_m3 = True  # type: ignore[attr-defined]
         root.addHandler(handler)
+        if settings.log_json:
+            _celery_as_json()
     root.setLevel(level_name)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,4 +1,5 @@
-"""Celery signal handlers: gate and load in ``worker_init``, announce in ``worker_ready``.
+"""Celery signal handlers: logs in ``celeryd_init``, gate and load in ``worker_init``, announce in
+``worker_ready``.
 
 Celery logs and swallows an ``Exception`` raised by a signal handler, then keeps
 consuming. ``SystemExit`` is not an ``Exception``: it propagates out of the
@@ -60,6 +61,16 @@ def connect(app: Any) -> None:
             log.exception("Model load failed: %s", exc)
             sys.exit(EXIT_LOAD_FAILED)
 
+    def on_celeryd_init(sender: Any = None, instance: Any = None, **_: Any) -> None:
+        # Sent before Celery checks privileges (a warning when root) and long before worker_init:
+        # log lines take their format from here on.
+        if getattr(instance, "app", None) is not app:
+            return
+        settings = app.bge_m3_settings
+        setup_logging(settings, getattr(app, "bge_m3_loglevel", None))
+        if settings.log_json:
+            instance.quiet = True  # no start-up banner: plain text amid JSON lines
+
     def on_ready(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is not app:
             return
@@ -80,6 +91,7 @@ def connect(app: Any) -> None:
         if runtime._current is not None and sender == runtime._current.hostname:
             runtime._current.drain()
 
+    signals.celeryd_init.connect(on_celeryd_init, weak=False)
     signals.worker_init.connect(on_init, weak=False)
     signals.worker_ready.connect(on_ready, weak=False)
     signals.worker_shutting_down.connect(on_shutting_down, weak=False)
