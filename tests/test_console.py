@@ -567,3 +567,8 @@ def test_ranking_numbers_stay_on_one_line_at_phone_width(served, open_page):
                                       "[getComputedStyle(t).whiteSpace, getComputedStyle(t).overflowWrap])")
     assert wraps and set(map(tuple, wraps)) == {("nowrap", "normal")}, wraps
     no_horizontal_overflow(page)
+    # And the ranking fits its card: no sideways scroll to reach the last score.
+    wide = page.eval_on_selector("#ranking", "t => [t.parentElement.scrollWidth, t.parentElement.clientWidth]")
+    cells = page.eval_on_selector_all("#ranking tr:first-child > *",
+                                      "cs => cs.map(c => [c.textContent, c.offsetWidth])")
+    assert wide[0] <= wide[1], (f"the ranking is {wide[0]}px wide in its {wide[1]}px card", cells)

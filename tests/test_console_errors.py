@@ -202,3 +202,38 @@ def test_hybrid_heatmap_is_left_out_when_every_weight_is_zero(served, open_page)
     hybrid = page.eval_on_selector_all("#heatmap td.cell", "cs => cs.map(c => +c.dataset.value)")
     assert hybrid == pytest.approx(dense, abs=1e-6)
     assert "weighted" in page.text_content("#heat-caption")
+
+
+def test_an_unchanging_not_ready_is_asked_less_often_and_a_refused_key_not_again(
+        base_settings, redis_server, open_page):
+    """No worker and no key: /readyz keeps answering 503 and /v1/models 401, each a red line in
+    the browser's console. The strip asks again after 2, 4, then 8 s (not every 2 s), and asks
+    /v1/models nothing more until the key changes; a key typed (no Tab, no Enter) is taken within
+    a second, and both are asked at once."""
+    import time
+    from urllib.parse import urlparse
+
+    from tests.console_support import STATUS_DB, serve
+
+    redis_server.client(STATUS_DB).flushdb()
+    server = serve(base_settings.replace(redis_url=redis_server.url(STATUS_DB), api_keys=("strip-key",)))
+    asked: list[tuple[float, str]] = []
+    try:
+        page = open_page(server.url, setup=lambda p: p.on(
+            "request", lambda r: asked.append((time.monotonic(), urlparse(r.url).path))))
+        page.wait_for_function(
+            "() => document.querySelector('#st-ready').textContent.includes('no worker ready')")
+        page.wait_for_timeout(12_500)
+        readyz = [t for t, path in asked if path == "/readyz"]
+        gaps = [round(b - a, 1) for a, b in zip(readyz, readyz[1:])]
+        assert 3 <= len(readyz) <= 4 and gaps[0] < 3 and gaps[1] > 3.5, gaps  # 0, 2, 6, (14) s
+        assert [path for _, path in asked].count("/v1/models") == 1
+
+        page.fill("#api-key", "strip-key")  # typed, not yet left
+        wait_until(page, lambda: [path for _, path in asked].count("/v1/models") == 2, seconds=3)
+        assert page.evaluate("() => sessionStorage.getItem('bge-m3.api-key')") == "strip-key"
+        assert len([1 for _, path in asked if path == "/readyz"]) == len(readyz) + 1
+        assert page.text_content("#st-ready").startswith("no worker ready")
+    finally:
+        server.close()
+        redis_server.client(STATUS_DB).flushdb()

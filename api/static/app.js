@@ -25,15 +25,26 @@ function initTabs() {
 const BAD_KEY = "this API key is invalid: it has a space or a character outside printable ASCII "
   + "(often an invisible one pasted with it); it was not kept, so no key is sent. Type it again.";
 
+/** Milliseconds after the last keystroke in the key field before the key is taken (the status
+ * strip then says at once whether the API takes it); leaving the field or Enter takes it now. */
+export const KEY_SETTLE_MS = 500;
+
 function initKey(refresh) {
   const field = $("#api-key");
   field.value = apiKey();
-  field.addEventListener("change", () => {
-    const kept = setApiKey(field.value.trim());
+  let timer = null, taken = field.value.trim();
+  const take = () => {
+    clearTimeout(timer);
+    const value = field.value.trim();
+    if (value === taken) return;  // a blur after the keystrokes were taken asks nothing again
+    taken = value;
+    const kept = setApiKey(value);
     field.setAttribute("aria-invalid", String(!kept));
     showError($("#key-error"), kept ? "" : BAD_KEY);
     refresh();
-  });
+  };
+  field.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(take, KEY_SETTLE_MS); });
+  field.addEventListener("change", take);
 }
 
 initTabs();

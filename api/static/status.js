@@ -9,8 +9,17 @@ export const STATUS_INTERVAL_MS = 2000;
 /** Milliseconds one refresh may take before it is given up, so a request that never answers
  * cannot stop the refreshes. */
 export const STATUS_TIMEOUT_MS = 10_000;
+/** The longest wait between refreshes while the API keeps saying the same "not ready": the wait
+ * doubles from STATUS_INTERVAL_MS up to this, and is STATUS_INTERVAL_MS again once the answer
+ * changes or a refresh is asked for (a new key). Each refused answer is a red line in the
+ * browser's console, and an idle tab need not ask every 2 s. */
+export const STATUS_BACKOFF_MAX_MS = 8000;
+/** Milliseconds before /v1/models is asked again with a key it refused (or with no key): until
+ * the key changes it can only refuse again. */
+export const KEY_RECHECK_MS = 30_000;
 
 let generation = 0; // a refresh started later wins: an older one's answers are dropped
+let refused = null; // { key, at }: the key /v1/models last answered 401 to, and when
 
 async function get(path, signal) {
   try {
@@ -93,8 +102,12 @@ function applyMaxLength(workers) {
 export async function refreshStatus() {
   const mine = ++generation;
   const signal = AbortSignal.timeout(STATUS_TIMEOUT_MS);
-  const [ready, models] = await Promise.all([getBody("/readyz", signal), get("/v1/models", signal)]);
-  if (mine !== generation) return;
+  const key = apiKey();
+  const known = refused && refused.key === key && Date.now() - refused.at < KEY_RECHECK_MS;
+  const [ready, models] = await Promise.all([getBody("/readyz", signal),
+    known ? { ok: false, status: 401 } : get("/v1/models", signal)]);
+  if (mine !== generation) return null;
+  if (!known) refused = models.status === 401 ? { key, at: Date.now() } : null;
   const workers = models.ok ? workerList(models.data) : [];
   const count = first(ready.data, ["workers", "error.workers", "ready_workers"]);
   const readyCount = typeof count === "number" ? count : workers.length;
@@ -138,25 +151,34 @@ export async function refreshStatus() {
   if (depth == null && models.ok) depth = first(models.data, ["queue_depth"]);
   if (depth == null && !redisDown) {  // with Redis down the metric says 0, which is not known
     const metrics = await getBody("/metrics", signal);
-    if (mine !== generation) return;
+    if (mine !== generation) return null;
     if (metrics.ok) depth = queueFromMetrics(metrics.raw);
   }
   set("#st-queue", `queue: ${depth == null ? "—" : depth}`);
+  const strip = $("#st-ready");
+  return `${strip.dataset.state} ${strip.textContent}`;
 }
 
 export function initStatus() {
   for (const id of ["#max-length", "#score-max-length"]) {
     $(id).addEventListener("input", (event) => { event.target.dataset.edited = "1"; });
   }
-  let timer = null;
+  let timer = null, last = null, wait = STATUS_INTERVAL_MS;
   // The next refresh is set when this one settles (one in flight at a time); a refresh asked for
   // out of turn (a new key) starts at once, and the one it overtakes schedules nothing.
-  const tick = () => {
+  const tick = (scheduled) => {
     clearTimeout(timer);
+    if (scheduled !== true) { last = null; wait = STATUS_INTERVAL_MS; }  // asked for: start afresh
     const mine = generation + 1;  // the one refreshStatus is about to take
     refreshStatus()
+      .then((shown) => {
+        if (mine !== generation) return;
+        const same = shown === last && !shown.startsWith("ok ");
+        wait = same ? Math.min(wait * 2, STATUS_BACKOFF_MAX_MS) : STATUS_INTERVAL_MS;
+        last = shown;
+      })
       .catch(() => { if (mine === generation) set("#st-ready", "status unavailable", "down"); })
-      .finally(() => { if (mine === generation) timer = setTimeout(tick, STATUS_INTERVAL_MS); });
+      .finally(() => { if (mine === generation) timer = setTimeout(() => tick(true), wait); });
   };
   tick();
   return tick;
