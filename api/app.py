@@ -91,4 +91,6 @@ def _install_headers(app: Flask) -> None:
     def _headers(response: Response) -> Response:
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Cache-Control", "no-store")
+        if request.method == "OPTIONS" and response.mimetype == "text/html" and not response.get_data():
+            del response.headers["Content-Type"]  # Flask's own answer has no body, so no type
         return response

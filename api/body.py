@@ -10,11 +10,15 @@ from typing import Any
 from flask import request
 from werkzeug.exceptions import HTTPException
 
-from api.errors import ApiError
+from api.errors import ApiError, shown
 
 
 def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not valid JSON")
+
+
+class DuplicateKey(ValueError):
+    """Valid JSON (RFC 8259: names SHOULD be unique), refused all the same."""
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -22,7 +26,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     body = dict(pairs)
     if len(body) != len(pairs):
         counts = collections.Counter(k for k, _ in pairs)
-        raise ValueError(f"duplicate key {next(k for k, n in counts.items() if n > 1)!r}")
+        raise DuplicateKey(next(k for k, n in counts.items() if n > 1))
     return body
 
 
@@ -63,6 +67,9 @@ def json_body() -> dict[str, Any]:
         body = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise ApiError(400, "invalid_json", "request body is nested too deeply") from None
+    except DuplicateKey as exc:
+        raise ApiError(400, "invalid_json", f"request body has the key {shown(repr(exc.args[0]))} "
+                       "twice in one object; each key may appear once") from None
     except ValueError as exc:
         if "integer string conversion" in str(exc):  # Python's own limit, worded for Python users
             raise ApiError(400, "invalid_json", f"request body has a number of over "

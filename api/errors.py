@@ -13,10 +13,11 @@ from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger("bge_m3.api")
 
-OPENAI_PATHS = frozenset({"/v1/embeddings"})
-"""Routes whose errors use OpenAI's shape (``type`` beside ``code`` and ``message``)."""
+OPENAI_PATHS = frozenset({"/v1/embeddings", "/v1/models"})
+"""Routes whose errors use OpenAI's shape (``type`` and ``param`` beside ``code`` and
+``message``), and below them (``/v1/models/{model}``): those OpenAI's SDKs call."""
 
-OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
                 405: "invalid_request_error", 409: "invalid_request_error",
                 413: "invalid_request_error", 415: "invalid_request_error",
                 422: "invalid_request_error", 429: "rate_limit_error"}
@@ -59,7 +60,7 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
     body: dict[str, Any] = {"code": code, "message": message}
     extra = dict(extra or {})
     param = extra.pop("param", None)  # the request field at fault: OpenAI's shape names it
-    if request.path.rstrip("/") in OPENAI_PATHS:  # strict_slashes=False serves both
+    if _openai_route(request.path):
         body["type"] = OPENAI_TYPES.get(status, "server_error")
         body["param"] = param
     body.update(extra)
@@ -68,6 +69,11 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
+
+
+def _openai_route(path: str) -> bool:
+    path = path.rstrip("/")  # strict_slashes=False serves both
+    return path in OPENAI_PATHS or any(path.startswith(p + "/") for p in OPENAI_PATHS)
 
 
 def _api_error(exc: ApiError) -> Response:

@@ -25,6 +25,11 @@ SERVER_ERRORS = (414, 431)
 
 RETRY_AFTER = {"Retry-After": {"schema": {"type": "string"}, "description": "seconds"}}
 LOCATION = {"Location": {"schema": {"type": "string"}, "required": True}}
+NO_RETRY = {"x-should-retry": {"schema": {"type": "string", "enum": ["false"]}, "required": True,
+                               "description": "OpenAI's SDKs: do not retry (a retry is a new job)"}}
+
+SYNC_CANCELLED = "The job was cancelled (DELETE /v1/jobs/{id}) while the call waited"
+"""What a 409 means on a synchronous route (on DELETE /v1/jobs/{id}: it cannot be cancelled)."""
 
 
 def _error(status: int, shape: str = "Error") -> dict[str, Any]:
@@ -67,6 +72,15 @@ def document(settings: Settings) -> dict[str, Any]:
             "description": "Long-poll: seconds to wait for the job to finish (capped at 30)",
             "schema": {"type": "number", "minimum": 0}}
     sync_errors = (400, 409, 413, 415, 422, 429, 500, 503, 504)
+
+    def sync(summary: str, ok: tuple[str, str], body: str, errors: tuple[int, ...] = sync_errors,
+             shape: str = "Error") -> dict[str, Any]:
+        op = _op(summary, {200: _ok(*ok)}, errors, body=body, shape=shape)
+        responses = op["responses"]
+        responses["409"].update(description=SYNC_CANCELLED, headers=NO_RETRY)
+        responses["504"]["headers"] = {**LOCATION, **NO_RETRY}
+        return op
+
     accepted = _ok("JobAccepted", "Queued", headers=LOCATION)
     accepted["links"] = {  # lets schemathesis (stateful) and clients follow the new job
         "GetJob": {"operationId": "getJob", "parameters": {"job_id": "$response.body#/id"}},
@@ -79,23 +93,26 @@ def document(settings: Settings) -> dict[str, Any]:
                        (400, 404, 503), params=[job_id, wait], op_id="getJob"),
             "delete": _op("Cancel a queued job", {200: _ok("Job", "Cancelled")}, (404, 409, 503),
                           params=[job_id], op_id="cancelJob")},
-        "/embed": {"post": _op("Embed synchronously (the seed's route)",
-                               {200: _ok("EmbedResponse", "Embeddings")}, sync_errors, body="EmbedRequest")},
-        "/v1/embeddings": {"post": _op("OpenAI-compatible embeddings",
-                                       {200: _ok("EmbeddingsResponse", "Embeddings")}, sync_errors,
-                                       body="EmbeddingsRequest", shape="OpenAIError")},
-        "/v1/score": {"post": _op("Dense, sparse, ColBERT and hybrid scores of documents for a query",
-                                  {200: _ok("ScoreResponse", "Scores")}, sync_errors, body="ScoreRequest")},
+        "/embed": {"post": sync("Embed synchronously (the seed's route)", ("EmbedResponse", "Embeddings"),
+                               "EmbedRequest")},
+        # Always truncates (OpenAI's API has no such switch): never a 422.
+        "/v1/embeddings": {"post": sync("OpenAI-compatible embeddings", ("EmbeddingsResponse", "Embeddings"),
+                                        "EmbeddingsRequest", tuple(s for s in sync_errors if s != 422),
+                                        shape="OpenAIError")},
+        "/v1/score": {"post": sync("Dense, sparse, ColBERT and hybrid scores of documents for a query",
+                                   ("ScoreResponse", "Scores"), "ScoreRequest")},
         "/healthz": {"get": _op("Liveness", {200: _ok("Health", "Up")}, (), secured=False)},
         "/readyz": {"get": _op("Readiness: Redis answers and a verified worker is ready",
                                {200: _ok("Ready", "Ready"),
                                 503: {"description": "Not ready; the error says what is missing",
                                       "content": {"application/json": {"schema": ref("NotReady")}}}},
                                (), secured=False)},
-        "/v1/models": {"get": _op("Models served by ready workers", {200: _ok("Models", "Models")}, (503,))},
+        "/v1/models": {"get": _op("Models served by ready workers", {200: _ok("Models", "Models")}, (503,),
+                                  shape="OpenAIError")},
         "/v1/models/{model}": {"get": _op(
             "One model of /v1/models (OpenAI's models.retrieve)", {200: _ok("Model", "The model")}, (404, 503),
-            params=[{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}])},
+            params=[{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],
+            shape="OpenAIError")},
         "/metrics": {"get": _op("Prometheus metrics", {200: {
             "description": "Prometheus text format",
             "content": {"text/plain": {"schema": {"type": "string"}}}}}, (), secured=False)},

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app
 
-from api.errors import error_response
+from api.errors import error_response, shown
 from api.openapi import document
 from api.routes_jobs import backend
 from bge_m3.workers import ready_workers
@@ -51,7 +51,8 @@ def models():
 def model(model: str):
     """OpenAI's ``models.retrieve``: a name ``/v1/models`` lists, else 404."""
     if model not in _names(ready_workers(backend().backend.redis)):
-        return error_response(404, "model_not_found", f"no model {model!r}; GET /v1/models lists them")
+        return error_response(404, "model_not_found", f"no model {shown(repr(model))}; GET /v1/models "
+                              "lists them", extra={"param": "model"})
     return _model(model)
 
 

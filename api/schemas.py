@@ -81,7 +81,9 @@ def schemas(settings: Settings) -> dict[str, Any]:
                                             "description": "any name; this server has one model"},
                                   "encoding_format": {"enum": [*ENCODINGS, None], "default": "float"},
                                   "dimensions": {"type": ["integer", "null"], "minimum": 1,
-                                                 "description": "must equal the model's dimension"}},
+                                                 "description": "must equal the served model's dimension "
+                                                                "(1024 for BAAI/bge-m3, GET /v1/models); any "
+                                                                "other value is a 400 dimensions_unsupported"}},
                                  ("input", "model")),
         "EmbeddingsResponse": obj({
             "object": {"type": "string", "enum": ["list"]},

@@ -205,6 +205,34 @@ def test_a_callers_long_value_is_quoted_cut_short(client):
     assert "unknown mode(s) " + "m" * 100 + "… (300 characters)" in r.get_json()["error"]["message"]
     r = client.get("/v1/jobs/" + "0" * 32)  # a short value is quoted whole
     assert r.get_json()["error"]["message"] == f"no job {'0' * 32} (unknown, expired or not yours)"
+    r = client.get("/v1/models/" + "m" * 7000)
+    assert r.status_code == 404 and "'" + "m" * 99 + "… (7,002 characters)" in r.get_json()["error"]["message"]
+
+
+def test_a_duplicate_key_is_refused_as_such_not_as_invalid_json(client):
+    """RFC 8259 only says names SHOULD be unique: the body is JSON, refused all the same."""
+    r = client.post("/v1/embeddings", data=b'{"model": "m", "input": "a", "input": "b"}',
+                    content_type="application/json")
+    assert r.status_code == 400
+    assert r.get_json()["error"]["message"] == ("request body has the key 'input' twice in one "
+                                                "object; each key may appear once")
+
+
+def test_the_models_routes_answer_errors_in_openais_shape(client):
+    """OpenAI's SDKs call /v1/models and /v1/models/{id}: their errors carry ``type`` and
+    ``param`` as /v1/embeddings' do, as OpenAI's own 404 for an unknown model does."""
+    r = client.get("/v1/models/nope")
+    error = r.get_json()["error"]
+    assert r.status_code == 404 and error["code"] == "model_not_found"
+    assert (error["type"], error["param"]) == ("invalid_request_error", "model")
+    r = client.get("/v1/jobs/" + "0" * 32)  # not an OpenAI route: our shape
+    assert set(r.get_json()["error"]) == {"code", "message"}
+
+
+def test_flasks_own_options_answer_declares_no_type_for_its_empty_body(client):
+    r = client.options("/v1/embeddings")
+    assert r.status_code == 200 and "POST" in r.headers["Allow"]
+    assert r.get_data() == b"" and "Content-Type" not in r.headers
 
 
 def test_bad_wait_is_400(client):

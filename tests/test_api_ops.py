@@ -185,6 +185,14 @@ def test_openapi_describes_every_route(app, client, live_worker):
     check("/v1/embeddings", "post", client.post("/v1/embeddings", json={"input": "a", "model": "bge-m3"}), 200)
     check("/v1/embeddings", "post", client.post("/v1/embeddings", json={"input": 3}), 400)
     check("/v1/score", "post", client.post("/v1/score", json={"query": "q", "documents": ["a"]}), 200)
+    # What the sync routes can answer, and what they cannot: /v1/embeddings always truncates.
+    sync = {path: doc["paths"][path]["post"]["responses"] for path in ("/embed", "/v1/embeddings", "/v1/score")}
+    assert "422" not in sync["/v1/embeddings"] and "422" in sync["/embed"]
+    for responses in sync.values():
+        assert set(responses["504"]["headers"]) == {"Location", "x-should-retry"}
+        assert "cancelled" in responses["409"]["description"]
+    assert doc["paths"]["/v1/jobs/{job_id}"]["delete"]["responses"]["409"]["description"] == \
+        "The job cannot be cancelled"
 
 
 def test_openapi_loads_in_schemathesis(client):
