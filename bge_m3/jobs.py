@@ -16,7 +16,8 @@ from redis.exceptions import NoScriptError
 
 from bge_m3 import payload, scripts
 from bge_m3.jobreader import CREATE_SLICE_SECONDS, JobReader, check_created, wait_slice
-from bge_m3.records import PREFIX, Claim, Job, done_key, events_key, job_key, new_job_id, result_key
+from bge_m3.records import (MISSING_KEY, PREFIX, WAITING_KEY, Claim, Job, done_key, events_key, job_key,
+                            new_job_id, result_key)
 from bge_m3.staging import Staging
 
 INLINE_RESULT_BYTES = 1024 * 1024
@@ -41,6 +42,7 @@ class JobStore(JobReader):
         self._finish = redis.register_script(scripts.FINISH)
         self._cancel = redis.register_script(scripts.CANCEL)
         self._release = redis.register_script(scripts.RELEASE)
+        self._sweep = redis.register_script(scripts.SWEEP)
 
     def create(self, params: dict[str, Any], owner: str = "", job_id: str | None = None, *,
                message: str = "", queue: str = "", max_queued: int = 0, notify: bool = False) -> Job:
@@ -66,7 +68,7 @@ class JobStore(JobReader):
              max_queued: int, notify: bool) -> tuple[Job, list[str], list[Any]]:
         job = Job(id=job_id or new_job_id(), status="queued", created_at=time.time(), owner=owner,
                   params=params)
-        keys = [job_key(job.id), queue or f"{PREFIX}:queue:none", done_key(job.id)]
+        keys = [job_key(job.id), queue or f"{PREFIX}:queue:none", done_key(job.id), WAITING_KEY]
         args = [job.id, repr(job.created_at), owner, message, max_queued if message else 0,
                 json.dumps(params), self.ttl, "1" if notify else ""]
         return job, keys, args
@@ -83,12 +85,20 @@ class JobStore(JobReader):
         ``lease_ttl`` seconds, to ``holder`` or else ``worker``; state 'leased' when another
         delivery holds it) and the job's params and creation time. A job it starts keeps its
         record for at least ``keep_for`` seconds more."""
-        out = self._start(keys=[job_key(job_id), lease or f"{PREFIX}:lease:none"],
+        out = self._start(keys=[job_key(job_id), lease or f"{PREFIX}:lease:none", WAITING_KEY],
                           args=[repr(time.time()), max_attempts, worker, lease_ttl if lease else "",
-                                int(keep_for), holder or worker])
+                                int(keep_for), holder or worker, job_id])
         if out[0] != "running":
             return Claim(out[0], int(out[1]))
         return Claim("running", int(out[1]), json.loads(out[2]) if out[2] else None, float(out[3]))
+
+    def sweep_lost(self, queue: str, unacked: str, lost_after: float, confirm_after: float,
+                   limit: int, now: float | None = None) -> list[str]:
+        """Send again the messages of queued jobs found neither on ``queue`` nor in kombu's
+        ``unacked`` hash in two looks ``confirm_after`` apart; returns their ids (``SWEEP``)."""
+        return list(self._sweep(keys=[WAITING_KEY, MISSING_KEY, queue, unacked],
+                                args=[repr(time.time() if now is None else now), lost_after,
+                                      confirm_after, limit, job_key("")]))
 
     def release_lease(self, lease: str, holder: str, requeue: str = "") -> bool:
         """Delete ``lease`` (a ``claim``'s) if ``holder`` still holds it; True when deleted. With

@@ -19,6 +19,9 @@ TASK_NAME = "bge_m3.embed"
 QUEUE_NAME = "bge-m3"
 """The Redis list jobs wait in; its length is the queue depth."""
 
+UNACKED_KEY = "unacked"
+"""kombu's Redis hash of messages workers hold unacknowledged (its ``unacked_key`` default)."""
+
 
 RESTORE_INTERVAL_MAX = 10
 """Upper bound, in seconds, on how often a worker sweeps for unacked messages of dead workers."""

@@ -23,19 +23,25 @@ if ARGV[4] ~= '' then
 end
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'status', 'queued', 'created_at', ARGV[2], 'owner', ARGV[3],
            'params', ARGV[6], 'attempts', 0)
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'message', ARGV[4]) end
+if ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[1], 'message', ARGV[4])
+  redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+end
 if ARGV[8] == '1' then redis.call('HSET', KEYS[1], 'notify', '1') end
 redis.call('EXPIRE', KEYS[1], ARGV[7])
 return -1
 """
-"""KEYS: job hash, queue list, done list. ARGV: id, created_at, owner, message ('' = none), max
+"""KEYS: job hash, queue list, done list, waiting set. ARGV: id, created_at, owner, message ('' = none), max
 queued (0 = no bound), params JSON, ttl, notify ('1': push to the done list when the job ends).
 Returns -1 when created, else the queue depth that refused it, or the error of an unusable
 queue key. The message goes first: if the queue is unusable nothing of the job is written. The
 record keeps a copy of the message until the job starts, so a cancel can take it off the queue. A
-refused notify job gets 'refused' on its done list, so a BLPOP sent with it returns at once."""
+refused notify job gets 'refused' on its done list, so a BLPOP sent with it returns at once. A job
+sent with a message joins the waiting set (id scored by created_at) until a delivery claims it
+(``SWEEP``)."""
 
 START = """
+redis.call('ZREM', KEYS[3], ARGV[7])  -- delivered: whatever comes next, its message was not lost
 local s = redis.call('HGET', KEYS[1], 'status')
 if not s then return {'missing', 0} end
 if s ~= 'queued' and s ~= 'running' then return {s, 0} end
@@ -56,8 +62,9 @@ if keep > 0 then
 end
 return {'running', n, redis.call('HGET', KEYS[1], 'params') or '', redis.call('HGET', KEYS[1], 'created_at')}
 """
-"""KEYS: job hash, lease key. ARGV: started_at, max attempts, worker, lease ttl ('' = no lease),
-seconds the record must at least live on once running (0: as it is), the lease's value.
+"""KEYS: job hash, lease key, waiting set. ARGV: started_at, max attempts, worker, lease ttl ('' =
+no lease), seconds the record must at least live on once running (0: as it is), the lease's
+value, the job's id (leaves the waiting set).
 Returns {state, attempt[, params, created_at]}: 'running', 'leased', 'exhausted', or the
 terminal or 'missing' state that means skip. Claiming again with the lease's own value (a retry
 after a lost reply) answers 'running' again without counting another attempt."""
@@ -145,3 +152,51 @@ return 1
 it. Given the job hash (a delivery handing its job back), a job still ``running`` reads
 ``queued`` again: while the lease was the holder's no other delivery claimed the job, so its
 message is back on the queue and nothing runs it. Returns 1 when the lease was deleted."""
+
+SWEEP = """
+local now, lost_after, confirm = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - lost_after, 'LIMIT', 0, tonumber(ARGV[4]))
+if #old == 0 then
+  redis.call('DEL', KEYS[2])
+  return {}
+end
+local seen = {}
+local function note(text)
+  local id = string.match(text, '"correlation_id":%s*"([^"]+)"')
+  if id then seen[id] = true end
+end
+for _, m in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do note(m) end
+for _, m in ipairs(redis.call('HVALS', KEYS[4])) do note(m) end
+local resent = {}
+for _, id in ipairs(old) do
+  local job = ARGV[5] .. id
+  local status = redis.call('HGET', job, 'status')
+  local message = redis.call('HGET', job, 'message')
+  if status ~= 'queued' or not message then
+    redis.call('ZREM', KEYS[1], id)  -- claimed, cancelled or expired
+    redis.call('ZREM', KEYS[2], id)
+  elseif seen[id] then
+    redis.call('ZREM', KEYS[2], id)  -- waiting its turn, or held by a worker
+  else
+    local first = redis.call('ZSCORE', KEYS[2], id)
+    if not first then
+      redis.call('ZADD', KEYS[2], now, id)
+    elseif now - tonumber(first) >= confirm then
+      redis.call('RPUSH', KEYS[3], message)  -- the consuming end: it has waited long enough
+      redis.call('ZADD', KEYS[1], now, id)
+      redis.call('ZREM', KEYS[2], id)
+      redis.call('HINCRBY', job, 'resent', 1)
+      resent[#resent + 1] = id
+    end
+  end
+end
+return resent
+"""
+"""KEYS: waiting set, missing set, queue list, kombu's unacked hash. ARGV: now, lost after
+(seconds), confirm after (seconds), how many to look at, the job key prefix. Looks at the jobs
+waiting longest (at least ``lost after`` since sent): one whose message is neither on the queue
+nor in the unacked hash (by its correlation id: kombu rewrites a message it puts back) is marked
+missing; one still missing ``confirm after`` later gets its message pushed again. Two sightings
+apart, because a worker holds a message between its pop and its unacked write for a moment. A
+job no longer queued, or without its message (a delivery claimed it), leaves both sets. Returns
+the ids sent again."""

@@ -498,3 +498,48 @@ def test_a_small_result_nothing_was_streamed_of_travels_inline(redis_db):
     assert staging.sent_chunks == 0 and not redis_db.exists(staging.key)
     assert jobs.succeed_staged(job.id, staging) == "ok"
     assert jobs.result(job.id) == {"model": "m", "items": [{"tokens": 3}]}
+
+
+def test_a_queued_job_whose_message_is_nowhere_is_sent_again_after_two_looks(redis_db):
+    """kombu pops a message and only then writes it to its unacked hash: a worker killed between
+    the two loses it. The sweep sends a job's message again once it has been neither on the queue
+    nor in the unacked hash in two looks ``confirm_after`` apart; a message waiting its turn
+    (rewritten, as kombu puts one back), one a worker holds, and a job a delivery claimed are
+    left alone."""
+    import json
+
+    from bge_m3.queue import QUEUE_NAME, UNACKED_KEY, task_message
+    from bge_m3.records import MISSING_KEY, WAITING_KEY
+
+    jobs = store(redis_db)
+    made = {}
+    for name in ("queued", "held", "lost", "claimed", "cancelled"):
+        job_id = new_job_id()
+        jobs.create({"texts": [name]}, job_id=job_id, message=task_message(job_id), queue=QUEUE_NAME)
+        made[name] = job_id
+    assert redis_db.zcard(WAITING_KEY) == 5
+    queued = redis_db.lrange(QUEUE_NAME, 0, -1)
+    by_id = {json.loads(m)["properties"]["correlation_id"]: m for m in queued}
+    redis_db.delete(QUEUE_NAME)
+    rewritten = json.loads(by_id[made["queued"]])
+    rewritten["headers"]["redelivered"] = True  # kombu's restore: the same message, other bytes
+    redis_db.lpush(QUEUE_NAME, json.dumps(rewritten, separators=(",", ":")))
+    redis_db.hset(UNACKED_KEY, "tag-1", json.dumps([json.loads(by_id[made["held"]]), "", QUEUE_NAME]))
+    assert jobs.start(made["claimed"], max_attempts=2, worker="w")[0] == "running"  # leaves the set
+    assert jobs.cancel(made["cancelled"]) == "ok"  # its message is gone too: nothing to send
+
+    later = time.time() + 40
+    assert jobs.sweep_lost(QUEUE_NAME, UNACKED_KEY, 30, 10, 100, now=time.time()) == []  # too young
+    assert jobs.sweep_lost(QUEUE_NAME, UNACKED_KEY, 30, 10, 100, now=later) == []  # first look
+    assert redis_db.zrange(MISSING_KEY, 0, -1) == [made["lost"]]
+    assert jobs.sweep_lost(QUEUE_NAME, UNACKED_KEY, 30, 10, 100, now=later + 5) == []  # too soon
+    assert jobs.sweep_lost(QUEUE_NAME, UNACKED_KEY, 30, 10, 100, now=later + 10) == [made["lost"]]
+    assert redis_db.rpop(QUEUE_NAME) == by_id[made["lost"]]  # next to be consumed, as it was sent
+    assert redis_db.hget(job_key(made["lost"]), "resent") == "1"
+    assert sorted(redis_db.zrange(WAITING_KEY, 0, -1)) == sorted([made["queued"], made["held"], made["lost"]])
+    assert redis_db.zcard(MISSING_KEY) == 0
+    # A worker takes it this time: the claim ends its wait, and no later sweep sends it again.
+    assert jobs.start(made["lost"], max_attempts=2, worker="w")[0] == "running"
+    for step in (100, 200):
+        assert jobs.sweep_lost(QUEUE_NAME, UNACKED_KEY, 30, 10, 100, now=later + step) == []
+    assert redis_db.llen(QUEUE_NAME) == 1  # only the rewritten one, waiting its turn

@@ -119,6 +119,32 @@ def test_sigkill_mid_job_then_restart_completes_the_job(base_settings, redis_ser
         queue.close()
 
 
+def test_a_message_lost_on_its_way_into_a_worker_is_sent_again(base_settings, redis_server, tmp_path):
+    """kombu pops a message, then writes it to its unacked hash: a worker killed between the two
+    lost it, and its job read queued for the result TTL (a soak run's ``kill -9``). Stood in for
+    by popping the message the API's create pushed: the worker's sweep sends it again (the sweep
+    interval is 3 s here: a quarter of the visibility timeout), and the job completes."""
+    from bge_m3.queue import QUEUE_NAME, task_message
+    from bge_m3.records import new_job_id
+
+    settings = settings_on_db(base_settings, redis_server, "kill", visibility_timeout=VISIBILITY,
+                              time_limit=VISIBILITY - 1)
+    queue = Queue(settings)
+    job_id = new_job_id()
+    queue.store.create({"texts": ["lost on the way"], "modes": ["dense"]}, job_id=job_id,
+                       message=task_message(job_id), queue=QUEUE_NAME)
+    assert queue.redis.rpop(QUEUE_NAME)  # taken, as by a worker killed before its unacked write
+    worker = spawn_worker(settings, tmp_path)
+    try:
+        job = queue.wait(job_id, 60)
+        assert job.status == "succeeded", (job.status, worker.output()[-2000:])
+        assert queue.redis.hget(f"bge-m3:job:{job_id}", "resent") == "1"
+        assert f"Job {job_id}: its message was lost" in worker.output()
+    finally:
+        worker.stop()
+        queue.close()
+
+
 def test_a_lease_left_by_a_gone_worker_is_taken_over(long_lease_stack):
     """A cold shutdown hands the unacked message back at once while its lease (time_limit long)
     stays. The next delivery waits while the holder still announces itself, and takes the job

@@ -23,8 +23,12 @@ from bge_m3.settings import Settings
 LOGGER_NAME = "bge_m3.worker"
 """The worker's logger; every module logs through ``logging.getLogger(LOGGER_NAME)``."""
 
-QUIET_LOGGERS = ("transformers", "urllib3", "filelock", "huggingface_hub")
-"""Libraries whose INFO chatter would bury the gate and batch lines."""
+QUIET_LOGGERS = ("transformers", "urllib3", "filelock", "huggingface_hub", "celery.worker.strategy",
+                 "celery.app.trace")
+"""Libraries whose INFO chatter would bury the gate and batch lines. Celery's two say "Task
+received" and "Task succeeded in 0.01s: 'failed'" of every job (the task returns how the job
+ended): two lines beside the worker's own ``Job …`` line, the second misleading. Their warnings
+and errors still show."""
 
 
 class TextFormatter(logging.Formatter):

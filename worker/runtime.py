@@ -27,6 +27,7 @@ from worker.counters import Counters
 from worker.logs import get_logger
 from worker.planning import pass_cost
 from worker.releases import Releases
+from worker.sweep import Sweeper
 
 WARMUP_TEXT = "BGE-M3 warm-up: dense, sparse and ColBERT from one forward pass."
 """The text of the warm-up forward pass run before the worker announces itself."""
@@ -72,6 +73,7 @@ class Runtime:
         self._heartbeat: threading.Thread | None = None
         self._deliveries: set[str] = set()  # lease tokens of the deliveries running here now
         self.releases = Releases()  # leases left by deliveries that ended while Redis failed
+        self.sweeper = Sweeper(self.store, self.redis, settings, hostname)  # lost messages
         self._deliveries_lock = threading.Lock()
         self._consuming = False  # the Celery consumer holds a broker connection (worker.steps)
         self._draining = False  # a warm shutdown began: running jobs finish, no new ones come
@@ -227,6 +229,7 @@ class Runtime:
                 self._announce_now()
                 self.counters.flush()  # batches of jobs that ended without a terminal write
                 self.releases.retry(self.store)
+                self.sweeper.beat()
             except Exception as exc:  # noqa: BLE001 - keep beating through a Redis blip
                 log.warning("heartbeat failed: %s", exc)
 
