@@ -13,12 +13,12 @@ from typing import Any, Iterator
 
 from flask import Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from bge_m3.records import Job
 from bge_m3.queue import queue_depth
-from bge_m3.workers import ready_workers
+from bge_m3.workers import REGISTRY_KEY, STATS_PREFIX, ready_workers
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
                    120, 300, 600)
@@ -29,20 +29,56 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 ``OTHER``, so unauthenticated clients cannot grow the label set without bound."""
 
 
+WORKER_COUNTERS = (("texts", "bge_m3_worker_texts", "Texts of the jobs a worker completed"),
+                   ("tokens", "bge_m3_worker_tokens", "Tokens a worker's forward passes encoded"),
+                   ("padded_tokens", "bge_m3_worker_padded_tokens",
+                    "Tokens a worker's forward passes computed, padding included"),
+                   ("forward_passes", "bge_m3_worker_forward_passes", "A worker's forward passes"))
+"""Fields of a worker's statistics hash (``worker.counters``) exported as counters per worker,
+beside its jobs by outcome: they live in Redis, so they outlive an API restart, and rate() of
+tokens gives each worker's throughput, tokens / padded_tokens its padding efficiency."""
+
+
 class _RedisGauges:
     def __init__(self, redis: Any):
         self.redis = redis
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         try:
             depth, workers = queue_depth(self.redis), len(ready_workers(self.redis))
+            stats = self._worker_stats()
         except Exception:  # a scrape must still answer when Redis is down
             depth = workers = None
+            stats = {}
         if depth is not None:  # unknown while Redis is down: absent, not a zero an autoscaler acts on
             yield GaugeMetricFamily("bge_m3_queue_depth", "Jobs waiting in the queue", value=depth)
             yield GaugeMetricFamily("bge_m3_ready_workers", "Verified, ready workers", value=workers)
+            yield from _worker_counters(stats)
         yield GaugeMetricFamily("bge_m3_redis_up", "1 when Redis answered this scrape",
                                 value=0 if depth is None else 1)
+
+    def _worker_stats(self) -> dict[str, dict[str, str]]:
+        """Each announced worker's statistics hash (a draining one's too), by hostname."""
+        names = self.redis.zrange(REGISTRY_KEY, 0, -1)
+        pipe = self.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.hgetall(STATS_PREFIX + name)
+        return dict(zip(names, pipe.execute())) if names else {}
+
+
+def _worker_counters(stats: dict[str, dict[str, str]]) -> Iterator[CounterMetricFamily]:
+    jobs = CounterMetricFamily("bge_m3_worker_jobs", "Jobs a worker ended, by outcome",
+                               labels=["worker", "outcome"])
+    families = [(field, CounterMetricFamily(name, text, labels=["worker"]))
+                for field, name, text in WORKER_COUNTERS]
+    for worker, fields in sorted(stats.items()):
+        jobs.add_metric([worker, "succeeded"], int(fields.get("jobs", 0)))
+        jobs.add_metric([worker, "failed"], int(fields.get("failed_jobs", 0)))
+        for field, family in families:
+            family.add_metric([worker], int(fields.get(field, 0)))
+    yield jobs
+    for _, family in families:
+        yield family
 
 
 class Metrics:

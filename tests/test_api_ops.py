@@ -103,6 +103,17 @@ def test_metrics(client, live_worker):
     ready = [line for line in text.splitlines() if line.startswith("bge_m3_ready_workers ")]
     assert ready and float(ready[0].split()[1]) >= 1
 
+    # Each worker's own counts, read from its statistics hash at scrape time.
+    from bge_m3.queue import redis_client
+    from bge_m3.workers import STATS_PREFIX
+
+    stats = redis_client(live_worker.settings.redis_dsn).hgetall(STATS_PREFIX + live_worker.hostname)
+    worker = f'worker="{live_worker.hostname}"'
+    assert f'bge_m3_worker_jobs_total{{outcome="succeeded",{worker}}} {float(stats["jobs"])}' in text
+    assert f'bge_m3_worker_jobs_total{{outcome="failed",{worker}}} {float(stats.get("failed_jobs", 0))}' in text
+    for field in ("texts", "tokens", "padded_tokens", "forward_passes"):
+        assert int(stats[field]) >= 1 and f"bge_m3_worker_{field}_total{{{worker}}} {float(stats[field])}" in text
+
 
 def test_metrics_sum_every_gunicorn_process(base_settings, live_worker, tmp_path):
     """With `bge-m3 api --workers 2` a scrape answered by either process counts the requests
