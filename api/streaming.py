@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 from flask import Response
 
+from bge_m3 import heap
 from bge_m3.codec import DTYPE_CODES
 
 EAGER_VALUES = 65_536
@@ -145,15 +146,21 @@ def iter_json(obj: Any) -> Iterator[str]:
 
 def gathered(pieces: Iterator[str]) -> Iterator[bytes]:
     buffer: list[str] = []
-    size = 0
-    for piece in pieces:
-        buffer.append(piece)
-        size += len(piece)
-        if size >= CHUNK_BYTES:
+    size = sent = 0
+    try:
+        for piece in pieces:
+            buffer.append(piece)
+            size += len(piece)
+            if size >= CHUNK_BYTES:
+                sent += size
+                yield "".join(buffer).encode()
+                buffer, size = [], 0
+        if buffer:
             yield "".join(buffer).encode()
-            buffer, size = [], 0
-    if buffer:
-        yield "".join(buffer).encode()
+    finally:  # also when the client went away mid-body
+        buffer = []
+        if sent >= heap.TRIM_AFTER_BYTES:
+            heap.trim()
 
 
 def respond(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Any:

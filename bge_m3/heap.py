@@ -10,6 +10,7 @@ start-up, they are never scanned again; a collection pays only for what requests
 from __future__ import annotations
 
 import gc
+from typing import Any
 
 
 def freeze() -> int:
@@ -20,3 +21,28 @@ def freeze() -> int:
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()
+
+
+TRIM_AFTER_BYTES = 16 * 1024 * 1024
+"""Bytes a response must have written for its end to hand freed memory back (``trim``)."""
+
+_libc: Any = None
+
+
+def trim() -> bool:
+    """Hand the allocator's free memory back to the system (glibc's ``malloc_trim``); False where
+    there is none (another libc). A streamed response of a big result frees its rows in a
+    thread's own malloc arena, which glibc keeps: a soak run's API grew 63 MB -> 405 MB in
+    minutes of big reads and never shrank."""
+    global _libc
+    if _libc is None:
+        try:
+            import ctypes
+
+            _libc = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _libc = False
+    if not _libc:
+        return False
+    _libc(0)
+    return True
