@@ -1,4 +1,4 @@
-"""Every error is JSON: ``{"error": {"code", "message"}}`` (OpenAI's shape on ``/v1/embeddings``).
+"""Every error is JSON: ``{"error": {"code", "message"}}`` (OpenAI's shape on the routes its SDKs call).
 
 Never an HTML page, never a 500 for bad input: werkzeug's HTTP exceptions (404,
 405, 413, ...), malformed bodies and Redis outages all pass through here.
@@ -6,6 +6,8 @@ Never an HTML page, never a 500 for bad input: werkzeug's HTTP exceptions (404,
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
@@ -96,8 +98,37 @@ def _http_error(exc: HTTPException) -> Response:
     return error_response(status, code, message, headers)
 
 
+REDIS_WARN_EVERY = 10.0
+"""Seconds between two warnings of one kind of Redis failure: during an outage every request
+fails the same way (a soak run's API logged 326 such lines in 15 s); the next line says how
+many it stood for."""
+
+
+class _Throttled:
+    """A warning said at most once every ``every`` seconds, with the count of those it stood for."""
+
+    def __init__(self, text: str, every: float = REDIS_WARN_EVERY):
+        self.text, self.every = text, every
+        self._next, self._held = 0.0, 0
+        self._lock = threading.Lock()
+
+    def warn(self, exc: Exception) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now < self._next:
+                self._held += 1
+                return
+            held, self._held, self._next = self._held, 0, now + self.every
+        more = f" (and {held} more like it since the last such line)" if held else ""
+        log.warning("%s: %s%s", self.text, type(exc).__name__, more)
+
+
+_REDIS_DOWN = _Throttled("redis unavailable")
+_REDIS_REFUSES = _Throttled("redis refuses writes")
+
+
 def _redis_down(exc: Exception) -> Response:
-    log.warning("redis unavailable: %s", type(exc).__name__)
+    _REDIS_DOWN.warn(exc)
     return error_response(503, "redis_unavailable", "Redis is not answering; try again later",
                           {"Retry-After": "5"})
 
@@ -105,7 +136,7 @@ def _redis_down(exc: Exception) -> Response:
 def _redis_refuses_writes(exc: Exception) -> Response:
     # At maxmemory (noeviction), or a replica still read-only after a failover: nothing was
     # written by the refused command, and a later try may well pass.
-    log.warning("redis refuses writes: %s", type(exc).__name__)
+    _REDIS_REFUSES.warn(exc)
     return error_response(503, "redis_unavailable", "Redis refuses writes (out of memory or "
                           "read-only); try again later", {"Retry-After": "5"})
 

@@ -301,3 +301,24 @@ def test_a_sync_job_the_worker_finds_invalid_is_400(base_settings, redis_server,
         assert error["code"] == "invalid_request" and "512" in error["message"]
     finally:
         db.flushdb()
+
+
+def test_a_redis_failure_is_warned_once_a_while_not_once_a_request(caplog):
+    """During an outage every request fails the same way: a soak run's API logged 326 warnings
+    in 15 s. One line at most every REDIS_WARN_EVERY seconds, the next saying how many it held."""
+    import logging
+    import time
+
+    import redis
+
+    from api.errors import _Throttled
+
+    throttled = _Throttled("redis unavailable", every=0.3)
+    with caplog.at_level(logging.WARNING, logger="bge_m3.api"):
+        for _ in range(50):
+            throttled.warn(redis.ConnectionError("down"))
+        time.sleep(0.35)
+        throttled.warn(redis.ConnectionError("down"))
+    lines = [r.getMessage() for r in caplog.records if r.name == "bge_m3.api"]
+    assert lines == ["redis unavailable: ConnectionError",
+                     "redis unavailable: ConnectionError (and 49 more like it since the last such line)"]

@@ -214,7 +214,7 @@ def test_openapi_loads_in_schemathesis(client):
     assert "POST /v1/jobs" in operations and "GET /v1/jobs/{job_id}" in operations
 
 
-def test_redis_down_is_503_and_no_orphan(base_settings, tmp_path):
+def test_redis_down_is_503_and_no_orphan(base_settings, tmp_path, caplog):
     server = RedisServer(tmp_path / "redis", appendonly=True)
     client = create_app(base_settings.replace(redis_url=server.url(0))).test_client()
     assert client.post("/v1/jobs", json={"texts": ["a"]}).status_code == 202
@@ -224,6 +224,8 @@ def test_redis_down_is_503_and_no_orphan(base_settings, tmp_path):
                                ("get", f"/v1/jobs/{'0' * 32}", None)):
         r = getattr(client, method)(path, json=body)
         assert r.status_code == 503 and r.get_json()["error"]["code"] == "redis_unavailable", path
+    warned = [r for r in caplog.records if r.getMessage().startswith("redis unavailable")]
+    assert len(warned) <= 1  # once a while, not once a request (api.errors.REDIS_WARN_EVERY)
     r = client.get("/readyz")
     assert r.status_code == 503 and "Redis" in r.get_json()["error"]["message"]
     assert r.get_json()["redis"] is False and r.get_json()["workers"] == 0
