@@ -17,7 +17,7 @@ from redis.exceptions import NoScriptError
 from bge_m3 import payload, scripts
 from bge_m3.jobreader import CREATE_SLICE_SECONDS, JobReader, check_created, wait_slice
 from bge_m3.records import (MISSING_KEY, PREFIX, WAITING_KEY, Claim, Job, done_key, events_key, job_key,
-                            new_job_id, result_key)
+                            lease_key, new_job_id, result_key)
 from bge_m3.staging import Staging
 
 INLINE_RESULT_BYTES = 1024 * 1024
@@ -148,7 +148,7 @@ class JobStore(JobReader):
         if stats is not None:
             extra += ["stats", json.dumps(stats)]
         keys = [job_key(job_id), result_key(job_id), events_key(job_id),
-                staging or f"{PREFIX}:staging:none", done_key(job_id)]
+                staging or f"{PREFIX}:staging:none", done_key(job_id), lease_key(job_id)]
         args = [status, repr(time.time()), self.ttl, "staged" if staging else "inline",
                 staged if staging else len(inline), *inline, *extra]
         # EVALSHA queued by hand: a Script handed to a pipeline adds a SCRIPT EXISTS round trip

@@ -10,6 +10,7 @@ Keys (``{id}`` is 32 hex chars, 128 random bits):
 - ``bge-m3:events:{id}``  pub/sub channel; the new status is published on every terminal change
 - ``bge-m3:done:{id}``    list, only for a job created with ``notify`` (a synchronous route's):
                           its terminal status is pushed here, and its caller blocks on it
+- ``bge-m3:lease:{id}``   the delivery running the job (``worker.lease``), deleted when it ends
 - ``bge-m3:waiting``      sorted set: the ids of jobs sent but not yet claimed, by send time;
   ``bge-m3:missing``      and those whose message a sweep found nowhere (``worker.sweep``)
 """
@@ -56,6 +57,10 @@ def events_key(job_id: str) -> str:
 
 def done_key(job_id: str) -> str:
     return f"{PREFIX}:done:{job_id}"
+
+
+def lease_key(job_id: str) -> str:
+    return f"{PREFIX}:lease:{job_id}"
 
 
 WAITING_KEY = f"{PREFIX}:waiting"

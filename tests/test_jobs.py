@@ -543,3 +543,19 @@ def test_a_queued_job_whose_message_is_nowhere_is_sent_again_after_two_looks(red
     for step in (100, 200):
         assert jobs.sweep_lost(QUEUE_NAME, UNACKED_KEY, 30, 10, 100, now=later + step) == []
     assert redis_db.llen(QUEUE_NAME) == 1  # only the rewritten one, waiting its turn
+
+
+def test_an_ended_jobs_lease_goes_with_its_end(redis_db):
+    """Left to expire, a soak run's 15,779 leases outlived their jobs by 11 minutes each."""
+    from bge_m3.records import lease_key
+
+    jobs = store(redis_db)
+    done, failed = (jobs.create({"texts": ["a"]}) for _ in range(2))
+    for job in (done, failed):
+        assert jobs.claim(job.id, 3, worker="w", lease=lease_key(job.id), lease_ttl=600,
+                          holder="w|i|t").state == "running"
+    assert jobs.succeed(done.id, {"items": []}) == "ok" and jobs.fail(failed.id, "x", "y") == "ok"
+    assert not redis_db.exists(lease_key(done.id)) and not redis_db.exists(lease_key(failed.id))
+    redis_db.set(lease_key(done.id), "w2|i|t", ex=600)  # a second delivery's, taken after the end
+    assert jobs.succeed(done.id, {"items": []}) == "succeeded"  # its finish finds the job ended
+    assert not redis_db.exists(lease_key(done.id))

@@ -23,15 +23,16 @@ import redis
 
 from bge_m3 import workers
 from bge_m3.queue import restore_interval
-from bge_m3.records import Claim
+from bge_m3.records import Claim, lease_key
 from bge_m3.settings import Settings
 from worker.logs import get_logger
 from worker.runtime import Runtime
 
 log = get_logger()
 
-LEASE_PREFIX = "bge-m3:lease:"
-"""Key (with the job id) held while one delivery of a job runs; expires after ``lease_ttl``."""
+LEASE_PREFIX = lease_key("")
+"""Key (with the job id) held while one delivery of a job runs; expires after ``lease_ttl``, and
+goes when the job ends (``bge_m3.scripts.FINISH``)."""
 
 RECORD_MARGIN_SECONDS = 120
 """Margin on how long a claimed job's record lives at least (``record_keep``)."""
