@@ -46,9 +46,11 @@ class _RedisGauges:
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         try:
             depth, workers = queue_depth(self.redis), len(ready_workers(self.redis))
-            stats = self._worker_stats()
         except Exception:  # a scrape must still answer when Redis is down
             depth = workers = None
+        try:  # on its own: a stats hash that cannot be read must not hide the queue depth
+            stats = self._worker_stats() if depth is not None else {}
+        except Exception:  # noqa: BLE001
             stats = {}
         if depth is not None:  # unknown while Redis is down: absent, not a zero an autoscaler acts on
             yield GaugeMetricFamily("bge_m3_queue_depth", "Jobs waiting in the queue", value=depth)

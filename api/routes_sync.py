@@ -83,7 +83,10 @@ def run(params: dict[str, Any], workers: list[dict[str, Any]] | None = None,
         if named:
             extra["param"] = field(int(named.group(1))).split("[")[0]
             message = TEXT_INDEX.sub(lambda m: field(int(m.group(1))), message)
-        raise ApiError(FAILURE_STATUS.get(code, 500), code, message, headers=NO_RETRY, extra=extra)
+        status = FAILURE_STATUS.get(code, 500)
+        # A 504 points at its job either way, as /openapi.json declares: here it has ended.
+        headers = {"Location": job_url(done.id), **NO_RETRY} if status == 504 else NO_RETRY
+        raise ApiError(status, code, message, headers=headers, extra=extra)
     if result is None:
         raise ApiError(500, "job_lost", f"the result of job {done.id} has expired")
     return done, result

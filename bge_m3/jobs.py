@@ -9,6 +9,7 @@ The keys and the record are described in ``bge_m3.records``; the reads are ``bge
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from typing import Any, Sequence
 
@@ -98,7 +99,7 @@ class JobStore(JobReader):
         ``unacked`` hash in two looks ``confirm_after`` apart; returns their ids (``SWEEP``)."""
         return list(self._sweep(keys=[WAITING_KEY, MISSING_KEY, queue, unacked],
                                 args=[repr(time.time() if now is None else now), lost_after,
-                                      confirm_after, limit, job_key("")]))
+                                      confirm_after, limit, job_key(""), f"resent-{secrets.token_hex(4)}-"]))
 
     def release_lease(self, lease: str, holder: str, requeue: str = "") -> bool:
         """Delete ``lease`` (a ``claim``'s) if ``holder`` still holds it; True when deleted. With

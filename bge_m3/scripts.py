@@ -185,6 +185,11 @@ for _, id in ipairs(old) do
     if not first then
       redis.call('ZADD', KEYS[2], now, id)
     elseif now - tonumber(first) >= confirm then
+      -- A tag of its own: kombu keys its unacked hash by it, and two live copies sharing one
+      -- would share one entry (the first ack would drop the other's). The record keeps the
+      -- copy sent, for a cancel to take off the queue.
+      message = string.gsub(message, '"delivery_tag":%s*"[^"]*"', '"delivery_tag": "' .. ARGV[6] .. id .. '"', 1)
+      redis.call('HSET', job, 'message', message)
       redis.call('RPUSH', KEYS[3], message)  -- the consuming end: it has waited long enough
       redis.call('ZADD', KEYS[1], now, id)
       redis.call('ZREM', KEYS[2], id)
@@ -193,13 +198,17 @@ for _, id in ipairs(old) do
     end
   end
 end
+for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  if not redis.call('ZSCORE', KEYS[1], id) then redis.call('ZREM', KEYS[2], id) end  -- claimed since
+end
 return resent
 """
 """KEYS: waiting set, missing set, queue list, kombu's unacked hash. ARGV: now, lost after
-(seconds), confirm after (seconds), how many to look at, the job key prefix. Looks at the jobs
+(seconds), confirm after (seconds), how many to look at, the job key prefix, a fresh delivery
+tag prefix (a message sent again gets it and its id as its tag). Looks at the jobs
 waiting longest (at least ``lost after`` since sent): one whose message is neither on the queue
 nor in the unacked hash (by its correlation id: kombu rewrites a message it puts back) is marked
 missing; one still missing ``confirm after`` later gets its message pushed again. Two sightings
 apart, because a worker holds a message between its pop and its unacked write for a moment. A
-job no longer queued, or without its message (a delivery claimed it), leaves both sets. Returns
-the ids sent again."""
+job no longer queued, or without its message (a delivery claimed it), leaves both sets, and a
+job claimed since it was marked missing leaves that set. Returns the ids sent again."""

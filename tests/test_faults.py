@@ -154,6 +154,7 @@ def test_4_job_over_the_time_limit_fails_and_is_never_run_twice(faulty, worker_f
     error = r.get_json()["error"]
     assert r.status_code == 504 and error["code"] == "timeout" and f"{TIME_LIMIT} s" in error["message"]
     assert r.headers["x-should-retry"] == "false" and error["type"] == "server_error"
+    assert r.headers["Location"] == f"/v1/jobs/{error['job_id']}"  # as /openapi.json declares
 
 
 def test_a_sync_job_cancelled_while_waited_for_is_409_and_not_retried(faulty, worker_factory):

@@ -534,7 +534,12 @@ def test_a_queued_job_whose_message_is_nowhere_is_sent_again_after_two_looks(red
     assert redis_db.zrange(MISSING_KEY, 0, -1) == [made["lost"]]
     assert jobs.sweep_lost(QUEUE_NAME, UNACKED_KEY, 30, 10, 100, now=later + 5) == []  # too soon
     assert jobs.sweep_lost(QUEUE_NAME, UNACKED_KEY, 30, 10, 100, now=later + 10) == [made["lost"]]
-    assert redis_db.rpop(QUEUE_NAME) == by_id[made["lost"]]  # next to be consumed, as it was sent
+    sent = json.loads(redis_db.rpop(QUEUE_NAME))  # next to be consumed
+    first = json.loads(by_id[made["lost"]])
+    assert sent["properties"].pop("delivery_tag") != first["properties"].pop("delivery_tag")
+    assert sent == first  # the message as the API sent it, with a delivery tag of its own
+    assert json.loads(redis_db.hget(job_key(made["lost"]), "message"))["properties"]["delivery_tag"] \
+        .endswith(made["lost"])  # the record keeps the copy sent, for a cancel to find
     assert redis_db.hget(job_key(made["lost"]), "resent") == "1"
     assert sorted(redis_db.zrange(WAITING_KEY, 0, -1)) == sorted([made["queued"], made["held"], made["lost"]])
     assert redis_db.zcard(MISSING_KEY) == 0
@@ -543,6 +548,16 @@ def test_a_queued_job_whose_message_is_nowhere_is_sent_again_after_two_looks(red
     for step in (100, 200):
         assert jobs.sweep_lost(QUEUE_NAME, UNACKED_KEY, 30, 10, 100, now=later + step) == []
     assert redis_db.llen(QUEUE_NAME) == 1  # only the rewritten one, waiting its turn
+    # Marked missing, then claimed before the second look: it leaves the missing set too.
+    other = new_job_id()
+    message = task_message(other)
+    jobs.create({"texts": ["x"]}, job_id=other, message=message, queue=QUEUE_NAME)
+    assert redis_db.lrem(QUEUE_NAME, 1, message) == 1
+    assert jobs.sweep_lost(QUEUE_NAME, UNACKED_KEY, 30, 10, 100, now=later + 300) == []
+    assert redis_db.zrange(MISSING_KEY, 0, -1) == [other]
+    assert jobs.start(other, max_attempts=2, worker="w")[0] == "running"
+    assert jobs.sweep_lost(QUEUE_NAME, UNACKED_KEY, 30, 10, 100, now=later + 305) == []
+    assert redis_db.zcard(MISSING_KEY) == 0
 
 
 def test_an_ended_jobs_lease_goes_with_its_end(redis_db):

@@ -177,7 +177,11 @@ export function initStatus() {
         wait = same ? Math.min(wait * 2, STATUS_BACKOFF_MAX_MS) : STATUS_INTERVAL_MS;
         last = shown;
       })
-      .catch(() => { if (mine === generation) set("#st-ready", "status unavailable", "down"); })
+      .catch(() => {
+        if (mine !== generation) return;
+        set("#st-ready", "status unavailable", "down");
+        last = null; wait = STATUS_INTERVAL_MS;  // a change of what the strip says: ask again soon
+      })
       .finally(() => { if (mine === generation) timer = setTimeout(() => tick(true), wait); });
   };
   tick();
