@@ -27,9 +27,9 @@ RESTORE_INTERVAL_MAX = 10
 """Upper bound, in seconds, on how often a worker sweeps for unacked messages of dead workers."""
 
 
-def restore_interval(visibility_timeout: int) -> int:
-    """Sweep period: a quarter of the visibility timeout, 1 to RESTORE_INTERVAL_MAX seconds."""
-    return max(1, min(RESTORE_INTERVAL_MAX, visibility_timeout // 4))
+def restore_interval(visibility_timeout: int, most: int = RESTORE_INTERVAL_MAX) -> int:
+    """Sweep period: a quarter of the visibility timeout, 1 to ``most`` seconds."""
+    return max(1, min(most, visibility_timeout // 4))
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

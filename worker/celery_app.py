@@ -7,33 +7,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from bge_m3.queue import TASK_NAME, celery_config, make_celery
+from bge_m3.queue import TASK_NAME, make_celery
 from bge_m3.settings import Settings
 
 PROC_ALIVE_TIMEOUT = 600.0
 """Seconds a (prefork) child may take to come up: above a cold 2.3 GB model load on a slow disk."""
 
 
-RESTORE_SWEEPS_PER_VISIBILITY = 4
-"""How many unacked-restore sweeps run per visibility timeout (at most one every 10 s)."""
-
-
-def restore_options(settings: Settings) -> dict[str, Any]:
-    """Redis-transport sweep that returns a dead worker's unacked jobs to the queue.
-
-    kombu 5.7 sweeps every interval x throttle seconds (10 x 10 by default), so a job
-    of a SIGKILLed worker could wait 100 s beyond the visibility timeout. One scan
-    per interval, the interval a fraction of the visibility timeout, bounds that.
-    """
-    interval = max(1, min(10, settings.visibility_timeout // RESTORE_SWEEPS_PER_VISIBILITY))
-    return {"unacked_restore_interval": interval, "unacked_restore_throttle": 1}
-
-
 def worker_config(settings: Settings) -> dict[str, Any]:
-    transport = dict(celery_config(settings)["broker_transport_options"])
-    transport.update(restore_options(settings))
+    # The transport's unacked-restore sweep (a quarter of the visibility timeout, at most 10 s)
+    # is in the shared config (bge_m3.queue.celery_config), as the API sends with it too.
     return {
-        "broker_transport_options": transport,
         # Each thread holds one job; the in-process batcher merges the threads' texts, so
         # the pool size *is* the batching window. Multiplier 1: at most worker_threads jobs
         # are reserved (unacked) by one worker, and a crash returns exactly those.

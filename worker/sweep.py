@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bge_m3.queue import QUEUE_NAME, UNACKED_KEY
+from bge_m3.queue import QUEUE_NAME, UNACKED_KEY, restore_interval
 from bge_m3.records import PREFIX
 from bge_m3.settings import Settings
 from worker.logs import get_logger
@@ -48,7 +48,7 @@ LOCK_KEY = f"{PREFIX}:sweep-lock"
 
 def interval(settings: Settings) -> int:
     """Seconds between sweeps: a quarter of the visibility timeout, 1 to SWEEP_INTERVAL_MAX."""
-    return max(1, min(SWEEP_INTERVAL_MAX, settings.visibility_timeout // 4))
+    return restore_interval(settings.visibility_timeout, SWEEP_INTERVAL_MAX)
 
 
 class Sweeper:
