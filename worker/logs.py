@@ -11,7 +11,6 @@ through logging; and its shutdown lines, written from a signal handler with a ba
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -43,8 +42,9 @@ def json_say(msg: str, f: object = None) -> None:
     """Celery's ``safe_say`` for JSON lines: one object on stderr, by a bare ``os.write`` (it is
     called from signal handlers). ``f`` (Celery's choice of stream) is ignored: every log line
     goes to stderr."""
-    line = json.dumps({"ts": round(time.time(), 3), "level": "INFO", "logger": "celery.worker",
-                       "message": msg.strip()}, ensure_ascii=False) + "\n"
+    # A record made and formatted by hand: no handler, so no logging lock.
+    record = logging.makeLogRecord({"name": "celery.worker", "levelname": "INFO", "msg": msg.strip()})
+    line = JsonFormatter().format(record) + "\n"
     try:
         os.write(sys.__stderr__.fileno(), line.encode())
     except (OSError, AttributeError, ValueError):  # stderr closed: losing the line is fine
