@@ -124,17 +124,18 @@ class JobStore(JobReader):
         return self.succeed_staged(job_id, staging, stats, pipe)
 
     def succeed_staged(self, job_id: str, staging: Staging, stats: dict[str, Any] | None = None,
-                       pipe: Any = None) -> str:
+                       pipe: Any = None, counts: tuple[str, dict[str, int]] | None = None) -> str:
         """``succeed_chunks`` for a result streamed to ``staging`` (``bge_m3.staging``) while the
         job ran: what is still pending goes in the finish's round trip, inside the finish script
-        itself when nothing was sent yet and it is small."""
+        itself when nothing was sent yet and it is small. ``counts``: (a statistics hash, what to
+        add to it) if, and only if, the finish lands."""
         pipe = pipe if pipe is not None else self.redis.pipeline(transaction=False)
         if (not staging.sent_chunks and staging.pending_bytes <= INLINE_RESULT_BYTES
                 and len(staging.pending) <= INLINE_RESULT_CHUNKS):
-            return self._end(pipe, job_id, "succeeded", inline=staging.pending, stats=stats)
+            return self._end(pipe, job_id, "succeeded", inline=staging.pending, stats=stats, counts=counts)
         staging.flush(pipe)
         return self._end(pipe, job_id, "succeeded", staging=staging.key, staged=staging.sent_chunks,
-                         stats=stats)
+                         stats=stats, counts=counts)
 
     def fail(self, job_id: str, code: str, message: str, stats: dict[str, Any] | None = None,
              pipe: Any = None) -> str:
@@ -142,14 +143,18 @@ class JobStore(JobReader):
         return self._end(pipe, job_id, "failed", error={"code": code, "message": message}, stats=stats)
 
     def _end(self, pipe: Any, job_id: str, status: str, *, staging: str | None = None, staged: int = 0,
-             inline: Sequence[bytes] = (), error: dict | None = None, stats: dict | None = None) -> str:
+             inline: Sequence[bytes] = (), error: dict | None = None, stats: dict | None = None,
+             counts: tuple[str, dict[str, int]] | None = None) -> str:
         extra: list[str] = []
         if error is not None:
             extra += ["error", json.dumps(error)]
         if stats is not None:
             extra += ["stats", json.dumps(stats)]
+        counter_key, added = counts or (f"{PREFIX}:stats:none", {})
+        for name, value in added.items():
+            extra += [f"+{name}", str(int(value))]
         keys = [job_key(job_id), result_key(job_id), events_key(job_id),
-                staging or f"{PREFIX}:staging:none", done_key(job_id), lease_key(job_id)]
+                staging or f"{PREFIX}:staging:none", done_key(job_id), lease_key(job_id), counter_key]
         args = [status, repr(time.time()), self.ttl, "staged" if staging else "inline",
                 staged if staging else len(inline), *inline, *extra]
         # EVALSHA queued by hand: a Script handed to a pipeline adds a SCRIPT EXISTS round trip

@@ -91,7 +91,13 @@ elseif tonumber(ARGV[5]) > 0 then
   redis.call('EXPIRE', KEYS[2], ttl)
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2])
-for i = 6 + inline, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 6 + inline, #ARGV, 2 do
+  if string.sub(ARGV[i], 1, 1) == '+' then  -- a count of the worker's, only for a finish that lands
+    redis.call('HINCRBY', KEYS[7], string.sub(ARGV[i], 2), ARGV[i + 1])
+  else
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
 redis.call('EXPIRE', KEYS[1], ttl)
 if redis.call('HGET', KEYS[1], 'notify') then
   redis.call('RPUSH', KEYS[5], ARGV[1])
@@ -101,9 +107,11 @@ redis.call('PUBLISH', KEYS[3], ARGV[1])
 redis.call('DEL', KEYS[6])
 return 'ok'
 """
-"""KEYS: job hash, result list, events channel, staging list, done list, lease key. ARGV: status,
-finished_at, ttl, 'staged' or 'inline', N (inline: the N result chunks that follow; staged: the
-chunks the staging list must hold), then field/value pairs (error, stats). Returns 'ok', or the
+"""KEYS: job hash, result list, events channel, staging list, done list, lease key, a worker's
+statistics hash. ARGV: status, finished_at, ttl, 'staged' or 'inline', N (inline: the N result
+chunks that follow; staged: the chunks the staging list must hold), then field/value pairs
+(error, stats; a field ``+name`` adds the value to ``name`` in the statistics hash instead, so a
+finish that does not land counts nothing, and a count is never taken back). Returns 'ok', or the
 terminal/'missing' state that made it a no-op, or 'incomplete' when the staging list lacks chunks
 (a push of it failed, e.g. Redis out of memory): the partial list is dropped, the job untouched. A job
 created with notify also gets its status pushed onto the done list its synchronous caller

@@ -334,14 +334,21 @@ def test_a_staged_result_missing_a_chunk_is_never_published(redis_db):
     staging = Staging(redis_db, job.id, 60, flush_bytes=1)  # every chunk is sent at once
     staging.add(built.chunks())
     redis_db.rpop(staging.key)  # the lost push
-    assert jobs.succeed_staged(job.id, staging) == "incomplete"
+    counts = ("stats:w", {"jobs": 1, "texts": 3})  # a worker's, added only by a finish that lands
+    assert jobs.succeed_staged(job.id, staging, counts=counts) == "incomplete"
     assert jobs.get(job.id).status == "running" and not redis_db.exists(result_key(job.id))
-    assert redis_db.keys("bge-m3:staging:*") == []
+    assert redis_db.keys("bge-m3:staging:*") == [] and not redis_db.exists("stats:w")
     # The whole result, sent again, lands.
     again = Staging(redis_db, job.id, 60, flush_bytes=1)
     again.add(built.chunks())
-    assert jobs.succeed_staged(job.id, again) == "ok" and jobs.result(job.id)["items"] == [
+    assert jobs.succeed_staged(job.id, again, counts=counts) == "ok" and jobs.result(job.id)["items"] == [
         {"tokens": i} for i in range(3)]
+    assert redis_db.hgetall("stats:w") == {"jobs": "1", "texts": "3"}
+    late = Staging(redis_db, job.id, 60, flush_bytes=1)  # a duplicate delivery's finish: a no-op
+    late.add(built.chunks())
+    assert jobs.succeed_staged(job.id, late, counts=counts) == "succeeded"
+    assert redis_db.hgetall("stats:w") == {"jobs": "1", "texts": "3"}
+    assert "+jobs" not in redis_db.hgetall(job_key(job.id))
 
 
 def test_take_ready_hands_out_each_item_once_as_added_and_the_reader_restores_the_order():

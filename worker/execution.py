@@ -140,23 +140,22 @@ def _run(rt: Runtime, job_id: str, claimed: Claim, arrival: Arrival) -> str:
         return "failed"
     stats = _stats(created, started, computed, tokens, trace, phases)
     stats["streamed_bytes"] = staging.sent_bytes  # sent while the passes ran; the rest at the finish
-    # Counted in the same round trip as, and before, the terminal write: readers see both.
+    # The passes' counts go in the same round trip, before the terminal write, and the job's own
+    # in the finish script, only if it lands: readers see both, and no count is taken back (a
+    # scrape between a count and its undoing read a drop, which Prometheus takes for a reset).
     try:
-        outcome = rt.store.succeed_staged(job_id, staging, stats, pipe=rt.count(jobs=1, texts=len(texts)))
+        outcome = rt.store.succeed_staged(job_id, staging, stats, pipe=rt.count(),
+                                          counts=(rt.counters.key, {"jobs": 1, "texts": len(texts)}))
     except BaseException:  # a handed-back job's next run stages anew: drop this run's stretches
         with contextlib.suppress(Exception):
             staging.discard()
         raise
-    # The finish's round trip counted this job as done; when it did not land, take that back.
-    undone = {"jobs": -1, "texts": -len(texts)}
     if outcome == "incomplete":  # a push of the result was lost; the finish refused to publish it
         rt.store.fail(job_id, "internal_error", "the result did not reach Redis whole; submit the job "
-                      "again", stats=stats, pipe=rt.count(failed_jobs=1, **undone))
+                      "again", stats=stats, pipe=rt.count(failed_jobs=1))
         log.error("Job %s failed: its staged result lacks chunks", who)
         return "failed"
     if outcome != "ok":  # ended meanwhile (cancelled, another delivery) or its record expired
-        with contextlib.suppress(Exception):  # only statistics: not worth failing the delivery
-            rt.count(**undone).execute()
         log.warning("Job %s: result dropped, the job is %s", who, outcome)
         return outcome
     log.info("Job %s: %d texts, %s tokens, %d forward passes, total %.0f ms (queue %.0f, compute %.0f)",
