@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bge_m3.queue import QUEUE_NAME, UNACKED_KEY, restore_interval
+from bge_m3.queue import QUEUE_NAME, UNACKED_KEY, queue_depth, restore_interval
 from bge_m3.records import PREFIX
 from bge_m3.settings import Settings
 from worker.logs import get_logger
@@ -29,7 +29,7 @@ log = get_logger()
 SWEEP_INTERVAL_MAX = 30
 """Seconds between sweeps at most. A sweep reads the whole queue list in one script (about 30 ms
 of Redis to copy 10,000 queued messages and as much to match them, on the 2-core VM), so it runs
-this seldom; a lost message is rare, and back within a minute or two."""
+this seldom; a lost message is rare, and back within one to three minutes."""
 
 LOST_AFTER_INTERVALS = 2
 """A job is looked at once it has waited this many sweep intervals (60 s by default) since sent."""
@@ -68,7 +68,7 @@ class Sweeper:
         # Expires a little early: the next interval's sweep, by this worker or another, may run.
         if not self.redis.set(LOCK_KEY, self.hostname, nx=True, px=int(self.interval * 900)):
             return []
-        depth = self.redis.llen(QUEUE_NAME)
+        depth = queue_depth(self.redis)
         if depth > SWEEP_QUEUE_MAX:
             if not self._skipping:
                 log.warning("Lost-message sweep paused: %s messages queued, over %s (it would hold "
